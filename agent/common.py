@@ -1,0 +1,51 @@
+"""Small pieces every part shares: the bad-input error, atomic writes, the CLI entry wrapper."""
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+class InputError(Exception):
+    """Bad input the user can fix (a missing file, a malformed spec, a vocab too small).
+
+    The CLIs print it as one line and exit 2; anything else is a bug and keeps its traceback.
+    """
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or kill mid-write leaves the old file (or nothing), never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def run_cli(app) -> None:
+    """Run a typer app; an InputError becomes `error: ...` on stderr and exit status 2."""
+    try:
+        app()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def nanocode_home() -> Path:
+    """Where stores, corpora and tokenizers live: $NANOCODE_HOME or ~/.cache/nanocode."""
+    return Path(os.environ.get("NANOCODE_HOME") or Path.home() / ".cache" / "nanocode")

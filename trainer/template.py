@@ -1,0 +1,253 @@
+"""The token template of DESIGN.md: conversation records <-> token ids (+ loss mask).
+
+    conversation := <|bos|> turn*
+    user         := <|user_start|> TEXT <|user_end|>
+    assistant    := <|assistant_start|> TEXT? tool_call* <|assistant_end|>
+    tool_call    := <|tool_call_start|> NAME (<|tool_arg|> KEY <|tool_val|> VALUE)* <|tool_call_end|>
+    tool         := <|tool_result_start|> TEXT <|tool_result_end|>
+
+Text is encoded with the tokenizer's ordinary encoder, which never emits a special id, so a
+user pasting `<|user_end|>` cannot inject structure. Everything is rendered verbatim (no
+stripping), so code edits keep their indentation and trailing newlines. Parsing never raises:
+a malformed tool call comes back as a call with an `error` the agent reports to the model.
+
+`tok` is anything with `encode(text) -> ids` (ordinary text only), `decode(ids) -> str` and
+`special_id(name) -> id`, i.e. `trainer.tokenizer.Tokenizer`.
+"""
+
+import json
+
+from agent.common import InputError
+
+BOS = "<|bos|>"
+USER_START, USER_END = "<|user_start|>", "<|user_end|>"
+ASSISTANT_START, ASSISTANT_END = "<|assistant_start|>", "<|assistant_end|>"
+CALL_START, CALL_END = "<|tool_call_start|>", "<|tool_call_end|>"
+ARG, VAL = "<|tool_arg|>", "<|tool_val|>"
+RESULT_START, RESULT_END = "<|tool_result_start|>", "<|tool_result_end|>"
+
+SPECIAL_TOKENS = [BOS, USER_START, USER_END, ASSISTANT_START, ASSISTANT_END,
+                  CALL_START, CALL_END, ARG, VAL, RESULT_START, RESULT_END]
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def value_text(value) -> str:
+    """An argument value as rendered: strings verbatim, other JSON scalars as JSON."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    raise InputError(f"tool argument value must be a JSON scalar, got {type(value).__name__}")
+
+
+def validate(messages: list[dict]) -> None:
+    """Raise InputError naming the first way `messages` breaks the record contract."""
+    if not isinstance(messages, list):
+        raise InputError("messages must be a list")
+    pending: list[str] = []  # names of tool calls not answered yet, in order
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ROLES:
+            raise InputError(f"message {i}: unknown role {role!r}")
+        if not isinstance(m.get("content", ""), str):
+            raise InputError(f"message {i}: content must be a string")
+        if role == "system" and i != 0:
+            raise InputError(f"message {i}: a system message may only come first")
+        if role == "tool":
+            if not pending:
+                raise InputError(f"message {i}: tool result without a pending tool call")
+            expected = pending.pop(0)
+            if m.get("name", expected) != expected:
+                raise InputError(f"message {i}: tool result for {m.get('name')!r}, expected {expected!r}")
+            continue
+        if pending:
+            raise InputError(f"message {i}: {len(pending)} tool call(s) left unanswered before this {role} turn")
+        for call in m.get("tool_calls") or []:
+            if role != "assistant":
+                raise InputError(f"message {i}: only assistant messages carry tool calls")
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+                raise InputError(f"message {i}: a tool call needs a non-empty string name")
+            if not isinstance(call.get("args", {}), dict):
+                raise InputError(f"message {i}: tool call args must be an object")
+            for key, value in call.get("args", {}).items():
+                value_text(value)
+            pending.append(call["name"])
+    # calls still pending at the end are fine: the conversation stops where the engine runs them
+
+
+def _messages(conversation) -> list[dict]:
+    return conversation["messages"] if isinstance(conversation, dict) else conversation
+
+
+def render(conversation, tok) -> tuple[list[int], list[int]]:
+    """Render a record (or its message list) to (ids, loss mask).
+
+    The mask is 1 on what the model writes (after <|assistant_start|> up to and including
+    <|assistant_end|>) and 0 on what the engine forces or the world says.
+    """
+    messages = _messages(conversation)
+    validate(messages)
+    sid = tok.special_id
+    ids, mask = [sid(BOS)], [0]
+
+    def add(new_ids, trained):
+        ids.extend(new_ids)
+        mask.extend([int(trained)] * len(new_ids))
+
+    system = ""
+    for m in messages:
+        role, content = m["role"], m.get("content") or ""
+        if role == "system":
+            system = content + "\n\n"
+        elif role == "user":
+            add([sid(USER_START)] + tok.encode(system + content) + [sid(USER_END)], False)
+            system = ""
+        elif role == "tool":
+            add([sid(RESULT_START)] + tok.encode(content) + [sid(RESULT_END)], False)
+        else:
+            add([sid(ASSISTANT_START)], False)
+            body = tok.encode(content)
+            for call in m.get("tool_calls") or []:
+                body += [sid(CALL_START)] + tok.encode(call["name"])
+                for key, value in call.get("args", {}).items():
+                    body += [sid(ARG)] + tok.encode(key) + [sid(VAL)] + tok.encode(value_text(value))
+                body.append(sid(CALL_END))
+            add(body + [sid(ASSISTANT_END)], True)
+    return ids, mask
+
+
+def render_prompt(conversation, tok) -> list[int]:
+    """Ids that prime the model to write the next assistant turn."""
+    ids, _ = render(conversation, tok)
+    return ids + [tok.special_id(ASSISTANT_START)]
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _segments(ids, tok):
+    """Split ids into ('special', name) and ('text', str) pieces; text runs decode together."""
+    names = {tok.special_id(name): name for name in SPECIAL_TOKENS}
+    out, run = [], []
+    for i in ids:
+        if i in names:
+            if run:
+                out.append(("text", tok.decode(run)))
+                run = []
+            out.append(("special", names[i]))
+        else:
+            run.append(i)
+    if run:
+        out.append(("text", tok.decode(run)))
+    return out
+
+
+class _Reader:
+    def __init__(self, segments):
+        self.segs, self.pos = segments, 0
+
+    def peek(self):
+        return self.segs[self.pos] if self.pos < len(self.segs) else ("end", None)
+
+    def next(self):
+        seg = self.peek()
+        self.pos += seg[0] != "end"
+        return seg
+
+    def text(self) -> str:
+        return self.next()[1] if self.peek()[0] == "text" else ""
+
+    def take(self, name) -> bool:
+        if self.peek() == ("special", name):
+            self.pos += 1
+            return True
+        return False
+
+
+def _read_call(r: _Reader) -> dict:
+    """After <|tool_call_start|>: NAME (ARG KEY VAL VALUE)* <|tool_call_end|>, leniently."""
+    call = {"name": r.text(), "args": {}}
+    errors = []
+    if not call["name"]:
+        errors.append("tool call has no name")
+    while True:
+        kind, value = r.peek()
+        if (kind, value) == ("special", CALL_END):
+            r.next()
+            break
+        if (kind, value) == ("special", ARG):
+            r.next()
+            key = r.text()
+            if not r.take(VAL):
+                errors.append(f"argument {key!r} has no <|tool_val|>")
+                continue
+            if key in call["args"]:
+                errors.append(f"argument {key!r} given twice")
+            call["args"][key] = r.text()
+            continue
+        if kind == "text":  # stray text inside a call
+            r.next()
+            errors.append(f"unexpected text in tool call: {value[:40]!r}")
+            continue
+        errors.append("tool call is not closed with <|tool_call_end|>")
+        break  # another special token or the end: leave it for the caller
+    if errors:
+        call["error"] = "; ".join(errors)
+    return call
+
+
+def _read_assistant(r: _Reader) -> dict:
+    """After <|assistant_start|>: TEXT? tool_call* up to <|assistant_end|> or anything else."""
+    content, calls = "", []
+    while True:
+        kind, value = r.peek()
+        if kind == "text":
+            content += r.next()[1]
+        elif value == CALL_START:
+            r.next()
+            calls.append(_read_call(r))
+        elif value in (ARG, VAL, CALL_END):  # argument tokens outside a call
+            r.next()
+            calls.append({"name": "", "args": {}, "error": f"{value} outside a tool call"})
+        else:
+            r.take(ASSISTANT_END)
+            break
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def parse_assistant(ids, tok) -> dict:
+    """Parse what the model generated after <|assistant_start|> into one assistant message.
+
+    Never raises. Stops at <|assistant_end|> (or any token that cannot continue the turn).
+    Malformed tool calls carry an `error` string; the agent answers them with that error.
+    """
+    return _read_assistant(_Reader(_segments(ids, tok)))
+
+
+def parse(ids, tok) -> list[dict]:
+    """Parse a whole rendered conversation back into messages. Never raises.
+
+    A system message cannot be told apart from the first user turn once rendered, so it comes
+    back as part of that user's text. Tool results get the name of the call they answer.
+    Stray tokens outside any turn are skipped.
+    """
+    r = _Reader(_segments(ids, tok))
+    messages: list[dict] = []
+    pending: list[str] = []
+    while r.peek()[0] != "end":
+        kind, value = r.next()
+        if value == USER_START:
+            messages.append({"role": "user", "content": r.text()})
+            r.take(USER_END)
+        elif value == ASSISTANT_START:
+            message = _read_assistant(r)
+            pending = [c["name"] for c in message.get("tool_calls", [])]
+            messages.append(message)
+        elif value == RESULT_START:
+            tool = {"role": "tool", "name": pending.pop(0) if pending else "", "content": r.text()}
+            messages.append(tool)
+            r.take(RESULT_END)
+    return messages
