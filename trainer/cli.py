@@ -1,10 +1,17 @@
 """`trainer`: corpus preparation, tokenizer training and evaluation (stages come later)."""
 
+import time
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from agent.common import InputError, nanocode_home, run_cli
+from trainer import corpus, tokenizer_eval
+from trainer.tokenizer import Tokenizer
+
+console = Console()
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the BPE tokenizer.")
@@ -26,6 +33,73 @@ def default_tokenizer() -> Path:
 
 
 # ---------------------------------------------------------------------------- tokenizer
+
+
+def parse_ratio(text: str) -> tuple[int, int]:
+    try:
+        code, prose = (int(x) for x in text.split(":"))
+        assert code >= 0 and prose >= 0 and code + prose > 0
+    except (ValueError, AssertionError):
+        raise InputError(f"--code-ratio must look like CODE:PROSE with non-negative integers, got {text!r}") from None
+    return code, prose
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus_dir: Path = typer.Option(None, "--corpus", help="corpus directory [default: $NANOCODE_HOME/corpus/local]"),
+    out: Path = typer.Option(None, help="where to save it [default: $NANOCODE_HOME/tokenizer]"),
+    vocab_size: int = typer.Option(32768, help="including the special tokens"),
+    max_chars: int = typer.Option(2_000_000_000, help="stop after this many characters of training text"),
+    doc_cap: int = typer.Option(10_000, help="crop each document to this many characters"),
+    code_ratio: str = typer.Option("1:5", help="code:prose characters; 0:1 trains a prose-only tokenizer"),
+    seed: int = typer.Option(0, help="order in which the two kinds are interleaved"),
+):
+    """Train the BPE tokenizer on the corpus (rustbpe) and save it for tiktoken."""
+    corpus_dir, out = corpus_dir or default_corpus(), out or default_tokenizer()
+    ratio = parse_ratio(code_ratio)
+    texts = (t[:doc_cap] for t in corpus.mixed_texts(corpus_dir, "train", ratio, seed, max_chars))
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(texts, vocab_size)
+    seconds = time.perf_counter() - t0
+    tok.info.update(corpus=str(corpus_dir), code_ratio=code_ratio, max_chars=max_chars, doc_cap=doc_cap,
+                    seconds=round(seconds, 2))
+    tok.save(out)
+    console.print(f"trained vocab {tok.vocab_size:,} on {tok.info['chars']:,} chars in {seconds:.1f}s -> {out}")
+
+
+@tokenizer_app.command("eval")
+def tokenizer_eval_cmd(
+    tokenizer: Path = typer.Option(None, help="[default: $NANOCODE_HOME/tokenizer]"),
+    baseline: Path = typer.Option(None, help="prose-only tokenizer to compare with [default: $NANOCODE_HOME/tokenizer-prose]"),
+    corpus_dir: Path = typer.Option(None, "--corpus", help="adds its validation shards [default: the one it was trained on]"),
+    markdown: bool = typer.Option(False, help="print a markdown table"),
+):
+    """Bytes per token on prose, code, math, non-English and the validation shards."""
+    ours = Tokenizer.load(tokenizer or default_tokenizer())
+    baseline = baseline or nanocode_home() / "tokenizer-prose"
+    base = Tokenizer.load(baseline) if (baseline / "tokenizer.json").exists() else None
+    if base is not None and base.vocab_size != ours.vocab_size:
+        raise InputError(f"baseline {baseline} has vocab {base.vocab_size:,}, ours {ours.vocab_size:,}: compare equal sizes")
+    corpus_dir = corpus_dir or (Path(ours.info["corpus"]) if ours.info.get("corpus") else None)
+    rows = tokenizer_eval.compare(ours, base, tokenizer_eval.eval_texts(corpus_dir))
+    if markdown:
+        print(tokenizer_eval.markdown_table(rows))
+        return
+    table = Table(title=f"bytes per token, vocab {ours.vocab_size:,}")
+    columns = ["text", "bytes", "ours tokens", "ours bytes/token"]
+    if base:
+        columns += ["prose-only tokens", "prose-only bytes/token", "ours: fewer tokens"]
+    for c in columns:
+        table.add_column(c, justify="left" if c == "text" else "right")
+    for r in rows:
+        cells = [r["text"], f"{r['bytes']:,}", f"{r['ours_tokens']:,}", f"{r['ours_bpt']:.2f}"]
+        if base:
+            cells += [f"{r['base_tokens']:,}", f"{r['base_bpt']:.2f}", f"{r['fewer_tokens']:+.1%}"]
+        table.add_row(*cells)
+    console.print(table)
+    if base is None:
+        console.print(f"(no prose-only baseline at {baseline}: train one with "
+                      f"`trainer tokenizer train --code-ratio 0:1 --out {baseline}`)")
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ are appended after the last merge; `encode` never produces them from text.
 
 On disk (a directory, saved beside checkpoints):
     tokenizer.tiktoken   tiktoken's own rank file (base64 token, rank), read by tiktoken.load
-    tokenizer.json       split pattern, special tokens and their ids
+    tokenizer.json       split pattern, special tokens and their ids, how it was trained
 """
 
 import base64
@@ -31,10 +31,11 @@ MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 
 
 class Tokenizer:
-    def __init__(self, ranks: dict[bytes, int], pattern: str = SPLIT_PATTERN):
+    def __init__(self, ranks: dict[bytes, int], pattern: str = SPLIT_PATTERN, info: dict | None = None):
         specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
         self.enc = tiktoken.Encoding("nanocode", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
         self.ranks, self.pattern, self.specials = ranks, pattern, specials
+        self.info = info or {}  # how it was trained (corpus, chars, code ratio, seconds), kept in tokenizer.json
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN) -> "Tokenizer":
@@ -53,7 +54,7 @@ class Tokenizer:
         bpe.train_from_iterator(counted(), vocab_size - len(SPECIAL_TOKENS), pattern=pattern)
         if seen == 0:
             raise InputError("the training corpus is empty")
-        return cls(dict(bpe.get_mergeable_ranks()), pattern)
+        return cls(dict(bpe.get_mergeable_ranks()), pattern, info={"chars": seen})
 
     # ------------------------------------------------------------------ persistence
 
@@ -63,7 +64,8 @@ class Tokenizer:
             with open(tmp, "w") as f:
                 for token, rank in sorted(self.ranks.items(), key=lambda kv: kv[1]):
                     f.write(f"{base64.b64encode(token).decode()} {rank}\n")
-        meta = {"pattern": self.pattern, "special_tokens": self.specials, "vocab_size": self.vocab_size}
+        meta = {"vocab_size": self.vocab_size, "pattern": self.pattern, "special_tokens": self.specials,
+                "info": self.info}
         write_text_atomic(directory / "tokenizer.json", json.dumps(meta, indent=2) + "\n")
         return directory
 
@@ -80,7 +82,7 @@ class Tokenizer:
             ranks = load_tiktoken_bpe(str(rank_file))
         except (ValueError, KeyError) as e:
             raise InputError(f"corrupt tokenizer file in {directory}: {e}") from None
-        tok = cls(ranks, meta["pattern"])
+        tok = cls(ranks, meta["pattern"], meta.get("info"))
         if tok.specials != meta["special_tokens"]:
             raise InputError(f"{meta_file}: special tokens differ from this version's template")
         return tok
