@@ -32,6 +32,62 @@ def default_tokenizer() -> Path:
 # (owned by trainer/corpus.py's author)
 
 
+def default_download_corpus() -> Path:
+    return nanocode_home() / "corpus" / "hf"
+
+
+def print_corpus(corpus_dir: Path) -> None:
+    table = Table(title=str(corpus_dir))
+    for c in ["kind", "split", "shards", "docs", "chars", "MB on disk"]:
+        table.add_column(c, justify="left" if c in ("kind", "split") else "right")
+    for r in corpus.describe(corpus_dir):
+        table.add_row(r["kind"], r["split"], f"{r['shards']:,}", f"{r['docs']:,}", f"{r['chars']:,}",
+                      f"{r['bytes'] / 1e6:,.1f}")
+    console.print(table)
+
+
+@data_app.command("local")
+def data_local(
+    out: Path = typer.Option(None, help="corpus directory [default: $NANOCODE_HOME/corpus/local]"),
+    max_chars: int = typer.Option(None, help="cap on total chars, split 1:5 between code and prose [default: all]"),
+    seed: int = typer.Option(42, help="which files a cap picks, and the shuffle"),
+    doc_chars: int = typer.Option(4000, help="longest document, cut at line boundaries"),
+):
+    """Build an offline corpus: stdlib .py files (code), /usr/share/doc and docstrings (prose)."""
+    out = out or default_corpus()
+    t0 = time.perf_counter()
+    corpus.build_local(out, max_chars=max_chars, seed=seed, doc_chars=doc_chars)
+    console.print(f"built {out} in {time.perf_counter() - t0:.1f}s")
+    print_corpus(out)
+
+
+@data_app.command("download")
+def data_download(
+    dataset: str = typer.Argument(..., help="HF dataset id (HuggingFaceFW/fineweb-edu) or a local folder"),
+    kind: str = typer.Option(..., help="prose or code"),
+    column: str = typer.Option("text", help="the text column (`content` in Stack-like code sets)"),
+    config: str = typer.Option(None, help="dataset config name (fineweb-edu: sample-10BT)"),
+    data_dir: str = typer.Option(None, help="dataset subfolder (the-stack-dedup: data/python)"),
+    split: str = typer.Option("train"),
+    max_docs: int = typer.Option(None, help="train docs to fetch, after the val docs [default: all]"),
+    val_docs: int = typer.Option(corpus.ROWS_PER_GROUP, help="the first docs of the stream, kept for val.parquet"),
+    out: Path = typer.Option(None, help="corpus directory [default: $NANOCODE_HOME/corpus/hf]"),
+):
+    """Stream a dataset into parquet shards; run it again to resume or to fetch more."""
+    out = out or default_download_corpus()
+    entry = corpus.download(dataset, kind, out, column=column, config=config, split=split,
+                            data_dir=data_dir, max_docs=max_docs, val_docs=val_docs)
+    end = " (the whole dataset)" if entry["exhausted"] else ""
+    console.print(f"{out / kind}: {entry['train']['docs']:,} train docs in {entry['train']['shards']} shards "
+                  f"+ {entry['val']['docs']:,} val docs{end}")
+
+
+@data_app.command("show")
+def data_show(corpus_dir: Path = typer.Argument(None, help="[default: $NANOCODE_HOME/corpus/local]")):
+    """Kinds, splits, docs and chars of a corpus."""
+    print_corpus(corpus_dir or default_corpus())
+
+
 # ---------------------------------------------------------------------------- tokenizer
 
 

@@ -1,0 +1,359 @@
+"""The SOUL and the tool spec: load, validate, hash, type tool calls, render the system prompt.
+
+SOUL file (default `soul/SOUL.md`): YAML front matter between `---` lines, then markdown.
+    front matter keys (unknown keys are errors, so a typo cannot switch a check off):
+      summary          str, required   the persona line every system prompt starts with
+      lowercase_prose  bool, required  prose is lowercase outside code, paths, acronyms, names
+      max_reply_words  int|null, req.  prose words in a final reply (code blocks don't count)
+      banned_phrases   [str], required never anywhere in the prose (case-insensitive, whole words)
+      banned_openers   [str]           never at the start of a reply
+      max_think_words  int|null        words of text before a tool call (must be 1..N)
+      proper_nouns     [str]           capitalized words allowed in lowercase prose
+    markdown: `## voice`, `## values`, `## rules` sections are required and non-empty (the
+    critics cite them); other sections (`## examples`) are kept too. `#`-lines inside fenced
+    code are not headings.
+
+Tool spec (default `soul/tools.yaml`): `tools:` a list of {name, description, needs_approval,
+args: [{name, type: string|int|bool, required, description}]}; see the file's header.
+
+Both hashes are sha256 of the exact file bytes: every dataset version records them.
+
+The defaults are found relative to this package (`agent/../soul/`), which works because the
+project is installed editable (`pip install -e .`); a wheel install would not carry `soul/`,
+so pass `--soul/--tools` there. Every problem is an `InputError` of one line naming the file.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from agent.common import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SOUL = REPO_ROOT / "soul" / "SOUL.md"
+DEFAULT_TOOLS = REPO_ROOT / "soul" / "tools.yaml"
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+
+REQUIRED_SECTIONS = ("voice", "values", "rules")
+ARG_TYPES = ("string", "int", "bool")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # names are rendered verbatim in tool calls
+
+
+@dataclass(frozen=True)
+class SoulRules:
+    """The checkable part of the SOUL (its front matter, minus the summary)."""
+    lowercase_prose: bool
+    max_reply_words: int | None
+    banned_phrases: tuple[str, ...]
+    banned_openers: tuple[str, ...] = ()
+    max_think_words: int | None = None
+    proper_nouns: tuple[str, ...] = ()
+
+    def active(self) -> list[str]:
+        """Names of the checks these rules switch on (what `factory check` counts)."""
+        on = {"lowercase_prose": self.lowercase_prose, "max_reply_words": self.max_reply_words,
+              "banned_phrases": self.banned_phrases, "banned_openers": self.banned_openers,
+              "max_think_words": self.max_think_words}
+        return [name for name, value in on.items() if value]
+
+
+@dataclass(frozen=True)
+class Soul:
+    path: Path
+    text: str                 # the whole file as written (what is hashed)
+    body: str                 # the markdown after the front matter (what critics read)
+    summary: str
+    sections: dict[str, str]  # lowercased `##` heading -> its text
+    rules: SoulRules
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    type: str  # one of ARG_TYPES
+    required: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    needs_approval: bool
+    args: tuple[Arg, ...] = ()
+
+    def arg(self, name: str) -> Arg | None:
+        return next((a for a in self.args if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    path: Path
+    tools: tuple[Tool, ...]
+    sha256: str
+    by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "by_name", {t.name: t for t in self.tools})
+
+    def get(self, name) -> Tool | None:
+        return self.by_name.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tools]
+
+
+# ------------------------------------------------------------------------------ loading
+
+def _fail(path, problem: str):
+    """One line, always naming the file: the CLIs print it after `error: `."""
+    raise InputError(" ".join(f"{path}: {problem}".split()))
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        _fail(path, "no such file")
+    except IsADirectoryError:
+        _fail(path, "is a directory, not a file")
+    except OSError as e:
+        _fail(path, f"cannot read it ({e.strerror})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _fail(path, f"not UTF-8 text (bad byte at offset {e.start})")
+    if not text.strip():
+        _fail(path, "is empty")
+    return raw, text.removeprefix("\ufeff")
+
+
+def _yaml(path: Path, text: str, first_line: int = 1):
+    """Parse YAML; a syntax error names its line in the file (first_line: where `text` starts)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + first_line}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        _fail(path, f"bad YAML{where}: {problem}")
+
+
+def _strings(path, key, value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        _fail(path, f"front matter key '{key}' must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _limit(path, key, value) -> int | None:
+    if value is not None and (type(value) is not int or value < 1):
+        _fail(path, f"front matter key '{key}' must be a positive integer or null, got {value!r}")
+    return value
+
+
+_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.S | re.M)
+_SOUL_KEYS = {"summary", "lowercase_prose", "max_reply_words", "banned_phrases",
+              "banned_openers", "max_think_words", "proper_nouns"}
+_SOUL_REQUIRED = ("summary", "lowercase_prose", "max_reply_words", "banned_phrases")
+
+
+def _sections(body: str) -> dict[str, str]:
+    """`## name` -> text up to the next `#`/`##` heading, skipping fenced code."""
+    sections, current, fence = {}, None, None
+    for line in body.splitlines():
+        stripped = line.strip()
+        if fence:
+            fence = None if stripped.startswith(fence) else fence
+        elif stripped.startswith(("```", "~~~")):
+            fence = stripped[:3]
+        else:
+            m = re.match(r"(#{1,2})\s+(.*?)\s*#*\s*$", line)
+            if m:
+                current = m[2].lower() if len(m[1]) == 2 else None
+                if current in sections:
+                    raise ValueError(f"section '## {current}' appears twice")
+                if current is not None:
+                    sections[current] = []
+                continue
+        if current is not None:
+            sections[current].append(line)
+    return {name: "\n".join(lines).strip() for name, lines in sections.items()}
+
+
+def load_soul(path=None) -> Soul:
+    """Load and validate a SOUL file (default `soul/SOUL.md`); InputError on any problem."""
+    path = Path(path) if path is not None else DEFAULT_SOUL
+    raw, text = _read(path)
+    m = _FRONT.match(text)
+    if not m and re.match(r"---[ \t]*\r?\n", text):
+        _fail(path, "the YAML front matter opened on line 1 has no closing '---' line")
+    if not m:
+        _fail(path, "missing the YAML front matter (a block between '---' lines at the top)")
+    meta = _yaml(path, m[1], first_line=2)
+    if not isinstance(meta, dict):
+        _fail(path, "the front matter must be a YAML mapping of rule keys")
+    unknown = sorted(set(meta) - _SOUL_KEYS)
+    if unknown:
+        _fail(path, f"unknown front matter key(s): {', '.join(map(str, unknown))}")
+    missing = [k for k in _SOUL_REQUIRED if k not in meta]
+    if missing:
+        _fail(path, f"front matter is missing key(s): {', '.join(missing)}")
+    if not isinstance(meta["summary"], str) or not meta["summary"].strip():
+        _fail(path, "front matter key 'summary' must be a non-empty string")
+    if not isinstance(meta["lowercase_prose"], bool):
+        _fail(path, "front matter key 'lowercase_prose' must be true or false")
+    rules = SoulRules(
+        lowercase_prose=meta["lowercase_prose"],
+        max_reply_words=_limit(path, "max_reply_words", meta["max_reply_words"]),
+        banned_phrases=_strings(path, "banned_phrases", meta["banned_phrases"]),
+        banned_openers=_strings(path, "banned_openers", meta.get("banned_openers", [])),
+        max_think_words=_limit(path, "max_think_words", meta.get("max_think_words")),
+        proper_nouns=_strings(path, "proper_nouns", meta.get("proper_nouns", [])),
+    )
+    body = text[m.end():]
+    try:
+        sections = _sections(body)
+    except ValueError as e:
+        _fail(path, str(e))
+    missing = [s for s in REQUIRED_SECTIONS if s not in sections]
+    if missing:
+        _fail(path, f"missing section(s): {', '.join('## ' + s for s in missing)}")
+    empty = [s for s in REQUIRED_SECTIONS if not sections[s]]
+    if empty:
+        _fail(path, f"empty section(s): {', '.join('## ' + s for s in empty)}")
+    return Soul(path=path, text=text, body=body.strip(), summary=meta["summary"].strip(),
+                sections=sections, rules=rules, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _fields(path, where: str, item, required: dict, optional: dict) -> dict:
+    """Check a mapping's keys and value types: {key: type}; returns the mapping."""
+    if not isinstance(item, dict):
+        _fail(path, f"{where} must be a mapping")
+    unknown = sorted(set(item) - set(required) - set(optional))
+    if unknown:
+        _fail(path, f"{where}: unknown field(s): {', '.join(map(str, unknown))}")
+    for key, kind in {**required, **optional}.items():
+        if key not in item or (key in optional and item[key] is None):  # `args:` left empty
+            if key in required:
+                _fail(path, f"{where}: missing field '{key}'")
+            continue
+        ok = type(item[key]) is bool if kind is bool else isinstance(item[key], kind)
+        if not ok or (kind is str and not item[key].strip()):
+            expected = {str: "a non-empty string", bool: "true or false", list: "a list"}[kind]
+            _fail(path, f"{where}: field '{key}' must be {expected}")
+    return item
+
+
+def load_tools(path=None) -> ToolSpec:
+    """Load and validate a tool spec (default `soul/tools.yaml`); InputError on any problem."""
+    path = Path(path) if path is not None else DEFAULT_TOOLS
+    raw, text = _read(path)
+    doc = _yaml(path, text)
+    if not isinstance(doc, dict) or set(doc) != {"tools"}:
+        _fail(path, "must be a mapping with exactly one key, 'tools'")
+    if not isinstance(doc["tools"], list) or not doc["tools"]:
+        _fail(path, "'tools' must be a non-empty list")
+    tools, seen = [], set()
+    for i, item in enumerate(doc["tools"], 1):
+        name = item.get("name") if isinstance(item, dict) else None
+        where = f"tool {i}" + (f" ({name})" if isinstance(name, str) else "")
+        _fields(path, where, item, {"name": str, "description": str, "needs_approval": bool},
+                {"args": list})
+        if not _IDENT.match(name):
+            _fail(path, f"{where}: name must be an identifier (letters, digits, _)")
+        if name in seen:
+            _fail(path, f"duplicate tool name '{name}'")
+        seen.add(name)
+        args, arg_names = [], set()
+        for j, a in enumerate(item.get("args") or [], 1):
+            aname = a.get("name") if isinstance(a, dict) else None
+            awhere = f"{where} arg {j}" + (f" ({aname})" if isinstance(aname, str) else "")
+            _fields(path, awhere, a, {"name": str, "type": str, "required": bool,
+                                      "description": str}, {})
+            if not _IDENT.match(aname):
+                _fail(path, f"{awhere}: name must be an identifier (letters, digits, _)")
+            if a["type"] not in ARG_TYPES:
+                _fail(path, f"{awhere}: unknown type '{a['type']}' (expected string, int or bool)")
+            if aname in arg_names:
+                _fail(path, f"{where}: duplicate arg name '{aname}'")
+            arg_names.add(aname)
+            args.append(Arg(aname, a["type"], a["required"], a["description"].strip()))
+        tools.append(Tool(name, item["description"].strip(), item["needs_approval"], tuple(args)))
+    return ToolSpec(path=path, tools=tuple(tools), sha256=hashlib.sha256(raw).hexdigest())
+
+
+# --------------------------------------------------------------------------- tool calls
+
+def _coerce(value, kind: str):
+    """(typed value, None) or (None, problem). Text comes from the parser, typed JSON from records."""
+    if kind == "string":
+        return (value, None) if isinstance(value, str) else (None, f"must be text, got {value!r}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true", None
+        return None, f"must be true or false, got {value!r}"
+    if type(value) is int:
+        return value, None
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value), None
+    return None, f"must be a whole number, got {value!r}"
+
+
+def type_args(call, spec: ToolSpec) -> tuple[dict | None, str | None]:
+    """Type a parsed tool call's args by the spec: (args, None), or (None, "error: ...").
+
+    Never raises: the error string goes back to the model as the tool result. It covers the
+    parser's own error, unknown tools, unknown and missing args, and values of the wrong type.
+    """
+    if not isinstance(call, dict):
+        return None, "error: malformed tool call"
+    if call.get("error"):
+        return None, f"error: {call['error']}"
+    name = call.get("name")
+    tool = spec.get(name) if isinstance(name, str) else None
+    if tool is None:
+        return None, f"error: unknown tool {name!r} (the tools are {', '.join(spec.names)})"
+    given = call.get("args") or {}
+    if not isinstance(given, dict):
+        return None, f"error: {name} arguments must be key/value pairs"
+    typed, problems = {}, []
+    for key, value in given.items():
+        arg = tool.arg(key)
+        if arg is None:
+            known = ", ".join(a.name for a in tool.args) or "none"
+            problems.append(f"{name} has no argument {key!r} (its arguments: {known})")
+            continue
+        typed[key], problem = _coerce(value, arg.type)
+        if problem:
+            problems.append(f"{name} argument {key!r} {problem}")
+    problems += [f"{name} needs argument {a.name!r}" for a in tool.args
+                 if a.required and a.name not in given]
+    if problems:
+        return None, "error: " + "; ".join(problems)
+    return typed, None
+
+
+# ------------------------------------------------------------------------ system prompt
+
+def render_system_prompt(soul: Soul, tools: ToolSpec, template=None) -> str:
+    """The system prompt the model sees: the SOUL summary and the tool list (compact on
+    purpose: a tiny model reads it in every conversation). `template` overrides the path
+    of `agent/prompts/system.j2`."""
+    path = Path(template) if template is not None else PROMPTS / "system.j2"
+    _, source = _read(path)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, autoescape=False)
+    try:
+        text = env.from_string(source).render(soul=soul, tools=tools)
+    except jinja2.TemplateError as e:
+        line = getattr(e, "lineno", None)
+        _fail(path, f"template error{f' at line {line}' if line else ''}: {e.message}")
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

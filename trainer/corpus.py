@@ -1,0 +1,677 @@
+"""Pretraining corpora: parquet shards of plain text, in two kinds (code and prose).
+
+On disk a corpus is a directory:
+
+    CORPUS/code/shard_00000.parquet ...  CORPUS/code/val.parquet
+    CORPUS/prose/shard_00000.parquet ... CORPUS/prose/val.parquet
+    CORPUS/manifest.json                 what built each kind, and doc/char counts per split
+
+Every shard has one `text` column (string), row groups of 1024 docs, zstd, and its char count in
+the schema metadata (so `trainer data show` reads footers only). Every file is written to a temp
+name and renamed, so a crash leaves whole shards or none.
+
+Two ways to fill one:
+
+- `build_local`: offline, from text already on the machine.
+  code  = every `.py` under the stdlib dir (site-/dist-packages excluded, `test/` kept).
+  prose = (a) text files under /usr/share/doc: READMEs, NEWS, changelogs, copyright notices,
+          `.txt/.md/.rst` (`.gz` decompressed); HTML, PostScript, JSON, logs, scripts (`#!`),
+          tests results and anything binary or non-UTF-8 are skipped;
+          (b) docstrings of stdlib modules (not of their tests: those are terse and
+          repetitive), read with `ast`, one document per module, each docstring headed by its
+          dotted name — the closest thing to English prose about code that every machine has.
+  Man pages are not used: they are roff markup and rendering 18k of them takes minutes.
+  Prose documents that zlib compresses below MIN_PROSE_COMPRESSION (tables, file lists, glyph
+  maps: about 2% of them) are dropped. Whole files are deduplicated (Debian ships one changelog
+  per binary package) and each is cut to its first MAX_SOURCE_CHARS so no single changelog
+  dominates. Files are cut into documents of at most `doc_chars` at line boundaries. The val split is chosen per *file*
+  (by a hash of its path and the seed), so no file straddles train and val; a stdlib module's
+  code and its docstrings land in the same split.
+- `download`: streams a Hugging Face dataset (FineWeb-EDU, a Stack-like code set, or a local
+  folder of parquet/jsonl in the same shapes). The first `val_docs` docs of the stream become
+  val.parquet, the following ones the train shards. Resumable and retried (see `download`).
+
+`mixed_texts` reads a corpus back as one stream at a code:prose char ratio, for tokenizer
+training and the pretraining loader.
+"""
+
+import ast
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sysconfig
+import tempfile
+import time
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agent.common import InputError, atomic_path, write_text_atomic
+
+KINDS = ("code", "prose")
+SPLITS = ("train", "val")
+ROWS_PER_GROUP = 1024
+DOCS_PER_SHARD = 8 * ROWS_PER_GROUP
+DEFAULT_RATIO = (1, 5)  # code:prose in chars, as the reference mixed them
+MAX_SOURCE_CHARS = 1_000_000
+CHARS_KEY = b"nanocode.chars"
+DOC_ROOT = Path("/usr/share/doc")
+BUILD_HINT = "build it with `trainer data local`"
+
+# /usr/share/doc: which file names count as prose (after dropping `.gz`)
+PROSE_SUFFIXES = {"", ".txt", ".md", ".rst", ".debian"}
+NOT_PROSE_NAMES = {"makefile", "postinst", "postrm", "preinst", "prerm", "gdbinit"}
+# a prose doc that zlib squeezes below this is a table, a file list or a glyph map, not prose
+MIN_PROSE_COMPRESSION = 0.15
+
+
+# ------------------------------------------------------------------------------ shards
+
+
+def _write_shard(path: Path, texts: list[str]) -> None:
+    table = pa.table({"text": pa.array(texts, pa.string())})
+    table = table.replace_schema_metadata({CHARS_KEY: str(sum(map(len, texts)))})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROWS_PER_GROUP, compression="zstd")
+
+
+def _short(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _open_shard(path: Path) -> pq.ParquetFile:
+    """Open a shard and check it has a string `text` column; InputError naming the file if not."""
+    if not path.is_file():
+        raise InputError(f"no such shard: {path}")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path} is not a readable parquet file: {_short(e)}") from None
+    schema = pf.schema_arrow
+    if "text" not in schema.names:
+        pf.close()
+        raise InputError(f"{path} has no `text` column (it has: {', '.join(schema.names) or 'none'})")
+    kind = schema.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        pf.close()
+        raise InputError(f"{path}: the `text` column holds {kind}, not strings")
+    return pf
+
+
+def _row_groups(path: Path) -> Iterator[list[str]]:
+    """Yield a shard's texts one row group at a time (never the whole file in memory)."""
+    path = Path(path)
+    with _open_shard(path) as pf:
+        for i in range(pf.num_row_groups):
+            try:
+                column = pf.read_row_group(i, columns=["text"]).column(0)
+            except (pa.ArrowException, OSError) as e:
+                raise InputError(f"{path} is corrupt (row group {i}): {_short(e)}") from None
+            yield [t for t in column.to_pylist() if t]
+
+
+def iter_texts(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
+    for path in paths:
+        for group in _row_groups(Path(path)):
+            yield from group
+
+
+def shard_stats(path: Path) -> tuple[int, int]:
+    """(docs, chars) of a shard from its footer; chars are counted by reading if not recorded."""
+    with _open_shard(Path(path)) as pf:
+        docs, meta = pf.metadata.num_rows, pf.schema_arrow.metadata or {}
+    if CHARS_KEY in meta:
+        return docs, int(meta[CHARS_KEY])
+    return docs, sum(len(t) for t in iter_texts([path]))
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
+def _kind_files(corpus_dir: Path, kind: str, split: str) -> list[Path]:
+    d = Path(corpus_dir) / kind
+    files = sorted(d.glob("shard_*.parquet")) if split == "train" else [d / "val.parquet"]
+    return [f for f in files if f.is_file()]
+
+
+def _check_corpus(corpus_dir: Path) -> None:
+    if not any(_kind_files(corpus_dir, k, s) for k in KINDS for s in SPLITS):
+        raise InputError(f"no corpus at {corpus_dir}: {BUILD_HINT}")
+
+
+def shards(corpus_dir: str | os.PathLike, kind: str, split: str = "train") -> list[Path]:
+    corpus_dir = Path(corpus_dir)
+    _check_kind(kind)
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    _check_corpus(corpus_dir)
+    files = _kind_files(corpus_dir, kind, split)
+    if not files:
+        raise InputError(f"no {kind} {split} shards in {corpus_dir}: {BUILD_HINT} "
+                         f"or `trainer data download ... --kind {kind}`")
+    return files
+
+
+def _counts(files: list[Path]) -> dict:
+    stats = [shard_stats(f) for f in files]
+    return {"docs": sum(d for d, _ in stats), "chars": sum(c for _, c in stats), "shards": len(files)}
+
+
+def describe(corpus_dir: str | os.PathLike) -> list[dict]:
+    """One row per kind and split present: shards, docs, chars, bytes on disk."""
+    corpus_dir = Path(corpus_dir)
+    _check_corpus(corpus_dir)
+    rows = []
+    for kind in KINDS:
+        for split in SPLITS:
+            if files := _kind_files(corpus_dir, kind, split):
+                rows.append({"kind": kind, "split": split, **_counts(files),
+                             "bytes": sum(f.stat().st_size for f in files)})
+    return rows
+
+
+def read_manifest(corpus_dir: Path) -> dict:
+    path = Path(corpus_dir) / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON: {_short(e)}") from None
+
+
+def _write_manifest(corpus_dir: Path, manifest: dict) -> None:
+    write_text_atomic(Path(corpus_dir) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def _write_split(kind_dir: Path, split: str, docs: list[str], docs_per_shard: int) -> dict:
+    """Write one split as shards (train) or val.parquet; return its counts."""
+    if split == "val":
+        _write_shard(kind_dir / "val.parquet", docs)
+        n_shards = 1
+    else:
+        starts = range(0, max(len(docs), 1), docs_per_shard)
+        for i, start in enumerate(starts):
+            _write_shard(kind_dir / f"shard_{i:05d}.parquet", docs[start:start + docs_per_shard])
+        n_shards = len(starts)
+    return {"docs": len(docs), "chars": sum(map(len, docs)), "shards": n_shards}
+
+
+# ------------------------------------------------------------------------------ mixing
+
+
+def _check_ratio(code_ratio) -> tuple[float, float]:
+    try:
+        c, p = (float(x) for x in code_ratio)
+    except (TypeError, ValueError):
+        raise InputError(f"code ratio {code_ratio!r} is not two numbers like 1:5") from None
+    if c < 0 or p < 0 or c + p == 0:
+        raise InputError(f"code ratio {code_ratio!r} needs two non-negative numbers, not both zero")
+    return c, p
+
+
+def _kind_stream(files: list[Path], rng: random.Random) -> Iterator[str]:
+    files = list(files)
+    rng.shuffle(files)
+    for path in files:
+        for group in _row_groups(path):
+            rng.shuffle(group)
+            yield from group
+
+
+def mixed_texts(corpus_dir: str | os.PathLike, split: str = "train", code_ratio=DEFAULT_RATIO,
+                seed: int = 0, max_chars: int | None = None) -> Iterator[str]:
+    """Documents of both kinds, interleaved so chars come out at code:prose ~= `code_ratio`.
+
+    Shard order and doc order within each row group are shuffled with `seed`. The stream ends
+    when the kind it needs next runs out (so the ratio holds over the whole stream) or at
+    `max_chars` (the last doc is cut to fit). A ratio with a zero side reads only the other kind.
+    Bad corpora and ratios raise InputError here, not on first iteration.
+    """
+    weights = dict(zip(KINDS, _check_ratio(code_ratio)))
+    files = {k: shards(corpus_dir, k, split) for k in KINDS if weights[k] > 0}
+
+    def generate():
+        streams = {k: _kind_stream(f, random.Random(f"{seed}:{k}")) for k, f in files.items()}
+        emitted = dict.fromkeys(streams, 0)
+        total = 0
+        while max_chars is None or total < max_chars:
+            # the kind furthest behind its share goes next
+            kind = min(streams, key=lambda k: (emitted[k] / weights[k], k))
+            text = next(streams[kind], None)
+            if text is None:
+                return
+            if max_chars is not None:
+                text = text[:max_chars - total]
+            emitted[kind] += len(text)
+            total += len(text)
+            yield text
+
+    return generate()
+
+
+# ------------------------------------------------------------------------------ local source
+
+
+def _chunk(text: str, doc_chars: int) -> Iterator[str]:
+    """Cut text into docs of at most doc_chars, at line boundaries (a longer line is split)."""
+    doc, size = [], 0
+    for line in text.splitlines(keepends=True):
+        while len(line) > doc_chars:  # one huge line: emit what we have, then hard-split it
+            if doc:
+                yield "".join(doc)
+                doc, size = [], 0
+            yield line[:doc_chars]
+            line = line[doc_chars:]
+        if size + len(line) > doc_chars:
+            yield "".join(doc)
+            doc, size = [], 0
+        doc.append(line)
+        size += len(line)
+    if doc:
+        yield "".join(doc)
+
+
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _walk(root: Path, skip_dirs=frozenset()) -> Iterator[Path]:
+    """Files under root in a fixed order, not following directory symlinks."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)  # prune: site-packages is huge
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def _code_files(root: Path) -> list[Path]:
+    return [p for p in _walk(root, {"site-packages", "dist-packages", "__pycache__"}) if p.suffix == ".py"]
+
+
+def _is_prose_name(path: Path) -> bool:
+    name = path.name.removesuffix(".gz").lower()
+    return (Path(name).suffix in PROSE_SUFFIXES and name not in NOT_PROSE_NAMES
+            and "test" not in name and not name.startswith("."))
+
+
+def _decode(data: bytes) -> str | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in text else text
+
+
+def _read_code(path: Path) -> str | None:
+    return _decode(path.read_bytes())
+
+
+def _read_doc(path: Path) -> str | None:
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            return None
+    text = _decode(data)
+    return None if text is None or text.startswith("#!") else text
+
+
+def _read_docstrings(path: Path, module: str) -> str | None:
+    """A module's docstrings as prose: each headed by its dotted name, separated by blank lines."""
+    source = _read_code(path)
+    if source is None:
+        return None
+    try:
+        with warnings.catch_warnings():  # invalid escapes in old modules are not our business
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    parts = []
+
+    def visit(node, name):
+        doc = ast.get_docstring(node)
+        if doc:
+            parts.append(f"{name}\n\n{doc.strip()}\n")
+        for child in node.body:
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child, f"{name}.{child.name}")
+
+    visit(tree, module)
+    return "\n".join(parts) or None
+
+
+def _local_sources(kind: str, stdlib: Path, doc_root: Path) -> list[tuple[str, Path, str]]:
+    """(key, path, reader) per source file; the key names the file for the val split."""
+    def module(p):
+        parts = p.relative_to(stdlib).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    py = _code_files(stdlib) if stdlib.is_dir() else []
+    if kind == "code":
+        return [(f"stdlib/{p.relative_to(stdlib)}", p, "code") for p in py]
+    tests = {"test", "tests", "idle_test"}
+    out = [(f"stdlib/{p.relative_to(stdlib)}", p, module(p)) for p in py
+           if not tests & set(p.relative_to(stdlib).parts)]
+    if doc_root.is_dir():
+        out += [(f"doc/{p.relative_to(doc_root)}", p, "doc") for p in _walk(doc_root)
+                if p.is_file() and _is_prose_name(p)]
+    return out
+
+
+def _read_source(path: Path, reader: str) -> str | None:
+    try:
+        if reader == "code":
+            return _read_code(path)
+        if reader == "doc":
+            return _read_doc(path)
+        return _read_docstrings(path, reader)
+    except OSError:  # unreadable file (permissions, vanished): not our corpus
+        return None
+
+
+def _unit(*parts) -> float:
+    """A stable number in [0, 1) from the parts (unlike hash(), the same in every process)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _compression(text: str) -> float:
+    data = text.encode()
+    return len(zlib.compress(data, 1)) / max(len(data), 1)
+
+
+def _collect_local(kind: str, seed: int, cap: float | None, doc_chars: int, val_fraction: float,
+                   stdlib: Path, doc_root: Path) -> dict[str, list[str]]:
+    rng = random.Random(f"{seed}:{kind}")
+    sources = _local_sources(kind, stdlib, doc_root)
+    rng.shuffle(sources)  # with a cap, read a random subset of files, stopping once it is met
+    caps = {"train": None, "val": None} if cap is None else \
+        {"train": cap * (1 - val_fraction), "val": cap * val_fraction}
+    docs = {"train": [], "val": []}
+    chars = {"train": 0, "val": 0}
+    seen_files, seen_docs = set(), set()
+    for key, path, reader in sources:
+        full = [s for s in SPLITS if caps[s] is not None and chars[s] >= caps[s]]
+        if len(full) == 2:
+            break
+        split = "val" if _unit(seed, key) < val_fraction else "train"
+        if split in full:
+            continue
+        text = _read_source(path, reader)
+        if not text:
+            continue
+        text = text[:MAX_SOURCE_CHARS]
+        digest = hashlib.sha256(text.encode()).digest()
+        if digest in seen_files:
+            continue
+        seen_files.add(digest)
+        for doc in _chunk(text, doc_chars):
+            digest = hashlib.sha256(doc.encode()).digest()
+            if kind == "prose" and _compression(doc) < MIN_PROSE_COMPRESSION:
+                continue
+            if doc.strip() and digest not in seen_docs:
+                seen_docs.add(digest)
+                docs[split].append(doc)
+                chars[split] += len(doc)
+    for split in SPLITS:
+        rng.shuffle(docs[split])
+        if caps[split] is not None:  # the last files read overshoot: drop random docs past the cap
+            kept, total = [], 0
+            for doc in docs[split]:
+                if total >= caps[split]:
+                    break
+                kept.append(doc)
+                total += len(doc)
+            docs[split] = kept
+    return docs
+
+
+def build_local(out_dir: str | os.PathLike, max_chars: int | None = None, seed: int = 42,
+                doc_chars: int = 4000, val_fraction: float = 0.02, code_ratio=DEFAULT_RATIO,
+                stdlib: str | os.PathLike | None = None, doc_root: str | os.PathLike = DOC_ROOT) -> dict:
+    """Build the offline corpus into out_dir (replacing an earlier local build); return the manifest.
+
+    `max_chars` caps the total, split between kinds by `code_ratio` (so a small corpus keeps the
+    mix) and between splits by `val_fraction`. Same machine + same args -> identical shards.
+    """
+    out_dir = Path(out_dir)
+    c, p = _check_ratio(code_ratio)
+    if not 0 < val_fraction < 1:
+        raise InputError(f"val fraction {val_fraction} must be between 0 and 1")
+    if doc_chars < 1 or (max_chars is not None and max_chars < 1):
+        raise InputError("doc chars and max chars must be positive")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} is a file, not a corpus directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and read_manifest(out_dir).get("source") != "local":
+        raise InputError(f"{out_dir} is not empty and holds no local corpus: pick another --out")
+    stdlib = Path(stdlib) if stdlib else _stdlib_root()
+    doc_root = Path(doc_root)
+    manifest = {"source": "local", "seed": seed, "max_chars": max_chars, "doc_chars": doc_chars,
+                "val_fraction": val_fraction, "code_ratio": [c, p], "kinds": {}}
+    describes = {"code": f"python stdlib .py files under {stdlib}",
+                 "prose": f"text files under {doc_root} + stdlib docstrings under {stdlib}"}
+    # build beside out_dir, then swap it in: a failed build leaves the old corpus untouched
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
+    try:
+        for kind, weight in zip(KINDS, (c, p)):
+            if weight == 0:
+                continue
+            cap = None if max_chars is None else max_chars * weight / (c + p)
+            docs = _collect_local(kind, seed, cap, doc_chars, val_fraction, stdlib, doc_root)
+            if not docs["train"] or not docs["val"]:
+                raise InputError(f"found too little {kind} text for a train and a val split "
+                                 f"({describes[kind]}); raise --max-chars")
+            entry = {"source": describes[kind]}
+            for split in SPLITS:
+                entry[split] = _write_split(tmp / kind, split, docs[split], DOCS_PER_SHARD)
+            manifest["kinds"][kind] = entry
+        _write_manifest(tmp, manifest)
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+# ------------------------------------------------------------------------------ download
+
+
+def _fatal(e: BaseException) -> bool:
+    """Errors a retry cannot fix: a missing dataset, file or permission, a 4xx other than 429."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                      RepositoryNotFoundError)):
+        return True
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    return isinstance(e, HfHubHTTPError) and status is not None and 400 <= status < 500 and status != 429
+
+
+def _retryable() -> tuple[type[BaseException], ...]:
+    import httpx
+
+    return (OSError, httpx.TransportError)
+
+
+def _resilient(open_at, start: int, retries: int, backoff: float, what: str) -> Iterator:
+    """Rows from open_at(start), re-opened at the next unread row after a network error.
+
+    `retries` counts consecutive failures; a row read resets it. Backoff doubles each time.
+    """
+    pos, failures = start, 0
+    while True:
+        try:
+            for row in open_at(pos):
+                yield row  # errors in the consumer are not raised here, so never retried
+                pos += 1
+                failures = 0
+            return
+        except _retryable() as e:
+            if _fatal(e):
+                raise InputError(f"cannot read {what}: {_short(e)}") from None
+            failures += 1
+            if failures > retries:
+                raise InputError(f"gave up on {what} after {retries} retries: {_short(e)}") from None
+            time.sleep(backoff * 2 ** (failures - 1))
+        except pa.ArrowException as e:  # a malformed data file in the dataset (not an I/O error)
+            raise InputError(f"cannot read {what}: {_short(e)}") from None
+
+
+def _open_stream(dataset: str, config, data_dir, split: str, column: str, skip: int):
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset, name=config, data_dir=data_dir, split=split, streaming=True)
+    except ValueError as e:  # a bad split or config name
+        raise InputError(f"cannot load {dataset}: {_short(e)}") from None
+    if ds.column_names is not None and column not in ds.column_names:
+        raise InputError(f"{dataset} has no column {column!r} (it has: {', '.join(ds.column_names)})")
+    for row in ds.skip(skip) if skip else ds:
+        if column not in row:
+            raise InputError(f"{dataset} has no column {column!r} (it has: {', '.join(row)})")
+        yield row[column]
+
+
+@contextlib.contextmanager
+def _datasets_errors_folded_in():
+    """`datasets` logs which data file is bad, then raises without naming it: hold such log
+    lines back and add the last one to our error, so the user gets one line naming the file."""
+    import datasets  # noqa: F401  (sets up its logger, which we filter)
+
+    logged = []
+
+    def hold(record):
+        if record.levelno < logging.ERROR:
+            return True
+        logged.append(record.getMessage().strip())
+        return False
+
+    handlers = logging.getLogger("datasets").handlers
+    for h in handlers:
+        h.addFilter(hold)
+    try:
+        yield
+    except InputError as e:
+        if not logged:
+            raise
+        raise InputError(f"{str(e).split(': ', 1)[0]}: {logged[-1]}") from None
+    finally:
+        for h in handlers:
+            h.removeFilter(hold)
+
+
+def download(dataset: str, kind: str, out_dir: str | os.PathLike, column: str = "text",
+             config: str | None = None, split: str = "train", data_dir: str | None = None,
+             max_docs: int | None = None, val_docs: int = ROWS_PER_GROUP,
+             docs_per_shard: int = DOCS_PER_SHARD, retries: int = 5, backoff: float = 2.0) -> dict:
+    """Stream a Hugging Face dataset (or local folder of parquet/jsonl) into out_dir/<kind>/.
+
+    The first `val_docs` docs become val.parquet; `max_docs` more (all if None) go into train
+    shards of `docs_per_shard`. Resumable: full shards on disk are kept and the stream is re-opened
+    past them (`.skip`); a short last shard is rewritten whole. So a second call with a larger
+    `max_docs`, or after a crash, neither duplicates nor drops docs. Network errors re-open the
+    stream at the next unread doc after an exponential backoff. Returns the kind's manifest entry.
+    """
+    _check_kind(kind)
+    if val_docs < 1 or docs_per_shard < 1 or (max_docs is not None and max_docs < 0):
+        raise InputError("val docs and docs per shard must be positive, max docs not negative")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} is a file, not a corpus directory")
+    kind_dir = out_dir / kind
+    spec = {"source": "hf", "dataset": str(dataset), "config": config, "data_dir": data_dir,
+            "split": split, "column": column, "val_docs": val_docs, "docs_per_shard": docs_per_shard}
+    entry = read_manifest(out_dir).get("kinds", {}).get(kind)
+    if entry is not None:
+        changed = [f"{k} was {entry.get(k)!r}, now {v!r}" for k, v in spec.items() if entry.get(k) != v]
+        if changed:
+            raise InputError(f"{kind_dir} already holds other data ({'; '.join(changed)}): "
+                             "pick another --out")
+    elif kind_dir.is_dir() and any(kind_dir.iterdir()):
+        raise InputError(f"{kind_dir} holds files that manifest.json does not describe: pick another --out")
+    entry = {**spec, "exhausted": False, **(entry or {})}
+    for stale in kind_dir.glob(".*.tmp"):  # temp files of a killed run
+        stale.unlink()
+
+    # what is on disk: val first, then full shards, maybe a short last one (rewritten whole)
+    val_path = kind_dir / "val.parquet"
+    have_val = val_path.is_file()
+    paths = sorted(kind_dir.glob("shard_*.parquet"))
+    counts = [shard_stats(p)[0] for p in paths]
+    for i, path in enumerate(paths):
+        short_inside = i < len(paths) - 1 and counts[i] != docs_per_shard
+        if path.name != f"shard_{i:05d}.parquet" or not have_val or short_inside:
+            raise InputError(f"{path} is out of sequence: {kind_dir} is not a resumable download")
+    n_full = len(counts) if counts and counts[-1] == docs_per_shard else max(len(counts) - 1, 0)
+    if entry["exhausted"] or (have_val and max_docs is not None and sum(counts) >= max_docs):
+        return _finish(out_dir, kind, entry)
+
+    start = val_docs + n_full * docs_per_shard if have_val else 0
+    stream = _resilient(lambda pos: _open_stream(str(dataset), config, data_dir, split, column, pos),
+                        start, retries, backoff, str(dataset))
+    with _datasets_errors_folded_in():
+        entry = _stream_into_shards(stream, entry, out_dir, kind, max_docs, n_full, have_val)
+    return _finish(out_dir, kind, entry)
+
+
+def _stream_into_shards(stream, entry: dict, out_dir: Path, kind: str, max_docs: int | None,
+                        n_full: int, have_val: bool) -> dict:
+    kind_dir, val_docs, docs_per_shard = out_dir / kind, entry["val_docs"], entry["docs_per_shard"]
+    val_path = kind_dir / "val.parquet"
+    buf, index, written = [], n_full, n_full * docs_per_shard
+    for text in stream:
+        if have_val and max_docs == 0:
+            break
+        buf.append(text if isinstance(text, str) else ("" if text is None else str(text)))
+        if not have_val and len(buf) == val_docs:
+            _write_shard(val_path, buf)
+            have_val, buf = True, []
+            _finish(out_dir, kind, entry)
+        elif have_val and (len(buf) == docs_per_shard or written + len(buf) == max_docs):
+            _write_shard(kind_dir / f"shard_{index:05d}.parquet", buf)
+            written, index, buf = written + len(buf), index + 1, []
+            _finish(out_dir, kind, entry)
+            if written == max_docs:
+                break
+    else:  # the stream ran out: whatever is buffered is the end of the data
+        entry["exhausted"] = True
+        if not have_val:
+            if not buf:
+                raise InputError(f"{entry['dataset']} ({entry['split']}) has no documents")
+            _write_shard(val_path, buf)
+        elif buf:
+            _write_shard(kind_dir / f"shard_{index:05d}.parquet", buf)
+    stream.close()
+    return entry
+
+
+def _finish(out_dir: Path, kind: str, entry: dict) -> dict:
+    """Recount the kind from its shards and record it in manifest.json.
+
+    The manifest is re-read first, so two kinds can download into one corpus at once.
+    """
+    for split in SPLITS:
+        entry[split] = _counts(_kind_files(out_dir, kind, split))
+    manifest = read_manifest(out_dir)
+    manifest.setdefault("kinds", {})[kind] = entry
+    manifest.pop("source", None)  # a corpus with downloaded kinds is no longer a pure local build
+    _write_manifest(out_dir, manifest)
+    return entry
