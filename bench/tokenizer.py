@@ -2,7 +2,8 @@
 
 Same text for everyone: the local corpus's training docs (built if missing), mixed 1:5
 code:prose, each doc cropped to 10k chars, at least 50 MB. Each trainer runs in its own
-subprocess so its peak RSS is its own. Prints a markdown table for bench/RESULTS.md.
+subprocess and streams the text from the parquet shards, so its peak RSS is its own.
+Prints markdown tables for bench/RESULTS.md.
 
     .venv/bin/python bench/tokenizer.py [--mb 60] [--vocab 8192 32768]
 """
@@ -14,7 +15,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.common import nanocode_home  # noqa: E402
 
 
-def load_docs(path: str) -> list[str]:
-    return json.loads(Path(path).read_text())
+def bench_texts(corpus_dir: Path, n_bytes: int, split: str = "train"):
+    """The same stream for every trainer: 1:5 code:prose, docs cropped to 10k chars, n_bytes of it."""
+    from trainer import corpus
+
+    seen = 0
+    for text in corpus.mixed_texts(corpus_dir, split, (1, 5), 0, None):
+        yield text[:10_000]
+        seen += len(text[:10_000].encode())
+        if seen >= n_bytes:
+            return
 
 
 def train_rustbpe(docs, vocab):
@@ -50,41 +58,34 @@ def train_hf(docs, vocab):
     return tok
 
 
-def child(which: str, docs_path: str, vocab: int, val_path: str) -> None:
-    """Runs in a subprocess: train, then report seconds, peak RSS and compression on val."""
-    docs, val = load_docs(docs_path), load_docs(val_path)
+def child(which: str, corpus_dir: str, n_bytes: int, vocab: int) -> None:
+    """Runs in a subprocess, streaming its text, so its peak RSS is the trainer's own."""
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    tok = (train_rustbpe if which == "rustbpe" else train_hf)(docs, vocab)
+    tok = (train_rustbpe if which == "rustbpe" else train_hf)(bench_texts(Path(corpus_dir), n_bytes), vocab)
     seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     encode = tok.encode if which == "rustbpe" else (lambda s: tok.encode(s).ids)
-    n_bytes = sum(len(v.encode()) for v in val)
+    val = list(bench_texts(Path(corpus_dir), 2_000_000, "val"))
     n_tokens = sum(len(encode(v)) for v in val)
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "docs_rss_mb": base_rss / 1024, "val_bytes_per_token": n_bytes / n_tokens}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak / 1024, "base_rss_mb": base_rss / 1024,
+                      "val_bytes_per_token": sum(len(v.encode()) for v in val) / n_tokens}))
 
 
-def run_child(which, docs_path, vocab, val_path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", which, docs_path, str(vocab), val_path],
+def run_child(which, corpus_dir, n_bytes, vocab) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", which, str(corpus_dir), str(n_bytes), str(vocab)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def gather(mb: int) -> tuple[list[str], list[str]]:
+def local_corpus() -> Path:
     from trainer import corpus
 
     corpus_dir = nanocode_home() / "corpus" / "bench"
     if not (corpus_dir / "manifest.json").exists():
         print(f"building the local corpus at {corpus_dir} ...", flush=True)
         corpus.build_local(corpus_dir)
-    docs, n = [], 0
-    for text in corpus.mixed_texts(corpus_dir, "train", (1, 5), 0, None):
-        docs.append(text[:10_000])
-        n += len(docs[-1].encode())
-        if n >= mb * 1_000_000:
-            break
-    val = list(corpus.mixed_texts(corpus_dir, "val", (1, 5), 0, 2_000_000))
-    return docs, val
+    return corpus_dir
 
 
 def encode_figures(docs: list[str], vocab: int) -> dict:
@@ -113,26 +114,22 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, nargs="+", default=[8192, 32768])
     args = ap.parse_args()
 
-    docs, val = gather(args.mb)
+    corpus_dir, n_bytes = local_corpus(), args.mb * 1_000_000
+    docs = list(bench_texts(corpus_dir, n_bytes))
     size_mb = sum(len(d.encode()) for d in docs) / 1e6
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"text: {len(docs):,} docs, {size_mb:.1f} MB (code:prose 1:5, docs cropped to 10k chars)\n")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        docs_path, val_path = f"{tmp}/docs.json", f"{tmp}/val.json"
-        Path(docs_path).write_text(json.dumps(docs))
-        Path(val_path).write_text(json.dumps(val))
-        print("| vocab | trainer | train s | peak RSS MB | of it, training | val bytes/token | speed vs HF |")
-        print("|---|---|---|---|---|---|---|")
-        for vocab in args.vocab:
-            r = {w: run_child(w, docs_path, vocab, val_path) for w in ("rustbpe", "hf")}
-            for w, label in (("rustbpe", "rustbpe"), ("hf", "HF tokenizers")):
-                ratio = r["hf"]["seconds"] / r[w]["seconds"]
-                extra = r[w]["peak_rss_mb"] - r[w]["docs_rss_mb"]
-                print(f"| {vocab:,} | {label} | {r[w]['seconds']:.1f} | {r[w]['peak_rss_mb']:.0f} | {extra:.0f} | "
-                      f"{r[w]['val_bytes_per_token']:.2f} | {ratio:.2f}x |", flush=True)
+    print("| vocab | trainer | train s | MB/s | peak RSS MB | of it, before training | val bytes/token | speed vs HF |")
+    print("|---|---|---|---|---|---|---|---|")
+    for vocab in args.vocab:
+        r = {w: run_child(w, corpus_dir, n_bytes, vocab) for w in ("rustbpe", "hf")}
+        for w, label in (("rustbpe", "rustbpe"), ("hf", "HF tokenizers")):
+            print(f"| {vocab:,} | {label} | {r[w]['seconds']:.1f} | {size_mb / r[w]['seconds']:.1f} | "
+                  f"{r[w]['peak_rss_mb']:.0f} | {r[w]['base_rss_mb']:.0f} | {r[w]['val_bytes_per_token']:.2f} | "
+                  f"{r['hf']['seconds'] / r[w]['seconds']:.2f}x |", flush=True)
 
     e = encode_figures(docs, args.vocab[0])
     print(f"\nencode, vocab {args.vocab[0]:,}, {size_mb:.1f} MB:")
@@ -145,6 +142,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()
