@@ -96,7 +96,7 @@ def test_train_then_eval_code_mixed_beats_prose_only_on_code(small_corpus, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (["tokenizer", "train", "--vocab-size", "100"], "too small"),
-    (["tokenizer", "train", "--code-ratio", "x"], "--code-ratio"),
+    (["tokenizer", "train", "--code-ratio", "x"], "code ratio 'x'"),
     (["tokenizer", "eval", "--tokenizer", "/nonexistent/tok"], "/nonexistent/tok"),
 ])
 def test_cli_bad_input_is_one_line(small_corpus, tmp_path, args, message):

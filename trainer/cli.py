@@ -1,5 +1,6 @@
 """`trainer`: corpus preparation, tokenizer training and evaluation (stages come later)."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from agent.common import InputError, nanocode_home, run_cli
 from trainer import corpus, tokenizer_eval
 from trainer.tokenizer import Tokenizer
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get whole tables
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the BPE tokenizer.")
@@ -91,15 +92,6 @@ def data_show(corpus_dir: Path = typer.Argument(None, help="[default: $NANOCODE_
 # ---------------------------------------------------------------------------- tokenizer
 
 
-def parse_ratio(text: str) -> tuple[int, int]:
-    try:
-        code, prose = (int(x) for x in text.split(":"))
-        assert code >= 0 and prose >= 0 and code + prose > 0
-    except (ValueError, AssertionError):
-        raise InputError(f"--code-ratio must look like CODE:PROSE with non-negative integers, got {text!r}") from None
-    return code, prose
-
-
 @tokenizer_app.command("train")
 def tokenizer_train(
     corpus_dir: Path = typer.Option(None, "--corpus", help="corpus directory [default: $NANOCODE_HOME/corpus/local]"),
@@ -112,7 +104,7 @@ def tokenizer_train(
 ):
     """Train the BPE tokenizer on the corpus (rustbpe) and save it for tiktoken."""
     corpus_dir, out = corpus_dir or default_corpus(), out or default_tokenizer()
-    ratio = parse_ratio(code_ratio)
+    ratio = corpus.check_ratio(code_ratio)
     texts = (t[:doc_cap] for t in corpus.mixed_texts(corpus_dir, "train", ratio, seed, max_chars))
     t0 = time.perf_counter()
     tok = Tokenizer.train(texts, vocab_size)
@@ -141,12 +133,12 @@ def tokenizer_eval_cmd(
     if markdown:
         print(tokenizer_eval.markdown_table(rows))
         return
-    table = Table(title=f"bytes per token, vocab {ours.vocab_size:,}")
-    columns = ["text", "bytes", "ours tokens", "ours bytes/token"]
+    table = Table(title=f"our tokenizer vs a prose-only one, vocab {ours.vocab_size:,}")
+    columns = ["text", "bytes", "tokens", "bytes/tok"]
     if base:
-        columns += ["prose-only tokens", "prose-only bytes/token", "ours: fewer tokens"]
+        columns += ["prose-only\ntokens", "prose-only\nbytes/tok", "ours\nsaves"]
     for c in columns:
-        table.add_column(c, justify="left" if c == "text" else "right")
+        table.add_column(c, justify="left" if c == "text" else "right", no_wrap=True)
     for r in rows:
         cells = [r["text"], f"{r['bytes']:,}", f"{r['ours_tokens']:,}", f"{r['ours_bpt']:.2f}"]
         if base:

@@ -211,9 +211,10 @@ def _write_split(kind_dir: Path, split: str, docs: list[str], docs_per_shard: in
 # ------------------------------------------------------------------------------ mixing
 
 
-def _check_ratio(code_ratio) -> tuple[float, float]:
+def check_ratio(code_ratio) -> tuple[float, float]:
+    """(code, prose) weights from a pair like (1, 5) or a string like "1:5"."""
     try:
-        c, p = (float(x) for x in code_ratio)
+        c, p = (float(x) for x in (code_ratio.split(":") if isinstance(code_ratio, str) else code_ratio))
     except (TypeError, ValueError):
         raise InputError(f"code ratio {code_ratio!r} is not two numbers like 1:5") from None
     if c < 0 or p < 0 or c + p == 0:
@@ -239,7 +240,7 @@ def mixed_texts(corpus_dir: str | os.PathLike, split: str = "train", code_ratio=
     `max_chars` (the last doc is cut to fit). A ratio with a zero side reads only the other kind.
     Bad corpora and ratios raise InputError here, not on first iteration.
     """
-    weights = dict(zip(KINDS, _check_ratio(code_ratio)))
+    weights = dict(zip(KINDS, check_ratio(code_ratio)))
     files = {k: shards(corpus_dir, k, split) for k in KINDS if weights[k] > 0}
 
     def generate():
@@ -448,7 +449,7 @@ def build_local(out_dir: str | os.PathLike, max_chars: int | None = None, seed: 
     mix) and between splits by `val_fraction`. Same machine + same args -> identical shards.
     """
     out_dir = Path(out_dir)
-    c, p = _check_ratio(code_ratio)
+    c, p = check_ratio(code_ratio)
     if not 0 < val_fraction < 1:
         raise InputError(f"val fraction {val_fraction} must be between 0 and 1")
     if doc_chars < 1 or (max_chars is not None and max_chars < 1):
