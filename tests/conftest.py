@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # console scripts of the venv running the tests (make test runs .venv/bin/python -m pytest)
 BIN = Path(sys.executable).parent
+# datasets/huggingface_hub read HF_HOME when first imported: keep their caches and locks out of ~/.cache
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nanocode-tests-hf-")
 
 
 @pytest.fixture(autouse=True)
