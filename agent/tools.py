@@ -1,0 +1,473 @@
+"""The tool runtime: Read, Grep, Edit and Bash as DESIGN.md specifies, typed by the tool spec.
+
+Shared by the terminal agent and the factory's replay check. `Tools.run(call)` never raises
+(KeyboardInterrupt aside): every failure is a result starting `error: ` that the model reads.
+
+Confinement (file tools): the root is resolved once; each target is joined to it and resolved
+with symlinks followed (a not-yet-existing tail stays lexical), then compared by path
+components. Absolute paths, `~`, `..` and symlinks (leaf or parent) leading out are refused,
+and Edit writes the resolved path it checked. Grep does not descend into symlinked
+directories and skips file symlinks that lead out. Bash is NOT confined: it is a shell whose
+cwd is the root, approved by the user call by call; nothing it starts outlives the call.
+
+Lines are split on `\\n` only (a trailing `\\r` is dropped for display) in Read, Grep and Edit
+alike, so their line numbers agree. Grep patterns are Python `re` syntax. File names with
+control characters (a newline) are shown escaped (`a\\nb.py`), so `path:line:text` stays one line.
+"""
+
+import contextlib
+import difflib
+import fnmatch
+import functools
+import os
+import re
+import signal
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.common import InputError, atomic_path
+from agent.spec import ToolSpec, load_tools, type_args
+
+SKIP_DIRS = {".git", ".hg", ".svn"}
+SNIFF = 8192            # bytes looked at for a NUL byte: binary files are refused or skipped
+CONTEXT = 3             # lines of context around an edit
+SNIPPET_HALF = 10       # a changed region longer than twice this shows only its two ends
+_PREFIX = re.compile(r"^ *\d+→")  # Read's line-number prefix, when copied into Edit strings
+# no pagers, prompts or progress bars: nobody can answer them
+QUIET_ENV = {"PAGER": "cat", "GIT_PAGER": "cat", "MANPAGER": "cat", "GIT_TERMINAL_PROMPT": "0",
+             "PIP_PROGRESS_BAR": "off", "TQDM_DISABLE": "1"}
+
+
+@dataclass
+class Limits:
+    max_output_chars: int = 30_000   # longer results keep head + tail around "... [N chars elided] ..."
+    read_lines: int = 2000           # Read's default limit
+    max_line_chars: int = 2000       # longer lines are cut in Read, Grep and Edit output
+    grep_matches: int = 250
+    max_file_bytes: int = 10_000_000  # Grep skips, Edit refuses bigger files; Read streams them
+    bash_timeout: float = 120.0
+    bash_max_timeout: float = 600.0
+
+
+@dataclass
+class EditPlan:
+    path: Path            # resolved absolute path inside the workspace
+    rel: str              # workspace-relative, as shown to the user/model
+    before: str | None    # None: the file does not exist (a create)
+    after: str
+
+
+class ToolError(Exception):
+    """A failure for the model to read: `error: <message>`."""
+
+
+def _show(name) -> str:
+    """A name on one line: control characters escaped (`a\\nb.py`)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # a final newline ends the last line rather than starting one
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _all_prefixed(s: str) -> bool:
+    return all(_PREFIX.match(line) for line in s.split("\n") if line)
+
+
+def _unprefix(s: str) -> str:
+    return "\n".join(_PREFIX.sub("", line) for line in s.split("\n"))
+
+
+def _changed(a: list[str], b: list[str]) -> tuple[int, int]:
+    """Where lines `b` differ from `a`: b[first:last] (empty for a pure deletion)."""
+    first = 0
+    while first < min(len(a), len(b)) and a[first] == b[first]:
+        first += 1
+    same = 0  # lines equal at the end, not reaching back into the common start
+    while same < min(len(a), len(b)) - first and a[-1 - same] == b[-1 - same]:
+        same += 1
+    return first, len(b) - same
+
+
+def _elide(text: str, keep: int, tail: str = "", dropped: int = 0) -> str:
+    """`text` + `tail` in about `keep` chars: both ends kept, the middle counted. `dropped`
+    chars between text and tail were never captured (a huge Bash output)."""
+    if not dropped:
+        if len(text) + len(tail) <= keep:
+            return text + tail
+        text, tail = text + tail, ""
+    end = tail if dropped else text
+    a, b = text[:keep // 2], end[max(0, len(end) - (keep - keep // 2)):]
+    n = len(text) + dropped + len(tail) - len(a) - len(b)
+    return f"{a}\n... [{n} chars elided] ...\n{b}"
+
+
+def _errors_as_text(method):
+    """Failures come back as the `error: ...` text the model reads, never as exceptions
+    (KeyboardInterrupt aside: the agent turns it into "interrupted by the user")."""
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except ToolError as e:
+            return f"error: {e}"
+        except OSError as e:
+            name = e.filename and _show(os.path.relpath(e.filename, self.root)
+                                        if os.path.isabs(e.filename) else e.filename)
+            return f"error: {e.strerror or e}" + (f": {name}" if name else "")
+        except Exception as e:  # a bug must not end the session: the model sees it instead
+            return f"error: {type(e).__name__}: {e}"
+    return wrapper
+
+
+class _Drain(threading.Thread):
+    """Read a pipe to its end keeping only the first and last `keep` bytes, so a command
+    printing gigabytes costs no memory and never blocks on a full pipe."""
+
+    def __init__(self, pipe, keep: int):
+        super().__init__(daemon=True)
+        self.pipe, self.keep, self.head, self.tail, self.dropped = pipe, keep, bytearray(), bytearray(), 0
+
+    def run(self):
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := os.read(self.pipe.fileno(), 1 << 16):
+                room = max(0, self.keep - len(self.head))
+                self.head += chunk[:room]
+                self.tail += chunk[room:]
+                if len(self.tail) > self.keep:
+                    self.dropped += len(self.tail) - self.keep
+                    del self.tail[:len(self.tail) - self.keep]
+
+    def text(self) -> tuple[str, str, int]:
+        head, tail = bytes(self.head), bytes(self.tail)
+        if not self.dropped:  # contiguous: decode together so no character is split
+            return (head + tail).decode("utf-8", "replace"), "", 0
+        return head.decode("utf-8", "replace"), tail.decode("utf-8", "replace"), self.dropped
+
+
+class Tools:
+    def __init__(self, root, spec: ToolSpec | None = None, limits: Limits | None = None):
+        if not os.path.isdir(root):
+            raise InputError(f"workspace {root} is not an existing directory")
+        self.root = Path(os.path.realpath(root))
+        self.spec = spec if spec is not None else load_tools()
+        self.limits = limits or Limits()
+        self._impl = {"Read": self._read, "Grep": self._grep, "Edit": self._edit, "Bash": self._bash}
+
+    def needs_approval(self, name: str) -> bool:
+        tool = self.spec.get(name)
+        return bool(tool and tool.needs_approval)
+
+    @_errors_as_text
+    def run(self, call: dict) -> str:
+        """Run one parsed tool call: its result text or `error: ...`. Never raises."""
+        args, err = type_args(call, self.spec)
+        if err:
+            return err
+        impl = self._impl.get(call["name"])
+        if impl is None:
+            return f"error: tool {call['name']} is in the tool spec but not implemented here"
+        return _elide(impl(args), self.limits.max_output_chars)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _resolve(self, given, what="file_path") -> tuple[Path, str]:
+        """The resolved path inside the root and its workspace-relative name, or ToolError."""
+        if not isinstance(given, str) or not given:
+            raise ToolError(f"{what} is empty")
+        if "\0" in given:
+            raise ToolError(f"{what} contains a NUL byte")
+        if os.path.isabs(given) or os.path.expanduser(given) != given:
+            kind = "an absolute path" if os.path.isabs(given) else "a home-directory path"
+            raise ToolError(f"{_show(given)} is {kind}; paths are relative to the workspace root")
+        path = Path(os.path.realpath(self.root / given))  # every existing symlink followed
+        if path != self.root and self.root not in path.parents:  # by components, not prefix
+            how = "" if os.path.normpath(given).split(os.sep)[0] == ".." else " through a symlink"
+            raise ToolError(f"{_show(given)} leads outside the workspace{how}; "
+                            "paths are relative to the workspace root")
+        return path, path.relative_to(self.root).as_posix()
+
+    def _regular(self, path: Path, given: str) -> os.stat_result:
+        """stat a file that must exist and be a regular file (reading a FIFO would block)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ToolError(f"no such file: {_show(given)}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise ToolError(f"{_show(given)} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ToolError(f"{_show(given)} is not a regular file")
+        return st
+
+    def _clip(self, line: str, unread: int = 0) -> str:
+        """A line cut to max_line_chars (`unread`: more of it, skipped without decoding)."""
+        cap = self.limits.max_line_chars
+        if len(line) <= cap and not unread:
+            return line
+        return f"{line[:cap]}... [{max(0, len(line) - cap) + unread} chars cut]"
+
+    def _numbered(self, lines, first: int) -> list[str]:
+        return [f"{n:>5}→{self._clip(line)}" for n, line in enumerate(lines, first)]
+
+    # ------------------------------------------------------------------------ Read
+
+    def _read(self, args: dict) -> str:
+        given = args["file_path"]
+        path, _ = self._resolve(given)
+        size = self._regular(path, given).st_size
+        offset, limit = args.get("offset", 0), args.get("limit", self.limits.read_lines)
+        if offset < 0 or limit < 1:
+            raise ToolError(f"offset must be 0 or more and limit 1 or more, got {offset} and {limit}")
+        with open(path, "rb") as f:
+            if b"\0" in f.read(SNIFF):
+                raise ToolError(f"{_show(given)} is a binary file")
+            if size == 0:
+                return f"({_show(given)} is empty)"
+            f.seek(0)
+            out, used, n, more = [], 0, 0, False
+            # line by line, each at most a few KB in memory: a 5 GB file is never loaded whole
+            while line := f.readline(4 * self.limits.max_line_chars + 4):
+                unread = 0
+                while not line.endswith(b"\n") and (rest := f.readline(1 << 20)):
+                    unread += len(rest) - rest.endswith(b"\n")  # the rest of a huge line
+                    if rest.endswith(b"\n"):
+                        break
+                n += 1
+                if n <= offset:
+                    continue
+                text = line.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
+                shown = f"{n:>5}→{self._clip(text, unread)}"
+                if len(out) == limit or (out and used + len(shown) > self.limits.max_output_chars - 100):
+                    more = True
+                    break
+                out.append(shown)
+                used += len(shown) + 1
+        if not out:
+            raise ToolError(f"offset {offset} is past the end of {_show(given)} (it has {n} lines)")
+        if more:
+            out.append(f"(more lines follow: read on with offset={offset + len(out)})")
+        return "\n".join(out)
+
+    # ------------------------------------------------------------------------ Grep
+
+    def _grep(self, args: dict) -> str:
+        pattern, glob, given = args["pattern"], args.get("glob"), args.get("path") or "."
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise ToolError(f"invalid regular expression {pattern!r}: {e} (Python re syntax)") from None
+        start, _ = self._resolve(given, "path")
+        if not start.exists():
+            raise ToolError(f"no such file or directory: {_show(given)}")
+        one_file, files = not start.is_dir(), [start]
+        if not one_file:
+            files = []
+            for dirpath, dirnames, filenames in os.walk(start):  # symlinked dirs are not entered
+                dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+                files += [Path(dirpath, name) for name in filenames]
+        out, used, big, capped = [], 0, 0, False
+        for rel, p in sorted((os.path.relpath(p, self.root).replace(os.sep, "/"), p) for p in files):
+            if glob and not one_file and not self._glob_ok(rel, glob):
+                continue
+            real = Path(os.path.realpath(p))
+            if self.root not in real.parents:
+                continue  # a symlink leading out of the workspace
+            try:
+                st = os.stat(real)
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # a FIFO or device would block or never end
+                if st.st_size > self.limits.max_file_bytes:
+                    big += 1
+                    continue
+                data = real.read_bytes()
+            except OSError:
+                continue  # unreadable or a symlink loop: nothing the model could fix
+            if b"\0" in data[:SNIFF]:
+                if one_file:
+                    raise ToolError(f"{_show(given)} is a binary file")
+                continue
+            for i, line in enumerate(_lines(data.decode("utf-8", "replace")), 1):
+                if rx.search(line):
+                    shown = f"{_show(rel)}:{i}:{self._clip(line)}"
+                    if len(out) == self.limits.grep_matches or (
+                            out and used + len(shown) > self.limits.max_output_chars - 200):
+                        capped = True
+                        break
+                    out.append(shown)
+                    used += len(shown) + 1
+            if capped:
+                break
+        notes = [f"(capped at {len(out)} matches: narrow the pattern, path or glob to see the rest)"] * capped
+        notes += [f"(skipped {big} files over {self.limits.max_file_bytes} bytes)"] * bool(big)
+        return "\n".join((out or ["no matches"]) + notes)
+
+    @staticmethod
+    def _glob_ok(rel: str, glob: str) -> bool:
+        """The glob against the file name or the workspace-relative path (`**/` may be empty)."""
+        return any(fnmatch.fnmatchcase(s, glob) for s in (rel.rsplit("/", 1)[-1], rel)) or (
+            glob.startswith("**/") and fnmatch.fnmatchcase(rel, glob[3:]))
+
+    # ------------------------------------------------------------------------ Edit
+
+    def _edit(self, args: dict) -> str:
+        return self.apply(self.plan_edit(args))
+
+    @_errors_as_text
+    def plan_edit(self, args: dict) -> EditPlan | str:
+        """Check an Edit and compute the new text without writing: an EditPlan or `error: ...`."""
+        given, old, new = args.get("file_path"), args.get("old_string"), args.get("new_string")
+        if not isinstance(new, str) or not isinstance(old, (str, type(None))):
+            raise ToolError("Edit needs new_string (and optionally old_string) as text")
+        path, rel = self._resolve(given)
+        if not old:  # a create
+            if os.path.lexists(path):
+                raise ToolError(f"{_show(given)} already exists; give old_string to change it")
+            return EditPlan(path, rel, None, _unprefix(new) if _all_prefixed(new) else new)
+        if self._regular(path, given).st_size > self.limits.max_file_bytes:
+            raise ToolError(f"{_show(given)} is larger than {self.limits.max_file_bytes} bytes; use Bash")
+        data = path.read_bytes()
+        if b"\0" in data[:SNIFF]:
+            raise ToolError(f"{_show(given)} is a binary file")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ToolError(f"{_show(given)} is not UTF-8 text; Edit would corrupt it, use Bash") from None
+        crlf = text.count("\r\n") * 2 > text.count("\n")  # mostly CRLF: write CRLF too
+        for o, n in self._variants(old, new, crlf):
+            if o == n:
+                raise ToolError("old_string and new_string are the same; there is nothing to change")
+            count = text.count(o)
+            if count == 1:
+                return EditPlan(path, rel, text, text.replace(o, n, 1))
+            if count > 1:
+                at, where = -1, []
+                while (at := text.find(o, at + 1)) >= 0 and len(where) < 10:
+                    where.append(str(text.count("\n", 0, at) + 1))
+                raise ToolError(f"old_string occurs {count} times in {_show(given)} (at lines "
+                                f"{', '.join(where)}); add surrounding lines to make it unique")
+        hint = ""
+        if " ".join(old.split()) in " ".join(text.split()):
+            hint = " (it matches when whitespace is ignored: check indentation, tabs and line ends)"
+        raise ToolError(f"old_string not found in {_show(given)}{hint}; it must match the file "
+                        "exactly: Read the file and copy the text")
+
+    @staticmethod
+    def _variants(old: str, new: str, crlf: bool) -> list[tuple[str, str]]:
+        """(old, new) spellings to try in turn: as given, then with Read's line-number prefixes
+        dropped (only if every line of old has one, so real code holding `→` survives). In a
+        CRLF file new gets CRLF line ends, and old is tried as given and with CRLF."""
+        pairs = [(old, new)]
+        if _all_prefixed(old):
+            pairs.append((_unprefix(old), _unprefix(new)))
+        if crlf:
+            to_crlf = lambda s: s.replace("\r\n", "\n").replace("\n", "\r\n")  # noqa: E731
+            pairs = [(o2, to_crlf(n)) for o, n in pairs for o2 in dict.fromkeys((o, to_crlf(o)))]
+        return pairs
+
+    def diff(self, plan: EditPlan) -> str:
+        """A unified diff (a/rel, b/rel) for the approval prompt, capped like a result."""
+        split = lambda s: re.findall(r"[^\n]*\n|[^\n]+", s or "")  # noqa: E731  (ends kept)
+        out = [line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+               for line in difflib.unified_diff(split(plan.before), split(plan.after),
+                                                f"a/{_show(plan.rel)}", f"b/{_show(plan.rel)}")]
+        return _elide("".join(out), self.limits.max_output_chars)
+
+    @staticmethod
+    def _current(plan: EditPlan) -> str | None:
+        """The file's text now (None if missing): a change behind our back stops apply/revert."""
+        with contextlib.suppress(FileNotFoundError):
+            return plan.path.read_bytes().decode("utf-8", "replace")
+        return None
+
+    def _write(self, path: Path, text: str) -> None:
+        """Atomic (temp + rename), keeping the old file's mode; missing parents are created."""
+        if Path(os.path.realpath(path)) != path:  # a parent was swapped for a symlink since
+            raise ToolError(f"{_show(path.relative_to(self.root))} moved since the edit was planned")
+        mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else None
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(text.encode("utf-8"))
+            if mode is not None:
+                os.chmod(tmp, mode)
+
+    @_errors_as_text
+    def apply(self, plan: EditPlan) -> str:
+        """Write the plan: the result text run() gives for the Edit, or `error: ...`."""
+        if isinstance(plan, str):  # plan_edit's error, passed straight on
+            return plan
+        if self._current(plan) != plan.before:
+            raise ToolError(f"{_show(plan.rel)} changed since the edit was planned; Read it again")
+        self._write(plan.path, plan.after)
+        a, b = _lines(plan.before or ""), _lines(plan.after)
+        first, last = _changed(a, b)
+        lo, hi = max(0, first - CONTEXT), min(len(b), last + CONTEXT)
+        head = [f"created {_show(plan.rel)} ({len(b)} line{'s' * (len(b) != 1)}):"
+                if plan.before is None else f"edited {_show(plan.rel)}:"]
+        if last - first <= 2 * SNIPPET_HALF:
+            return "\n".join(head + self._numbered(b[lo:hi], lo + 1))
+        mid = last - SNIPPET_HALF  # a long region: its two ends
+        return "\n".join(head + self._numbered(b[lo:first + SNIPPET_HALF], lo + 1)
+                         + [f"      ... ({mid - first - SNIPPET_HALF} lines not shown)"]
+                         + self._numbered(b[mid:hi], mid + 1))
+
+    @_errors_as_text
+    def revert(self, plan: EditPlan) -> str:
+        """Undo an applied plan (/undo): `before` back, or the created file removed."""
+        if self._current(plan) != plan.after:
+            raise ToolError(f"{_show(plan.rel)} changed since the edit; not reverting it")
+        if plan.before is None:
+            plan.path.unlink()
+            return f"removed {_show(plan.rel)} (the edit had created it)"
+        self._write(plan.path, plan.before)
+        return f"restored {_show(plan.rel)}"
+
+    # ------------------------------------------------------------------------ Bash
+
+    def _bash(self, args: dict) -> str:
+        command, timeout = args["command"], args.get("timeout", self.limits.bash_timeout)
+        if not command.strip():
+            raise ToolError("command is empty")
+        if timeout <= 0:
+            raise ToolError("timeout must be a positive number of seconds")
+        timeout, keep = min(timeout, self.limits.bash_max_timeout), self.limits.max_output_chars
+        # its own session, so one killpg reaches every child; no stdin to wait on
+        proc = subprocess.Popen(["bash", "-c", command], cwd=self.root, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, env={**os.environ, **QUIET_ENV})
+        drains = [_Drain(proc.stdout, keep), _Drain(proc.stderr, keep)]
+        for d in drains:
+            d.start()
+        code = None
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:  # on KeyboardInterrupt too, which then goes on up to the agent
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # background jobs too: nothing outlives the call
+            proc.wait()
+            deadline = time.monotonic() + 1.0
+            for d, pipe in zip(drains, (proc.stdout, proc.stderr)):
+                d.join(max(0.0, deadline - time.monotonic()))  # EOF, once the group is dead
+                if not d.is_alive():  # a setsid escapee may hold a pipe: leave that fd open
+                    pipe.close()
+        (oh, ot, od), (eh, et, ed) = drains[0].text(), drains[1].text()
+        budget = keep - 200  # stdout and stderr share the cap; a small one leaves room to the other
+        o_len, e_len = len(oh) + len(ot) + od, len(eh) + len(et) + ed
+        e_keep = e_len if e_len <= budget // 2 else max(budget // 2, budget - o_len)
+        out, err = _elide(oh, budget - e_keep, ot, od), _elide(eh, e_keep, et, ed)
+        if code is None:
+            head = f"error: command timed out after {timeout:g}s; killed it and its child processes"
+        else:
+            with contextlib.suppress(ValueError):
+                code = f"{code} (killed by {signal.Signals(-code).name})" if code < 0 else code
+            head = f"exit code: {code}"
+        section = lambda name, s: f"{name}:\n{s}" if s else f"{name}: (empty)"  # noqa: E731
+        return "\n".join([head, section("stdout", out.removesuffix("\n")),
+                          section("stderr", err.removesuffix("\n"))])
