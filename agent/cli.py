@@ -1,11 +1,12 @@
 """`nanocode`: the terminal coding agent."""
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from agent.common import run_cli
+from agent.common import InputError, run_cli
 from agent.spec import load_soul, load_tools, render_system_prompt
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
@@ -13,7 +14,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__d
 
 @app.callback()
 def _group() -> None:
-    # a callback keeps `nanocode prompt` a subcommand while it is the app's only one
+    # a callback keeps each command a subcommand whatever their number
     pass
 
 
@@ -24,6 +25,106 @@ def prompt(soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file (
     """Print the system prompt the model sees, rendered from the SOUL and the tool spec."""
     # plain print, not rich: the prompt holds brackets and backticks that must come out verbatim
     print(render_system_prompt(load_soul(soul), load_tools(tools)), end="")
+
+
+# ------------------------------------------------------------------- chat and run
+
+_BASE_URL_HELP = ("OpenAI-compatible server (ours, vLLM, ...), e.g. http://127.0.0.1:8000/v1; "
+                  "a bare host:port gets /v1. Required for now: running a local checkpoint needs "
+                  "the inference engine, which is not built yet.")
+_MODEL_HELP = ("with --base-url: the served model's name (default: the first the server lists). "
+               "A local checkpoint path will go here once the inference engine exists.")
+
+_YES_HELP = ("approve every Edit and Bash (they run in the workspace). "
+             "Without it those calls are refused and the model is told so.")
+_JSON_HELP = ("write the session as a conversation record to this file "
+              "('-': to stdout, and the transcript goes to stderr).")
+
+
+def _session(base_url, model, api_key, workspace, soul, tools, approve, on_event, source):
+    """Workspace, SOUL, tool spec, backend, in that order: each bad input is one InputError line."""
+    from agent.backend import OpenAIBackend
+    from agent.session import Session
+    from agent.tools import Tools
+
+    root = Path(workspace) if workspace is not None else Path.cwd()
+    if not root.is_dir():  # said here too, so the message names the flag whatever Tools says
+        raise InputError(f"--workspace {root}: no such directory")
+    soul_, spec = load_soul(soul), load_tools(tools)
+    runtime = Tools(root, spec)
+    if not base_url:
+        if model:
+            raise InputError("running a local checkpoint needs the inference engine, which is not "
+                             "built yet; serve the model and pass --base-url URL")
+        raise InputError("no model to talk to: pass --base-url URL (an OpenAI-compatible server)")
+    backend = OpenAIBackend(base_url, model=model, api_key=api_key)
+    backend.check()
+    session = Session(backend, runtime, render_system_prompt(soul_, spec), approve, on_event,
+                      soul_sha=soul_.sha256, tools_sha=spec.sha256, source=source)
+    return session, backend, runtime
+
+
+_opts = dict(
+    base_url=typer.Option(None, "--base-url", help=_BASE_URL_HELP),
+    model=typer.Option(None, "--model", help=_MODEL_HELP),
+    api_key=typer.Option(None, "--api-key", envvar="OPENAI_API_KEY",
+                         help="API key for the server (default $OPENAI_API_KEY, else 'none')."),
+    workspace=typer.Option(None, "--workspace", help="the directory the tools work in (default: here)."),
+    soul=typer.Option(None, "--soul", help="SOUL file (default soul/SOUL.md)."),
+    tools=typer.Option(None, "--tools", help="tool spec (default soul/tools.yaml)."),
+)
+
+
+@app.command()
+def chat(base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _opts["model"],
+         api_key: Optional[str] = _opts["api_key"], workspace: Optional[Path] = _opts["workspace"],
+         soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"]) -> None:
+    """Talk to the agent in your terminal: it reads, searches, edits and runs things in the workspace.
+
+    Read and Grep run without asking; Edit (shown as a diff) and Bash ask first. Type /help inside.
+    """
+    from rich.console import Console
+
+    from agent.chat import ChatUI, chat as chat_loop
+
+    ui = ChatUI(Console(highlight=False, soft_wrap=True))
+    session, backend, runtime = _session(base_url, model, api_key, workspace, soul, tools,
+                                         ui.approve, ui.on_event, "nanocode chat")
+    chat_loop(session, ui, f"nanocode · {backend.label} · workspace {runtime.root}")
+
+
+@app.command()
+def run(task: str = typer.Argument(..., help="what to do, as you would type it in chat."),
+        yes: bool = typer.Option(False, "--yes", help=_YES_HELP),
+        json_path: Optional[str] = typer.Option(None, "--json", help=_JSON_HELP),
+        base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _opts["model"],
+        api_key: Optional[str] = _opts["api_key"], workspace: Optional[Path] = _opts["workspace"],
+        soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"]) -> None:
+    """Run one task without asking anything, for scripts and evals; prints the transcript.
+
+    Exit status: 0 the model finished, 1 it was stopped (server error, full context, step limit), 2 bad input.
+    """
+    import json
+
+    from rich.console import Console
+
+    from agent.chat import ChatUI, auto_approve, run_once
+
+    console = Console(highlight=False, soft_wrap=True, stderr=json_path == "-")
+    ui = ChatUI(console, preview_lines=20)
+    session, _, _ = _session(base_url, model, api_key, workspace, soul, tools,
+                             auto_approve(yes), ui.on_event, "nanocode run")
+    status = run_once(session, ui, task)
+    if json_path == "-":
+        print(json.dumps(session.record(), ensure_ascii=False))
+    elif json_path:
+        try:
+            session.save(json_path)
+        except OSError as e:
+            raise InputError(f"--json {json_path}: cannot write it ({e.strerror or e})") from None
+    if status != "done":
+        console.print(f"stopped: {status.replace('_', ' ')}", markup=False)
+        sys.exit(1)
 
 
 def main() -> None:

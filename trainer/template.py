@@ -15,6 +15,7 @@ a malformed tool call comes back as a call with an `error` the agent reports to 
 `special_id(name) -> id`, i.e. `trainer.tokenizer.Tokenizer`.
 """
 
+import hashlib
 import json
 
 from agent.common import InputError
@@ -74,6 +75,12 @@ def validate(messages: list[dict]) -> None:
                 value_text(value)
             pending.append(call["name"])
     # calls still pending at the end are fine: the conversation stops where the engine runs them
+
+
+def record_id(messages: list[dict]) -> str:
+    """A record's id: sha256 of its messages as canonical JSON (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _messages(conversation) -> list[dict]:

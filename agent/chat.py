@@ -1,0 +1,242 @@
+"""The terminal around a Session: `nanocode chat` (interactive) and `nanocode run` (scripted).
+
+Everything the model or the workspace says is printed as rich `Text`, never as markup, so
+brackets in code cannot restyle the terminal. Model text is written as it arrives.
+"""
+
+import json
+import re
+import time
+
+from rich.console import Console
+from rich.text import Text
+
+from agent.common import nanocode_home
+from agent.session import Decision, Session
+
+try:
+    import readline  # noqa: F401  line editing and history for input(), where available
+except ImportError:  # pragma: no cover - Windows
+    pass
+
+PROMPT = "› "
+HELP = """commands:
+  /undo         revert the last edit the model applied
+  /clear        start a fresh conversation (permissions and /undo history stay)
+  /save [path]  save the session as a conversation record (JSON; the factory can ingest it)
+  /help         this list
+  /quit         leave (Ctrl-D works too)
+Ctrl-C stops the model or the running tool and comes back here; twice at an empty prompt quits.
+Read and Grep run without asking; Edit and Bash ask: y = yes, n = no (you may give a reason,
+which the model reads), a = always allow that tool for this session."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
+
+
+def clean(text: str) -> str:
+    """Text safe for the terminal: a model or a file could hold escape sequences that move the
+    cursor or retitle the window, so control characters are shown escaped (CRs dropped)."""
+    return _CONTROL.sub(lambda m: "" if m[0] == "\r" else repr(m[0])[1:-1], text)
+
+
+def _short(value, width: int = 60) -> str:
+    """An argument value as JSON (strings quoted, newlines as \\n), cut to about `width`."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[:width - 2] + "…" + text[-1]
+
+
+def call_line(call: dict) -> str:
+    """`Read(file_path="a.py")`: one line, long values cut."""
+    args = ", ".join(f"{k}={_short(v)}" for k, v in (call.get("args") or {}).items())
+    return f"{call.get('name') or '?'}({args})"
+
+
+def diff_text(diff: str) -> Text:
+    """A unified diff, coloured: additions green, removals red, hunk headers cyan."""
+    out = Text()
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---")):
+            style = "bold"
+        elif line.startswith("+"):
+            style = "green"
+        elif line.startswith("-"):
+            style = "red"
+        elif line.startswith("@@"):
+            style = "cyan"
+        else:
+            style = "dim"
+        out.append(clean(line) + "\n", style=style)
+    return out
+
+
+class ChatUI:
+    """Renders session events and asks for approvals on a rich console."""
+
+    def __init__(self, console: Console, preview_lines: int = 4):
+        self.console = console
+        self.preview_lines = preview_lines
+        self._midline = False  # model text was written without a final newline
+        self._status = None    # the spinner while a tool runs
+
+    # ------------------------------------------------------------------ events
+
+    def on_event(self, kind: str, payload) -> None:
+        if kind == "text":
+            self.console.file.write(clean(payload))
+            self.console.file.flush()
+            self._midline = not payload.endswith("\n")
+            return
+        self._stop_status()
+        self._newline()
+        if kind == "assistant" and not payload.get("content") and not payload.get("tool_calls"):
+            self.console.print(Text("(the model said nothing)", style="dim"))
+        elif kind == "call":
+            self.console.print(Text("● ", style="cyan") + Text(clean(call_line(payload)), style="bold"))
+        elif kind == "running" and self.console.is_terminal and payload["name"] != "Edit":
+            self._status = self.console.status(f"running {payload['name']}… (Ctrl-C stops it)")
+            self._status.start()
+        elif kind == "result":
+            self._result(payload[1])
+        elif kind in ("notice", "context_full"):
+            self.console.print(Text(f"· {clean(payload)}", style="yellow"))
+        elif kind == "error":
+            self.console.print(Text(f"error: {clean(payload)}", style="red"))
+
+    def _result(self, text: str) -> None:
+        lines = text.splitlines() or [""]
+        style = "red" if text.startswith("error") or text.startswith("the user refused") else "dim"
+        shown = lines[:self.preview_lines]
+        for i, line in enumerate(shown):
+            self.console.print(Text(("  ⎿ " if i == 0 else "    ") + clean(line), style=style))
+        if len(lines) > len(shown):
+            self.console.print(Text(f"    … +{len(lines) - len(shown)} lines", style="dim"))
+
+    def _newline(self) -> None:
+        if self._midline:
+            self.console.file.write("\n")
+            self._midline = False
+
+    def _stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def end_turn(self) -> None:
+        self._stop_status()
+        self._newline()
+
+    # ---------------------------------------------------------------- approval
+
+    def approve(self, call: dict, preview) -> Decision:
+        name, args = call["name"], call.get("args") or {}
+        if name == "Edit" and preview:
+            self.console.print(diff_text(preview), end="")
+            question = f"allow Edit on {clean(str(args.get('file_path')))}?"
+        elif name == "Bash" and preview:
+            self.console.print(Text(f"  $ {clean(preview)}", style="bold"))
+            question = "allow Bash?"
+        else:
+            question = f"allow {name}?"
+        try:
+            while True:
+                answer = input(f"{question} [y]es / [n]o / [a]lways ").strip()
+                word, _, rest = answer.partition(" ")  # `n don't touch that` works in one go
+                word = word.lower()
+                if word in ("y", "yes"):
+                    return Decision(True)
+                if word in ("a", "always"):
+                    self.console.print(Text(f"· {name} is allowed for the rest of the session", style="yellow"))
+                    return Decision(True, always=True)
+                if word in ("n", "no"):
+                    reason = rest.strip() or input("reason for the model (optional, Enter to skip): ").strip()
+                    return Decision(False, reason=reason)
+                self.console.print(Text("answer y, n or a", style="yellow"))
+        except EOFError:  # input closed (piped stdin): nobody can approve, so it is a no
+            self.console.print()
+            return Decision(False, reason="nobody there to approve it")
+
+
+def auto_approve(yes: bool):
+    """Approvals for `nanocode run`: all yes, or all no with a reason the model reads.
+
+    Yes covers Bash too: it runs in the workspace but, unlike the file tools, is not confined."""
+    def approve(call, preview):
+        return Decision(True) if yes else Decision(False, reason="not approved (run without --yes)")
+    return approve
+
+
+def _default_save_path(session: Session):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return nanocode_home() / "sessions" / f"{stamp}-{session.record()['id'][:8]}.json"
+
+
+def command(session: Session, ui: ChatUI, line: str) -> bool:
+    """Run a slash command; False means quit."""
+    name, _, arg = line.strip().partition(" ")
+    say = lambda text, style="yellow": ui.console.print(Text(text, style=style))  # noqa: E731
+    if name in ("/quit", "/exit", "/q"):
+        return False
+    if name == "/help":
+        ui.console.print(Text(HELP))
+    elif name == "/undo":
+        result = session.undo()
+        say(f"· {result}", "red" if result.startswith("error") else "yellow")
+    elif name == "/clear":
+        session.clear()
+        say("· cleared: a fresh conversation")
+    elif name == "/save":
+        path = arg.strip() or _default_save_path(session)
+        try:
+            saved = session.save(path)
+        except OSError as e:
+            say(f"error: cannot save to {path}: {e.strerror or e}", "red")
+        else:
+            say(f"· saved {len(session.messages)} messages to {saved}")
+    else:
+        say(f"unknown command {name} (see /help)")
+    return True
+
+
+def chat(session: Session, ui: ChatUI, banner: str) -> None:
+    """The interactive loop: read a line, run it, repeat until /quit, Ctrl-D or Ctrl-C twice."""
+    ui.console.print(Text(banner, style="bold"))
+    ui.console.print(Text("/help for commands · Ctrl-C stops the model or a tool · Ctrl-D quits", style="dim"))
+    interrupted_at_prompt = False
+    while True:
+        try:
+            line = input(PROMPT)
+        except EOFError:
+            ui.console.print()
+            return
+        except KeyboardInterrupt:
+            if interrupted_at_prompt:
+                ui.console.print()
+                return
+            interrupted_at_prompt = True
+            ui.console.print(Text("\n(Ctrl-C again or Ctrl-D to quit)", style="dim"))
+            continue
+        interrupted_at_prompt = False
+        try:
+            if not line.strip():
+                continue
+            if line.startswith("/"):
+                if not command(session, ui, line):
+                    return
+                continue
+            session.send(line)
+        except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
+            session.repair()
+            ui.end_turn()
+            ui.console.print(Text("· interrupted", style="yellow"))
+        finally:
+            ui.end_turn()
+
+
+def run_once(session: Session, ui: ChatUI, task: str) -> str:
+    """`nanocode run`: one task to the end, the transcript on the console; returns the status."""
+    ui.console.print(Text(PROMPT + task, style="bold"))
+    try:
+        return session.send(task)
+    finally:
+        ui.end_turn()
