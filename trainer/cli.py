@@ -19,6 +19,8 @@ tokenizer_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the B
 data_app = typer.Typer(no_args_is_help=True, help="Download or build pretraining corpora as parquet shards.")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
+run_app = typer.Typer(no_args_is_help=True, help="Run a training stage (resumable).")
+app.add_typer(run_app, name="run")
 
 
 def default_corpus() -> Path:
@@ -148,6 +150,72 @@ def tokenizer_eval_cmd(
     if base is None:
         console.print(f"(no prose-only baseline at {baseline}: train one with "
                       f"`trainer tokenizer train --code-ratio 0:1 --out {baseline}`)")
+
+
+# ---------------------------------------------------------------------------- run
+
+
+@run_app.command("pretrain")
+def run_pretrain(
+    config: str = typer.Option("d3", help="preset (d3 d6 d12 d20 d24) or d<N> for any depth"),
+    corpus_dir: Path = typer.Option(None, "--corpus", help="[default: $NANOCODE_HOME/corpus/local]"),
+    tokenizer: Path = typer.Option(None, help="[default: $NANOCODE_HOME/tokenizer]; the model takes its vocab"),
+    out: Path = typer.Option(None, help="metrics.jsonl and checkpoints/ [default: $NANOCODE_HOME/runs/<config>]"),
+    checkpoint_dir: str = typer.Option(None, help="checkpoints elsewhere: any path orbax takes, e.g. gs://bucket/run"),
+    steps: int = typer.Option(None, help="optimizer steps [default: from the param:data ratio]"),
+    seq_len: int = typer.Option(None), device_batch_size: int = typer.Option(None),
+    total_batch_tokens: int = typer.Option(None, help="tokens per optimizer step"),
+    eval_every: int = typer.Option(None), eval_tokens: int = typer.Option(None),
+    sample_every: int = typer.Option(None, help="0: no samples"), save_every: int = typer.Option(None),
+    seed: int = typer.Option(None),
+    resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
+    dry_run: bool = typer.Option(False, help="print the plan (params, FLOPs, tokens, memory, time) and exit"),
+):
+    """Pretrain the GPT on the corpus; every N steps a checkpoint, val bits-per-byte and samples."""
+    import jax
+
+    from trainer import configs, train
+
+    overrides = {k: v for k, v in dict(
+        num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size, total_batch_tokens=total_batch_tokens,
+        eval_every=eval_every, eval_tokens=eval_tokens, sample_every=sample_every, save_every=save_every,
+        seed=seed).items() if v is not None}
+    tokenizer = tokenizer or default_tokenizer()
+    if not dry_run or (tokenizer / "tokenizer.json").exists():
+        overrides["vocab_size"] = Tokenizer.load(tokenizer).vocab_size
+    cfg = configs.for_platform(configs.get_config(config, **overrides), jax.default_backend())
+    if dry_run:
+        print_plan(cfg, jax.device_count())
+        return
+    paths = train.RunPaths(corpus=corpus_dir or default_corpus(), tokenizer=tokenizer,
+                           out=out or nanocode_home() / "runs" / cfg.name, checkpoints=checkpoint_dir)
+    train.train(cfg, paths, resume=resume, log=console.print)
+
+
+def print_plan(cfg, n_devices: int) -> None:
+    from trainer.configs import describe
+    from trainer.train import device_peak_flops
+
+    info = describe(cfg, n_devices)
+    # fp32 master weights + Adam's two moments (Muon keeps one: a bound from above), grads, plus
+    # the fp32 logits of one micro-batch and their gradient: the usual dominant activations
+    state_bytes = info["params"] * 4 * 4
+    logits_bytes = 2 * 4 * cfg.device_batch_size * cfg.model.seq_len * cfg.model.vocab_size
+    peak = device_peak_flops(cfg.model.compute_dtype) * n_devices
+    table = Table(title=f"{cfg.name}: plan on {n_devices} device(s)", show_header=False)
+    rows = [("params", f"{info['params']:,} ({info['matmul_params']:,} in matmuls)"),
+            ("shape", f"depth {info['depth']}, d_model {info['d_model']}, {info['heads']} heads of "
+                      f"{info['head_dim']}, seq {info['seq_len']}, vocab {info['vocab']:,}"),
+            ("FLOPs/token", f"{info['flops_per_token']:.3g}"),
+            ("tokens", f"{info['tokens']:,} ({info['tokens_per_param']:.1f} per matmul param)"),
+            ("steps", f"{info['steps']:,} x {info['total_batch_tokens']:,} tokens, grad accum {info['grad_accum']}"),
+            ("memory", f"~{(state_bytes + logits_bytes) / 2**30:.2f} GiB per device (state {state_bytes / 2**30:.2f}, "
+                       f"logits {logits_bytes / 2**30:.2f}) + activations"),
+            ("time", f"~{info['total_flops'] / (0.4 * peak) / 3600:.2f} h at 40% MFU of "
+                     f"{peak / 1e12:.3g} TFLOP/s ({cfg.model.compute_dtype})")]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
 
 
 def main() -> None:

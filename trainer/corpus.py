@@ -31,8 +31,8 @@ Two ways to fill one:
   folder of parquet/jsonl in the same shapes). The first `val_docs` docs of the stream become
   val.parquet, the following ones the train shards. Resumable and retried (see `download`).
 
-`mixed_texts` reads a corpus back as one stream at a code:prose char ratio, for tokenizer
-training and the pretraining loader.
+`MixedStream` reads a corpus back as one resumable stream at a code:prose char ratio, for the
+pretraining loader; `mixed_texts` is its plain text form, for tokenizer training.
 """
 
 import ast
@@ -107,16 +107,20 @@ def _open_shard(path: Path) -> pq.ParquetFile:
     return pf
 
 
+def _read_group(pf: pq.ParquetFile, path: Path, i: int) -> list[str | None]:
+    """One row group's texts, all rows kept (so a row index names a doc)."""
+    try:
+        return pf.read_row_group(i, columns=["text"]).column(0).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path} is corrupt (row group {i}): {_short(e)}") from None
+
+
 def _row_groups(path: Path) -> Iterator[list[str]]:
     """Yield a shard's texts one row group at a time (never the whole file in memory)."""
     path = Path(path)
     with _open_shard(path) as pf:
         for i in range(pf.num_row_groups):
-            try:
-                column = pf.read_row_group(i, columns=["text"]).column(0)
-            except (pa.ArrowException, OSError) as e:
-                raise InputError(f"{path} is corrupt (row group {i}): {_short(e)}") from None
-            yield [t for t in column.to_pylist() if t]
+            yield [t for t in _read_group(pf, path, i) if t]
 
 
 def iter_texts(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
@@ -222,40 +226,135 @@ def check_ratio(code_ratio) -> tuple[float, float]:
     return c, p
 
 
-def _kind_stream(files: list[Path], rng: random.Random) -> Iterator[str]:
-    files = list(files)
-    rng.shuffle(files)
-    for path in files:
-        for group in _row_groups(path):
-            rng.shuffle(group)
-            yield from group
+def _shuffled(items: list, *seed_parts) -> list:
+    items = list(items)
+    random.Random(":".join(map(str, seed_parts))).shuffle(items)
+    return items
+
+
+class MixedStream:
+    """Documents of both kinds as (doc id, text), chars at code:prose ~= `code_ratio`; resumable.
+
+    A doc id is [kind, shard file name, row group, row]: enough to read that doc back. Each pass
+    (epoch) over a kind shuffles its shards by (seed, kind, epoch) and the docs of each row group by
+    (seed, kind, epoch, shard, group), so a position is a few ints and needs no rng state.
+    Per kind it holds epoch, shard (index in that epoch's order), row group, row (index in the
+    group's shuffled order) and the chars counted for the mix.
+    Without `loop` the stream ends when the kind it needs next runs out; with it that kind starts
+    its next epoch. `state()` / `state=` save and restore the position exactly.
+    """
+
+    def __init__(self, corpus_dir, split: str = "train", code_ratio=DEFAULT_RATIO, seed: int = 0,
+                 loop: bool = False, state: dict | None = None):
+        self.weights = dict(zip(KINDS, check_ratio(code_ratio)))
+        self.files = {k: shards(corpus_dir, k, split) for k in KINDS if self.weights[k] > 0}
+        self.corpus_dir, self.split, self.seed, self.loop = Path(corpus_dir), split, seed, loop
+        fresh = {"epoch": 0, "shard": 0, "group": 0, "row": 0, "chars": 0}
+        self.pos = {k: {**fresh, **(state or {}).get(k, {})} for k in self.files}
+        self._group = {}  # kind -> ((shard, epoch, group), texts, shuffled rows): the group being read
+        self._open = {}  # kind -> (path, ParquetFile)
+        self._orders = {}  # kind -> (epoch, shuffled shards)
+        self._fed = dict.fromkeys(self.files, True)  # did this epoch yield a doc? (guards an endless loop)
+
+    def state(self) -> dict:
+        return {k: dict(p) for k, p in self.pos.items()}
+
+    def uncount(self, kind: str, chars: int) -> None:
+        """Take back chars that were emitted but never used (a cropped tail): the mix then
+        balances what is used, and that kind gets the next pick sooner."""
+        if kind in self.pos:  # not when the ratio now leaves that kind out
+            self.pos[kind]["chars"] -= chars
+
+    def _texts(self, kind: str, path: Path, group: int) -> list[str] | None:
+        """The texts of one row group (empty ones as ""), or None past the shard's last group."""
+        if self._open.get(kind, (None,))[0] != path:
+            if kind in self._open:
+                self._open[kind][1].close()
+            self._open[kind] = (path, _open_shard(path))
+        pf = self._open[kind][1]
+        return None if group >= pf.num_row_groups else [t or "" for t in _read_group(pf, path, group)]
+
+    def _order(self, kind: str, epoch: int) -> list[Path]:
+        if self._orders.get(kind, (None,))[0] != epoch:
+            self._orders[kind] = (epoch, _shuffled(self.files[kind], self.seed, kind, epoch))
+        return self._orders[kind][1]
+
+    def _next(self, kind: str):
+        p = self.pos[kind]
+        while True:
+            order = self._order(kind, p["epoch"])
+            if p["shard"] >= len(order):
+                if not self.loop:
+                    return None
+                if not self._fed[kind]:
+                    raise InputError(f"the {kind} shards hold no documents")
+                self._fed[kind] = False
+                p.update(epoch=p["epoch"] + 1, shard=0, group=0, row=0)
+                continue
+            path, key = order[p["shard"]], (order[p["shard"]].name, p["epoch"], p["group"])
+            if self._group.get(kind, (None,))[0] != key:
+                texts = self._texts(kind, path, p["group"])
+                if texts is None:
+                    p.update(shard=p["shard"] + 1, group=0, row=0)
+                    continue
+                rows = _shuffled([i for i, t in enumerate(texts) if t], self.seed, kind, *key)
+                self._group[kind] = (key, texts, rows)
+            _, texts, rows = self._group[kind]
+            if p["row"] >= len(rows):
+                p.update(group=p["group"] + 1, row=0)
+                continue
+            row = rows[p["row"]]
+            p["row"] += 1
+            p["chars"] += len(texts[row])
+            self._fed[kind] = True
+            return [kind, path.name, p["group"], row], texts[row]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[list, str]:
+        # the kind furthest behind its share goes next
+        kind = min(self.pos, key=lambda k: (self.pos[k]["chars"] / self.weights[k], k))
+        doc = self._next(kind)
+        if doc is None:
+            raise StopIteration
+        return doc
+
+    def read(self, ids: list) -> list[str]:
+        """The texts of docs by id (reading each row group once), in the order given."""
+        kinds = {kind for kind, *_ in ids}  # a kind the ratio now leaves out may still be buffered
+        by_name = {(k, f.name): f for k in kinds
+                   for f in self.files.get(k) or shards(self.corpus_dir, k, self.split)}
+        groups = {}
+        for kind, name, group, _ in ids:
+            if (kind, name) not in by_name:
+                raise InputError(f"no {kind} shard {name} in this corpus")
+            if (kind, name, group) not in groups:
+                groups[kind, name, group] = self._texts(kind, by_name[kind, name], group) or []
+        texts = [groups[k, n, g][r] if r < len(groups[k, n, g]) else "" for k, n, g, r in ids]
+        if not all(texts):
+            raise InputError("a saved doc id names no document: the corpus changed")
+        return texts
 
 
 def mixed_texts(corpus_dir: str | os.PathLike, split: str = "train", code_ratio=DEFAULT_RATIO,
                 seed: int = 0, max_chars: int | None = None) -> Iterator[str]:
     """Documents of both kinds, interleaved so chars come out at code:prose ~= `code_ratio`.
 
-    Shard order and doc order within each row group are shuffled with `seed`. The stream ends
-    when the kind it needs next runs out (so the ratio holds over the whole stream) or at
-    `max_chars` (the last doc is cut to fit). A ratio with a zero side reads only the other kind.
+    The order of `MixedStream` with `seed`. The stream ends when the kind it needs next runs out
+    (so the ratio holds over the whole stream) or at `max_chars` (the last doc is cut to fit).
+    A ratio with a zero side reads only the other kind.
     Bad corpora and ratios raise InputError here, not on first iteration.
     """
-    weights = dict(zip(KINDS, check_ratio(code_ratio)))
-    files = {k: shards(corpus_dir, k, split) for k in KINDS if weights[k] > 0}
+    stream = MixedStream(corpus_dir, split, code_ratio, seed)
 
     def generate():
-        streams = {k: _kind_stream(f, random.Random(f"{seed}:{k}")) for k, f in files.items()}
-        emitted = dict.fromkeys(streams, 0)
         total = 0
-        while max_chars is None or total < max_chars:
-            # the kind furthest behind its share goes next
-            kind = min(streams, key=lambda k: (emitted[k] / weights[k], k))
-            text = next(streams[kind], None)
-            if text is None:
-                return
+        for _, text in stream:
             if max_chars is not None:
+                if total >= max_chars:
+                    return
                 text = text[:max_chars - total]
-            emitted[kind] += len(text)
             total += len(text)
             yield text
 

@@ -1,0 +1,174 @@
+"""A nanochat-style GPT as pure functions of a pytree of fp32 arrays.
+
+    ids -> wte -> RMSNorm = x0
+    for each layer (one lax.scan over stacked weights):
+        x = resid_lambdas[i] * x + x0_lambdas[i] * x0
+        x = x + attn(norm(x))      # RoPE (base 100k) then QK-norm, causal, GQA-capable
+        x = x + mlp(norm(x))       # ReLU^2, 4x wide
+    logits = 15 * tanh(norm(x) @ lm_head / 15)
+
+Norms have no parameters, matrices have no biases, embedding and unembedding are untied.
+Master weights stay fp32; each layer casts its weights to `compute_dtype` (bf16 on GPU/TPU)
+inside the scan, and logits come out fp32. Not here (nanochat has them): value embeddings,
+smear, backout, sliding windows.
+"""
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+QK_GAIN = 1.2  # nanochat scales q and k by 1.2 after QK-norm ("sharper attention")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    seq_len: int
+    n_layer: int
+    d_model: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    rope_base: float = 100_000.0
+    softcap: float = 15.0
+    compute_dtype: str = "float32"  # "bfloat16" on GPU/TPU; params stay fp32 and are cast inside
+    attention: str = "xla"          # "cudnn" on NVIDIA GPUs (bf16 only)
+    remat: bool = False             # recompute each layer in the backward pass: less memory, ~1/3 more FLOPs
+
+    def __post_init__(self):
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}")
+        if self.attention not in ("xla", "cudnn"):
+            raise ValueError(f"attention must be 'xla' or 'cudnn', got {self.attention!r}")
+        if self.attention == "cudnn" and self.compute_dtype not in ("bfloat16", "float16"):
+            raise ValueError("cudnn attention needs compute_dtype bfloat16 or float16")
+
+
+def init_params(cfg: GPTConfig, key) -> dict:
+    """nanochat's init: zero output projections (each block starts as the identity), tiny lm_head
+    (loss starts at ln V), uniform q/k/v with std 1/sqrt(D), c_fc at 0.4x, per-layer scalar ramps."""
+    L, D, V = cfg.n_layer, cfg.d_model, cfg.vocab_size
+    q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    k = jax.random.split(key, 6)
+    s = math.sqrt(3.0 / D)  # uniform(-s, s) has std 1/sqrt(D)
+
+    def uniform(key, shape, bound):
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+    return {
+        "wte": 0.8 * jax.random.normal(k[0], (V, D), jnp.float32),
+        "lm_head": 0.001 * jax.random.normal(k[1], (D, V), jnp.float32),
+        "resid_lambdas": jnp.linspace(1.15, 1.05, L, dtype=jnp.float32),
+        "x0_lambdas": jnp.linspace(0.20, 0.05, L, dtype=jnp.float32),
+        "blocks": {
+            "wq": uniform(k[2], (L, D, q_dim), s),
+            "wk": uniform(k[3], (L, D, kv_dim), s),
+            "wv": uniform(k[4], (L, D, kv_dim), s),
+            "wo": jnp.zeros((L, q_dim, D), jnp.float32),
+            "w_fc": uniform(k[5], (L, D, 4 * D), 0.4 * s),
+            "w_proj": jnp.zeros((L, 4 * D, D), jnp.float32),
+        },
+    }
+
+
+def rms_norm(x):
+    # statistics in fp32 even when x is bf16; no learnable gain
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype)
+
+
+def rope(positions, head_dim: int, base: float):
+    """cos, sin tables of shape (T, head_dim/2) for integer positions (T,)."""
+    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, T, N, H). Half-split pairing (channel j pairs with j + H/2), rotating by -angle as
+    # nanochat does; any fixed sign is equivalent, but matching it keeps weights portable.
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    cos, sin = cos[:, None, :].astype(x.dtype), sin[:, None, :].astype(x.dtype)
+    return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+
+
+def attention(x, w, cos, sin, cfg: GPTConfig):
+    B, T, _ = x.shape
+    q = (x @ w["wq"]).reshape(B, T, cfg.n_head, cfg.head_dim)
+    k = (x @ w["wk"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
+    v = (x @ w["wv"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
+    # RoPE before QK-norm, as nanochat; fewer kv heads than q heads is GQA, handled natively
+    q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
+    y = jax.nn.dot_product_attention(
+        q, k, v, is_causal=True,
+        scale=QK_GAIN**2 / math.sqrt(cfg.head_dim),  # the 1.2 gain on q and k folded into the scale
+        implementation=cfg.attention)  # "cudnn" is never picked automatically: ask for it
+    return y.reshape(B, T, -1) @ w["wo"]
+
+
+def mlp(x, w):
+    return jnp.square(jax.nn.relu(x @ w["w_fc"])) @ w["w_proj"]
+
+
+def block(x, w, cos, sin, cfg: GPTConfig):
+    """One pre-norm transformer layer; `w` holds this layer's (unstacked) weights."""
+    x = x + attention(rms_norm(x), w, cos, sin, cfg)
+    return x + mlp(rms_norm(x), w)
+
+
+def forward(params, ids, cfg: GPTConfig):
+    """(B, T) int32 token ids -> (B, T, V) float32 soft-capped logits."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    cos, sin = rope(jnp.arange(ids.shape[1]), cfg.head_dim, cfg.rope_base)
+    x0 = rms_norm(params["wte"][ids].astype(dtype))  # gather first, then cast: never copies the table
+
+    def layer(x, layer_params):
+        w, resid_lambda, x0_lambda = layer_params
+        w = jax.tree.map(lambda a: a.astype(dtype), w)  # one layer's weights in bf16 at a time
+        x = resid_lambda.astype(dtype) * x + x0_lambda.astype(dtype) * x0
+        return block(x, w, cos, sin, cfg), None
+
+    if cfg.remat:
+        layer = jax.checkpoint(layer, prevent_cse=False)  # inside scan, CSE prevention is unneeded
+    # scan, not a Python loop: compile time stays flat in depth
+    x, _ = jax.lax.scan(layer, x0, (params["blocks"], params["resid_lambdas"], params["x0_lambdas"]))
+    logits = jnp.dot(rms_norm(x), params["lm_head"].astype(dtype), preferred_element_type=jnp.float32)
+    return cfg.softcap * jnp.tanh(logits / cfg.softcap)
+
+
+def token_losses(params, inputs, targets, cfg: GPTConfig):
+    """(B, T) float32 cross-entropy in nats; positions whose target is -1 (or any negative) are 0."""
+    logits = forward(params, inputs, cfg)
+    valid = targets >= 0
+    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
+
+
+def loss_fn(params, inputs, targets, cfg: GPTConfig):
+    """Mean cross-entropy over the positions with a target (targets != -1)."""
+    n = jnp.sum(targets >= 0)
+    return jnp.sum(token_losses(params, inputs, targets, cfg)) / jnp.maximum(n, 1)
+
+
+def _block_params(cfg: GPTConfig) -> int:
+    D, q_dim, kv_dim = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    attn = D * q_dim + 2 * D * kv_dim + q_dim * D
+    return cfg.n_layer * (attn + 8 * D * D)  # MLP: D x 4D in, 4D x D out
+
+
+def param_count(cfg: GPTConfig) -> int:
+    return 2 * cfg.vocab_size * cfg.d_model + 2 * cfg.n_layer + _block_params(cfg)
+
+
+def matmul_params(cfg: GPTConfig) -> int:
+    """Block matrices + lm_head: nanochat's "scaling params" (embedding and scalars excluded)."""
+    return _block_params(cfg) + cfg.d_model * cfg.vocab_size
+
+
+def flops_per_token(cfg: GPTConfig) -> float:
+    # nanochat's formula (PaLM appendix B): 6 FLOPs per matmul weight per token (fwd + bwd), plus
+    # attention scores and values 12 * L * H * head_dim * T over the full (not causal-halved) context.
+    attn = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.seq_len
+    return float(6 * matmul_params(cfg) + attn)

@@ -1,0 +1,265 @@
+"""The training loop, top to bottom: pretraining now; SFT and DPO reuse it with other data and losses.
+
+One jitted step per optimizer update: gradient accumulation is a `lax.scan` over micro-batches,
+params and optimizer state are donated, the learning-rate multiplier comes in as an array (a
+schedule change never recompiles). Params stay fp32; the model casts to cfg.model.compute_dtype.
+
+Devices: a 1-D mesh over every device ("data"). The batch is split over it; params and optimizer
+state are sharded FSDP-style (each matrix over its last axis where it divides evenly), and XLA
+inserts the gathers, so Muon still sees whole matrices.
+
+Every step logs loss, lr, dt, tokens/s, MFU and ETA; metrics also go to OUT/metrics.jsonl.
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from agent.common import InputError
+from trainer import model, optim
+from trainer.checkpoint import Checkpoints
+from trainer.configs import TrainConfig, describe, effective_hparams, grad_accum_steps
+from trainer.loader import PackedLoader, val_batches
+from trainer.template import BOS
+from trainer.tokenizer import Tokenizer
+
+SAMPLE_PROMPTS = ["def fibonacci(n):", "The meaning of life is", "import os\n", "To install the package,"]
+# dense peak FLOP/s per chip for MFU (bf16 on accelerators); CPUs are measured at start-up instead
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12,
+              "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12}
+
+
+@dataclass
+class RunPaths:
+    corpus: Path
+    tokenizer: Path
+    out: Path                 # metrics.jsonl and, unless given, checkpoints/
+    checkpoints: str | None = None
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def device_peak_flops(dtype: str) -> float:
+    kind = jax.devices()[0].device_kind
+    for name, peak in PEAK_FLOPS.items():
+        if name in kind:
+            return peak
+    return measured_matmul_peak(jnp.dtype(dtype))
+
+
+def measured_matmul_peak(dtype=jnp.float32, n: int = 1024, reps: int = 8) -> float:
+    """FLOP/s of a square matmul on this device: the CPU's practical peak."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        f(a).block_until_ready()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def shard_like_fsdp(tree, mesh):
+    """Each array split over its last axis when that axis divides evenly, else replicated."""
+    n = mesh.devices.size
+
+    def spec(x):
+        if x.ndim >= 2 and x.shape[-1] % n == 0:
+            return NamedSharding(mesh, P(*([None] * (x.ndim - 1)), "data"))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(spec, tree)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def make_train_step(cfg: TrainConfig, tx):
+    def train_step(params, opt_state, inputs, targets, lr_mult, muon_momentum, muon_weight_decay):
+        # inputs/targets: (accum, batch, seq). Sum grads over micro-batches, then one update.
+        # The three schedule values are arrays: changing them never recompiles.
+        def micro(grad_sum, batch):
+            loss, grads = jax.value_and_grad(model.loss_fn)(params, batch[0], batch[1], cfg.model)
+            return jax.tree.map(jnp.add, grad_sum, grads), loss
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grad_sum, losses = jax.lax.scan(micro, zeros, (inputs, targets))
+        grads = jax.tree.map(lambda g: g / inputs.shape[0], grad_sum)
+        updates, opt_state = optim.scaled_update(tx, grads, opt_state, params, lr_mult,
+                                                 muon_momentum=muon_momentum, muon_weight_decay=muon_weight_decay)
+        return optax.apply_updates(params, updates), opt_state, losses.mean()
+
+    return train_step
+
+
+def bits_per_byte(eval_fn, params, batches, token_bytes) -> float:
+    """Summed nats over target tokens that stand for bytes, over ln 2 times those bytes."""
+    nats = n_bytes = 0.0
+    for x, y in batches:
+        b = token_bytes[y]
+        losses = np.asarray(eval_fn(params, x, y))
+        nats += float((losses * (b > 0)).sum())
+        n_bytes += float(b.sum())
+    return nats / (math.log(2) * max(n_bytes, 1))
+
+
+def sample(forward_fn, params, tok: Tokenizer, prompt: str, seq_len: int, new_tokens: int = 24) -> str:
+    """Greedy continuation without a KV cache: one fixed-shape forward per token (no recompiles)."""
+    ids = [tok.bos_id] + tok.encode(prompt)
+    for _ in range(new_tokens):
+        if len(ids) >= seq_len:
+            break
+        buf = np.zeros((1, seq_len), np.int32)
+        buf[0, :len(ids)] = ids
+        logits = forward_fn(params, buf)
+        ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
+    return tok.decode(ids[1:])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def fingerprint(cfg: TrainConfig, tok: Tokenizer) -> dict:
+    """What a checkpoint must match to be resumed: the model's shape and the tokenizer's merges."""
+    return {"model": asdict(cfg.model), "tokenizer_vocab": tok.vocab_size,
+            "tokenizer_merges": hash_ranks(tok)}
+
+
+def hash_ranks(tok: Tokenizer) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for token, rank in sorted(tok.ranks.items(), key=lambda kv: kv[1]):
+        h.update(token + rank.to_bytes(4, "little"))
+    return h.hexdigest()[:16]
+
+
+def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print) -> dict:
+    tok = Tokenizer.load(paths.tokenizer)
+    if tok.vocab_size != cfg.model.vocab_size:
+        raise InputError(f"config {cfg.name} expects vocab {cfg.model.vocab_size:,} but the tokenizer at "
+                         f"{paths.tokenizer} has {tok.vocab_size:,}: pass a matching --vocab-size")
+    # Auto axes: XLA's partitioner places the gathers (explicit axes would need every op annotated)
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    n_dev = mesh.devices.size
+    accum = grad_accum_steps(cfg, n_dev)
+    batch = cfg.device_batch_size * n_dev  # rows per micro-batch, split over the devices
+    hp = effective_hparams(cfg)
+
+    # ---- state: fresh, or from the latest checkpoint
+    params = model.init_params(cfg.model, jax.random.key(cfg.seed))
+    params = jax.device_put(params, shard_like_fsdp(params, mesh))
+    tx = optim.build_optimizer(params, matrix_lr=hp["matrix_lr"], embedding_lr=hp["embedding_lr"],
+                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"],
+                               weight_decay=hp["weight_decay"])
+    state = {"params": params, "opt": optim.init_state(tx, params)}  # opt state sharded like params
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    ckpt = Checkpoints(paths.checkpoints or paths.out / "checkpoints")
+    start, loader_state = 0, None
+    if resume:
+        step, meta = ckpt.read_meta()
+        if meta["fingerprint"] != fingerprint(cfg, tok):
+            raise InputError(f"the checkpoint in {ckpt.directory} is from another model or tokenizer; "
+                             "resume with the config and tokenizer it was trained with")
+        state = ckpt.restore(state, step)
+        start, loader_state = meta["step"], meta["loader"]
+        log(f"resuming at step {start} from {ckpt.directory}")
+    elif ckpt.latest_step() is not None:
+        raise InputError(f"{ckpt.directory} already holds checkpoints: pass --resume, or another --out")
+    loader = PackedLoader(paths.corpus, tok, batch, cfg.model.seq_len, code_ratio=cfg.code_ratio,
+                          seed=cfg.seed, state=loader_state)
+
+    # ---- compile once, ahead of time, so compile time is reported apart from step time
+    batch_sharding = NamedSharding(mesh, P(None, "data", None))
+    step_fn = jax.jit(make_train_step(cfg, tx), donate_argnums=(0, 1),
+                      in_shardings=(state_sharding["params"], state_sharding["opt"], batch_sharding,
+                                    batch_sharding, None, None, None),
+                      out_shardings=(state_sharding["params"], state_sharding["opt"], None))
+    shape = jax.ShapeDtypeStruct((accum, batch, cfg.model.seq_len), jnp.int32)
+    t0 = time.perf_counter()
+    one = jnp.float32(1.0)
+    step_fn = step_fn.lower(state["params"], state["opt"], shape, shape, one, one, one).compile()
+    compile_s = time.perf_counter() - t0
+    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
+    forward_fn = jax.jit(lambda p, x: model.forward(p, x, cfg.model))
+    token_bytes = tok.token_bytes()
+    val = {kind: val_batches(paths.corpus, tok, kind, batch, cfg.model.seq_len, cfg.eval_tokens)
+           for kind in ("prose", "code")}
+
+    flops_per_step = model.flops_per_token(cfg.model) * cfg.total_batch_tokens
+    peak = device_peak_flops(cfg.model.compute_dtype) * n_dev
+    info = describe(cfg, n_dev)
+    log(f"{cfg.name}: {info['params']:,} params, {n_dev} device(s) ({jax.devices()[0].device_kind}), "
+        f"{cfg.num_steps:,} steps x {cfg.total_batch_tokens:,} tokens (accum {accum}), "
+        f"compile {compile_s:.1f}s, peak {peak / 1e9:,.0f} GFLOP/s")
+
+    paths.out.mkdir(parents=True, exist_ok=True)
+    metrics_path = paths.out / "metrics.jsonl"
+    def before_resume(entry):  # a train entry's step counts steps done: step `start` made the checkpoint
+        return entry["step"] <= start if entry["event"] == "train" else entry["step"] < start
+
+    old = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+    kept = [line for line in old if before_resume(json.loads(line))]  # a resumed run rewrites what it repeats
+    metrics_path.write_text("".join(line + "\n" for line in kept))
+    metrics = metrics_path.open("a")
+
+    def record(entry):
+        metrics.write(json.dumps(entry) + "\n")
+        metrics.flush()
+
+    record({"step": start, "event": "start", "compile_s": compile_s, "devices": n_dev, "config": info})
+    params, opt_state = state["params"], state["opt"]
+    step_times, last = [], {}
+    for step in range(start, cfg.num_steps + 1):
+        is_last = step == cfg.num_steps
+        if step % cfg.eval_every == 0 or is_last:
+            bpb = {k: bits_per_byte(eval_fn, params, v, token_bytes) for k, v in val.items()}
+            log(f"step {step:5d} | val bpb prose {bpb['prose']:.4f} code {bpb['code']:.4f}")
+            record({"step": step, "event": "val", **{f"val_bpb_{k}": v for k, v in bpb.items()}})
+        if cfg.sample_every and (step % cfg.sample_every == 0 or is_last) and step > 0:
+            for prompt in SAMPLE_PROMPTS:
+                text = sample(forward_fn, params, tok, prompt, cfg.model.seq_len)
+                log(f"  sample: {text!r}")
+                record({"step": step, "event": "sample", "text": text})
+        if is_last:
+            break
+
+        rows = [loader.next_batch() for _ in range(accum)]
+        inputs = jax.device_put(np.stack([r[0] for r in rows]), batch_sharding)
+        targets = jax.device_put(np.stack([r[1] for r in rows]), batch_sharding)
+        lr_mult = optim.lr_multiplier(step, cfg.num_steps, cfg.warmup_steps, cfg.warmdown_ratio,
+                                      cfg.final_lr_frac)
+        momentum = optim.muon_momentum_at(step, cfg.num_steps, cfg.warmdown_ratio)
+        decay = optim.muon_weight_decay_at(step, cfg.num_steps, hp["weight_decay"])
+        t0 = time.perf_counter()
+        params, opt_state, loss = step_fn(params, opt_state, inputs, targets, jnp.float32(lr_mult),
+                                          jnp.float32(momentum), jnp.float32(decay))
+        loss = float(loss)  # waits for the step
+        dt = time.perf_counter() - t0
+        if not math.isfinite(loss):
+            raise RuntimeError(f"loss is {loss} at step {step}: stopping (lower the learning rates?)")
+        step_times.append(dt)
+        tok_s = cfg.total_batch_tokens / dt
+        mfu = flops_per_step / dt / peak
+        eta = (cfg.num_steps - step - 1) * float(np.median(step_times[-20:]))
+        log(f"step {step + 1:5d}/{cfg.num_steps} | loss {loss:.4f} | lr x{lr_mult:.3f} | {dt * 1000:.0f} ms | "
+            f"{tok_s:,.0f} tok/s | MFU {mfu:.1%} | ETA {eta / 60:.1f} min")
+        last = {"step": step + 1, "event": "train", "loss": loss, "lr_mult": lr_mult, "dt": dt,
+                "tokens_per_s": tok_s, "mfu": mfu}
+        record(last)
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.num_steps:
+            ckpt.save(step + 1, {"params": params, "opt": opt_state},
+                      {"step": step + 1, "loader": loader.state(), "seed": cfg.seed,
+                       "fingerprint": fingerprint(cfg, tok), "config": cfg.name})
+    ckpt.close()
+    metrics.close()
+    return {"compile_s": compile_s, "median_step_s": float(np.median(step_times)) if step_times else None,
+            "last": last, "checkpoints": ckpt.directory}
