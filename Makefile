@@ -18,9 +18,12 @@ demo: $(BIN)/.installed
 	$(BIN)/trainer tokenizer train --vocab-size 8192
 	$(BIN)/trainer tokenizer train --vocab-size 8192 --code-ratio 0:1 --out $(NANOCODE_HOME)/tokenizer-prose
 	$(BIN)/trainer tokenizer eval
+	rm -rf $(NANOCODE_HOME)/runs/demo
+	$(BIN)/trainer run pretrain --config d3 --steps 60 --eval-every 30 --sample-every 60 --out $(NANOCODE_HOME)/runs/demo
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/tokenizer.py
+	$(BIN)/python bench/train.py

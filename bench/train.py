@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from trainer import model, optim  # noqa: E402
-from trainer.configs import for_depth  # noqa: E402
+from trainer.configs import effective_hparams, for_depth  # noqa: E402
 from trainer.train import make_train_step, measured_matmul_peak  # noqa: E402
 
 
@@ -43,22 +43,24 @@ def main() -> None:
     cfg = replace(cfg, model=replace(cfg.model, compute_dtype=args.dtype, attention=args.attention),
                   device_batch_size=args.batch, total_batch_tokens=args.batch * args.seq_len)
     params = model.init_params(cfg.model, jax.random.key(0))
-    tx = optim.build_optimizer(params, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
-                               unembedding_lr=cfg.unembedding_lr, scalar_lr=cfg.scalar_lr,
-                               weight_decay=cfg.weight_decay)
-    opt_state = tx.init(params)
+    hp = effective_hparams(cfg)
+    tx = optim.build_optimizer(params, matrix_lr=hp["matrix_lr"], embedding_lr=hp["embedding_lr"],
+                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"],
+                               weight_decay=hp["weight_decay"])
+    opt_state = optim.init_state(tx, params)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, args.vocab, (1, args.batch, args.seq_len + 1), dtype=np.int32)
     x, y = jnp.asarray(batch[..., :-1]), jnp.asarray(batch[..., 1:])
 
     step = jax.jit(make_train_step(cfg, tx), donate_argnums=(0, 1))
     t0 = time.perf_counter()
-    step = step.lower(params, opt_state, x, y, jnp.float32(1.0)).compile()
+    one = jnp.float32(1.0)
+    step = step.lower(params, opt_state, x, y, one, jnp.float32(0.95), one).compile()
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        params, opt_state, loss = step(params, opt_state, x, y, jnp.float32(1.0))
+        params, opt_state, loss = step(params, opt_state, x, y, one, jnp.float32(0.95), one)
         loss.block_until_ready()
         times.append(time.perf_counter() - t0)
     dt = float(np.median(times[3:] or times))

@@ -149,6 +149,8 @@ def test_schedule_shape():
     assert np.all(np.diff(f[:10]) > 0) and all(x == 1.0 for x in f[10:61])
     assert np.all(np.diff(f[60:]) < 0) and f[100] == pytest.approx(0.05) and min(f) >= 0.05
     assert lr_multiplier(5, 100, 0, 0.0, 0.0) == 1.0  # no warmup, no warmdown
+    short = [lr_multiplier(s, 60, 40, 0.65, 0.05) for s in range(61)]  # the ramps overlap: no jump
+    assert max(abs(np.diff(short))) <= 1 / 40 + 1e-9 and short[-1] == pytest.approx(0.05)
     m = [muon_momentum_at(s, 1000, 0.5) for s in range(1001)]
     assert m[0] == 0.85 and m[400] == m[500] == 0.97 and m[1000] == pytest.approx(0.90)
 

@@ -170,9 +170,13 @@ def run_pretrain(
     seed: int = typer.Option(None),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
     dry_run: bool = typer.Option(False, help="print the plan (params, FLOPs, tokens, memory, time) and exit"),
+    multihost: bool = typer.Option(False, help="join a multi-host run first (jax.distributed.initialize)"),
 ):
     """Pretrain the GPT on the corpus; every N steps a checkpoint, val bits-per-byte and samples."""
     import jax
+
+    if multihost:  # TPU pods and SLURM are detected; elsewhere set JAX_COORDINATOR_ADDRESS etc.
+        jax.distributed.initialize()
 
     from trainer import configs, train
 

@@ -150,14 +150,15 @@ def scaled_update(tx, grads, opt_state, params, lr_mult, *, muon_momentum=None, 
 
 
 def lr_multiplier(step, num_steps, warmup_steps, warmdown_ratio, final_lr_frac):
-    """nanochat base_train: linear warmup to 1, flat, linear warmdown over the last warmdown_ratio."""
+    """nanochat base_train: linear warmup to 1, flat, linear warmdown over the last warmdown_ratio.
+
+    The smaller of the two ramps, so a run too short for both (the demo's) stays continuous."""
+    warmup = (step + 1) / warmup_steps if step < warmup_steps else 1.0
     warmdown = round(warmdown_ratio * num_steps)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
     if step <= num_steps - warmdown:
-        return 1.0
+        return warmup
     progress = (num_steps - step) / warmdown
-    return progress + (1 - progress) * final_lr_frac
+    return min(warmup, progress + (1 - progress) * final_lr_frac)
 
 
 def muon_momentum_at(step, num_steps=0, warmdown_ratio=0.0, start=0.85, peak=0.97, end=0.90, warmup=400):
