@@ -36,11 +36,6 @@ def _digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def _tokenizer_id(tokenizer) -> str:
-    ranks = sorted(tokenizer.ranks.items(), key=lambda kv: kv[1])
-    return _digest(tokenizer.pattern, sorted(tokenizer.specials.items()), *(t for t, _ in ranks))
-
-
 def _corpus_id(files: list[Path]) -> str:
     """Names and sizes of the shards (a stat each, no reads): a rebuilt corpus differs."""
     return _digest(*(f"{f.parent.name}/{f.name}:{f.stat().st_size}" for f in files))
@@ -62,7 +57,7 @@ class PackedLoader:
             raise InputError(f"loader state version {state['version']} is not {STATE_VERSION}")
         self.stream = corpus.MixedStream(corpus_dir, split, code_ratio, seed, loop, state and state["stream"])
         files = [f for k in corpus.KINDS for f in corpus._kind_files(corpus_dir, k, split)]
-        self.fingerprint = {"corpus": _corpus_id(files), "tokenizer": _tokenizer_id(tokenizer),
+        self.fingerprint = {"corpus": _corpus_id(files), "tokenizer": tokenizer.fingerprint(),
                             "seed": seed, "split": split}
         for key, value in (state or {}).get("fingerprint", {}).items():
             if self.fingerprint.get(key) != value:

@@ -9,6 +9,7 @@ On disk (a directory, saved beside checkpoints):
 """
 
 import base64
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -92,6 +93,13 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.enc.n_vocab
+
+    def fingerprint(self) -> str:
+        """Short sha256 of pattern, specials and merges: what checkpoints and loader states must match."""
+        h = hashlib.sha256(json.dumps([self.pattern, self.specials]).encode())
+        for token, _ in sorted(self.ranks.items(), key=lambda kv: kv[1]):
+            h.update(token + b"\0")
+        return h.hexdigest()[:16]
 
     def special_id(self, name: str) -> int:
         return self.specials[name]

@@ -129,24 +129,14 @@ def sample(forward_fn, params, tok: Tokenizer, prompt: str, seq_len: int, new_to
 
 def fingerprint(cfg: TrainConfig, tok: Tokenizer) -> dict:
     """What a checkpoint must match to be resumed: the model's shape and the tokenizer's merges."""
-    return {"model": asdict(cfg.model), "tokenizer_vocab": tok.vocab_size,
-            "tokenizer_merges": hash_ranks(tok)}
-
-
-def hash_ranks(tok: Tokenizer) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for token, rank in sorted(tok.ranks.items(), key=lambda kv: kv[1]):
-        h.update(token + rank.to_bytes(4, "little"))
-    return h.hexdigest()[:16]
+    return {"model": asdict(cfg.model), "tokenizer": tok.fingerprint()}
 
 
 def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print) -> dict:
     tok = Tokenizer.load(paths.tokenizer)
     if tok.vocab_size != cfg.model.vocab_size:
         raise InputError(f"config {cfg.name} expects vocab {cfg.model.vocab_size:,} but the tokenizer at "
-                         f"{paths.tokenizer} has {tok.vocab_size:,}: pass a matching --vocab-size")
+                         f"{paths.tokenizer} has {tok.vocab_size:,}: build the config with its vocab_size")
     # Auto axes: XLA's partitioner places the gathers (explicit axes would need every op annotated)
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     n_dev = mesh.devices.size
