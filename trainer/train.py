@@ -251,5 +251,6 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print) ->
                        "fingerprint": fingerprint(cfg, tok), "config": cfg.name})
     ckpt.close()
     metrics.close()
+    log(f"done: checkpoints in {ckpt.directory}, metrics in {metrics_path}")
     return {"compile_s": compile_s, "median_step_s": float(np.median(step_times)) if step_times else None,
             "last": last, "checkpoints": ckpt.directory}
