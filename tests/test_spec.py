@@ -78,37 +78,29 @@ def test_hash_changes_with_the_file(tmp_path, soul, tools):
 
 # ---------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("name, problem", [
-    ("soul_empty.md", "is empty"),
-    ("soul_no_front_matter.md", "front matter"),
-    ("soul_bad_yaml.md", "bad YAML at line"),
-    ("soul_missing_key.md", "missing key(s): max_reply_words"),
-    ("soul_unknown_key.md", "unknown front matter key(s): max_reply_wrds"),
-    ("soul_bad_type.md", "'lowercase_prose' must be true or false"),
-    ("soul_missing_section.md", "missing section(s): ## values, ## rules"),
-    ("soul_empty_section.md", "empty section(s): ## values"),
-    ("nope.md", "no such file"),
+@pytest.mark.parametrize("load, name, problem", [
+    (load_soul, "soul_empty.md", "is empty"),
+    (load_soul, "soul_no_front_matter.md", "front matter"),
+    (load_soul, "soul_bad_yaml.md", "bad YAML at line"),
+    (load_soul, "soul_missing_key.md", "missing key(s): max_reply_words"),
+    (load_soul, "soul_unknown_key.md", "unknown front matter key(s): max_reply_wrds"),
+    (load_soul, "soul_bad_type.md", "'lowercase_prose' must be true or false"),
+    (load_soul, "soul_missing_section.md", "missing section(s): ## values, ## rules"),
+    (load_soul, "soul_empty_section.md", "empty section(s): ## values"),
+    (load_soul, "nope.md", "no such file"),
+    (load_tools, "tools_bad_yaml.yaml", "bad YAML at line 4"),
+    (load_tools, "tools_not_list.yaml", "'tools' must be a non-empty list"),
+    (load_tools, "tools_missing_field.yaml", "tool 1 (Read): missing field 'description'"),
+    (load_tools, "tools_bad_type.yaml", "unknown type 'str'"),
+    (load_tools, "tools_dup_tool.yaml", "duplicate tool name 'Read'"),
+    (load_tools, "tools_dup_arg.yaml", "duplicate arg name 'file_path'"),
+    (load_tools, "tools_unknown_field.yaml", "unknown field(s): requried"),
+    (load_tools, "tools_bad_name.yaml", "must be an identifier"),
+    (load_tools, "nope.yaml", "no such file"),
 ])
-def test_bad_soul(name, problem):
+def test_bad_soul_or_tools(load, name, problem):
     with pytest.raises(InputError) as e:
-        load_soul(FIXTURES / name)
-    assert name in str(e.value) and problem in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("name, problem", [
-    ("tools_bad_yaml.yaml", "bad YAML at line 4"),
-    ("tools_not_list.yaml", "'tools' must be a non-empty list"),
-    ("tools_missing_field.yaml", "tool 1 (Read): missing field 'description'"),
-    ("tools_bad_type.yaml", "unknown type 'str'"),
-    ("tools_dup_tool.yaml", "duplicate tool name 'Read'"),
-    ("tools_dup_arg.yaml", "duplicate arg name 'file_path'"),
-    ("tools_unknown_field.yaml", "unknown field(s): requried"),
-    ("tools_bad_name.yaml", "must be an identifier"),
-    ("nope.yaml", "no such file"),
-])
-def test_bad_tools(name, problem):
-    with pytest.raises(InputError) as e:
-        load_tools(FIXTURES / name)
+        load(FIXTURES / name)
     assert name in str(e.value) and problem in str(e.value) and "\n" not in str(e.value)
 
 
