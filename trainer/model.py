@@ -80,62 +80,98 @@ def rms_norm(x):
 
 
 def rope(positions, head_dim: int, base: float):
-    """cos, sin tables of shape (T, head_dim/2) for integer positions (T,)."""
+    """cos, sin tables of shape (..., head_dim/2) for integer positions of any shape."""
     inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rope(x, cos, sin):
-    # x: (B, T, N, H). Half-split pairing (channel j pairs with j + H/2), rotating by -angle as
-    # nanochat does; any fixed sign is equivalent, but matching it keeps weights portable.
+    # x: (B, T, N, H); cos/sin (T, H/2) shared by the batch or (B, T, H/2) per row. Half-split
+    # pairing (j with j + H/2), rotating by -angle as nanochat does, which keeps weights portable.
     x1, x2 = jnp.split(x, 2, axis=-1)
-    cos, sin = cos[:, None, :].astype(x.dtype), sin[:, None, :].astype(x.dtype)
+    cos, sin = cos[..., None, :].astype(x.dtype), sin[..., None, :].astype(x.dtype)
     return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
 
 
-def attention(x, w, cos, sin, cfg: GPTConfig):
+def attention(x, w, cos, sin, cfg: GPTConfig, cache=None):
+    """Causal self-attention over x; with `cache` = (k, v, positions, valid) the new keys and
+    values are written into the cache rows at `positions` first and the queries attend to it."""
     B, T, _ = x.shape
     q = (x @ w["wq"]).reshape(B, T, cfg.n_head, cfg.head_dim)
     k = (x @ w["wk"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
     v = (x @ w["wv"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
     # RoPE before QK-norm, as nanochat; fewer kv heads than q heads is GQA, handled natively
     q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
-    y = jax.nn.dot_product_attention(
-        q, k, v, is_causal=True,
-        scale=QK_GAIN**2 / math.sqrt(cfg.head_dim),  # the 1.2 gain on q and k folded into the scale
-        implementation=cfg.attention)  # "cudnn" is never picked automatically: ask for it
-    return y.reshape(B, T, -1) @ w["wo"]
+    scale = QK_GAIN**2 / math.sqrt(cfg.head_dim)  # the 1.2 gain on q and k folded into the scale
+    if cache is None:
+        # "cudnn" is never picked automatically: ask for it
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, implementation=cfg.attention)
+        return y.reshape(B, T, -1) @ w["wo"], None
+    cache_k, cache_v, positions, valid = cache
+    S = cache_k.shape[1]
+    # padding tokens (valid False) are sent out of range and dropped: they never touch the cache
+    slot, row = jnp.where(valid, positions, S), jnp.arange(B)[:, None]
+    cache_k = cache_k.at[row, slot].set(k.astype(cache_k.dtype), mode="drop")
+    cache_v = cache_v.at[row, slot].set(v.astype(cache_v.dtype), mode="drop")
+    # an explicit mask (not is_causal, which assumes the queries end where the keys end)
+    mask = jnp.arange(S)[None, None, :] <= positions[:, :, None]  # (B, T, S)
+    y = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
+                                     mask=mask[:, None], scale=scale)
+    return y.reshape(B, T, -1) @ w["wo"], (cache_k, cache_v)
 
 
 def mlp(x, w):
     return jnp.square(jax.nn.relu(x @ w["w_fc"])) @ w["w_proj"]
 
 
-def block(x, w, cos, sin, cfg: GPTConfig):
+def block(x, w, cos, sin, cfg: GPTConfig, cache=None):
     """One pre-norm transformer layer; `w` holds this layer's (unstacked) weights."""
-    x = x + attention(rms_norm(x), w, cos, sin, cfg)
-    return x + mlp(rms_norm(x), w)
+    y, cache = attention(rms_norm(x), w, cos, sin, cfg, cache)
+    x = x + y
+    return x + mlp(rms_norm(x), w), cache
+
+
+def hidden(params, ids, cfg: GPTConfig, cache=None):
+    """(B, T) token ids -> (B, T, D) final normed hidden states, and the updated cache.
+
+    Without `cache`, ids are whole sequences from position 0. With `cache` = {"k", "v": (L, B, S,
+    Hkv, Dh), "pos": (B,) tokens already cached per row, "n": (B,) how many of this call's T ids
+    are real per row}, ids continue each row at its own position (prefill, decode, forced tokens).
+    """
+    dtype = jnp.dtype(cfg.compute_dtype)
+    if cache is None:
+        positions = jnp.arange(ids.shape[1])
+        valid = None
+    else:
+        positions = cache["pos"][:, None] + jnp.arange(ids.shape[1])[None, :]
+        valid = jnp.arange(ids.shape[1])[None, :] < cache["n"][:, None]
+    cos, sin = rope(positions, cfg.head_dim, cfg.rope_base)
+    x0 = rms_norm(params["wte"][ids].astype(dtype))  # gather first, then cast: never copies the table
+
+    def layer(x, layer_params):
+        w, resid_lambda, x0_lambda, kv = layer_params
+        w = jax.tree.map(lambda a: a.astype(dtype), w)  # one layer's weights in bf16 at a time
+        x = resid_lambda.astype(dtype) * x + x0_lambda.astype(dtype) * x0
+        return block(x, w, cos, sin, cfg, None if kv is None else (*kv, positions, valid))
+
+    if cfg.remat:
+        layer = jax.checkpoint(layer, prevent_cse=False)  # inside scan, CSE prevention is unneeded
+    kv = None if cache is None else (cache["k"], cache["v"])
+    # scan, not a Python loop: compile time stays flat in depth
+    x, new_kv = jax.lax.scan(layer, x0, (params["blocks"], params["resid_lambdas"], params["x0_lambdas"], kv))
+    return rms_norm(x), new_kv
+
+
+def logits_of(params, h, cfg: GPTConfig):
+    """Hidden states (..., D) -> float32 soft-capped logits (..., V)."""
+    logits = jnp.dot(h, params["lm_head"].astype(h.dtype), preferred_element_type=jnp.float32)
+    return cfg.softcap * jnp.tanh(logits / cfg.softcap)
 
 
 def forward(params, ids, cfg: GPTConfig):
     """(B, T) int32 token ids -> (B, T, V) float32 soft-capped logits."""
-    dtype = jnp.dtype(cfg.compute_dtype)
-    cos, sin = rope(jnp.arange(ids.shape[1]), cfg.head_dim, cfg.rope_base)
-    x0 = rms_norm(params["wte"][ids].astype(dtype))  # gather first, then cast: never copies the table
-
-    def layer(x, layer_params):
-        w, resid_lambda, x0_lambda = layer_params
-        w = jax.tree.map(lambda a: a.astype(dtype), w)  # one layer's weights in bf16 at a time
-        x = resid_lambda.astype(dtype) * x + x0_lambda.astype(dtype) * x0
-        return block(x, w, cos, sin, cfg), None
-
-    if cfg.remat:
-        layer = jax.checkpoint(layer, prevent_cse=False)  # inside scan, CSE prevention is unneeded
-    # scan, not a Python loop: compile time stays flat in depth
-    x, _ = jax.lax.scan(layer, x0, (params["blocks"], params["resid_lambdas"], params["x0_lambdas"]))
-    logits = jnp.dot(rms_norm(x), params["lm_head"].astype(dtype), preferred_element_type=jnp.float32)
-    return cfg.softcap * jnp.tanh(logits / cfg.softcap)
+    return logits_of(params, hidden(params, ids, cfg)[0], cfg)
 
 
 def token_losses(params, inputs, targets, cfg: GPTConfig):

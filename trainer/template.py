@@ -111,7 +111,7 @@ def render(conversation, tok) -> tuple[list[int], list[int]]:
             add([sid(USER_START)] + tok.encode(system + content) + [sid(USER_END)], False)
             system = ""
         elif role == "tool":
-            add([sid(RESULT_START)] + tok.encode(content) + [sid(RESULT_END)], False)
+            add(tool_result_ids(content, tok), False)
         else:
             add([sid(ASSISTANT_START)], False)
             body = tok.encode(content)
@@ -122,6 +122,11 @@ def render(conversation, tok) -> tuple[list[int], list[int]]:
                 body.append(sid(CALL_END))
             add(body + [sid(ASSISTANT_END)], True)
     return ids, mask
+
+
+def tool_result_ids(content: str, tok) -> list[int]:
+    """One tool result as the engine forces it into the context."""
+    return [tok.special_id(RESULT_START)] + tok.encode(content) + [tok.special_id(RESULT_END)]
 
 
 def render_prompt(conversation, tok) -> list[int]:

@@ -1,0 +1,188 @@
+"""KV-cache inference: batched, streaming, tool-aware generation.
+
+    engine = Engine(params, cfg, tok)
+    for event in engine.generate(prompts, max_tokens=256, temperature=0.7, on_tool_calls=run):
+        Token(row, id, forced)  as it comes  |  Done(row, reason, message)  when a row ends
+
+One jitted step feeds every row its next tokens (a prompt, one sampled token, or tool results the
+engine forces), writes their keys and values into the cache, and samples each row's next token
+on the device. Shapes come from a few buckets (batch, cache length, chunk length), so decoding
+token after token never recompiles. Rows advance independently: each has its own position, and
+a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
+
+Reasons a row ends: "stop" (a stop token), "length" (max_tokens sampled), "context_full" (the
+next token would not fit the model's context; `message` says so). Nothing raises mid-stream.
+"""
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trainer import model, template
+from trainer.model import GPTConfig
+
+MIN_CACHE = 64      # cache lengths are powers of two from here up to the model's seq_len
+CHUNK_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384)
+
+
+@dataclass
+class Token:
+    row: int
+    id: int
+    forced: bool = False  # fed by the engine (tool results), not sampled
+
+
+@dataclass
+class Done:
+    row: int
+    reason: str           # "stop" | "length" | "context_full"
+    message: str = ""
+
+
+@dataclass
+class _Row:
+    feed: list[int]                                  # tokens to feed at the next step
+    pos: int = 0                                     # tokens already in the cache
+    sampled: int = 0
+    turn: list[int] = field(default_factory=list)   # this assistant turn so far (for tool calls)
+    done: bool = False
+
+
+def cache_length(needed: int, seq_len: int) -> int:
+    n = MIN_CACHE
+    while n < needed:
+        n *= 2
+    return min(n, seq_len)
+
+
+def chunk_length(n: int) -> int:
+    return next((c for c in CHUNK_BUCKETS if c >= n), n)
+
+
+def sample_next(logits, key, temperature, top_k, top_p, filtered: bool):
+    """(B, V) fp32 logits -> (B,) ids. Per row: temperature 0 is greedy; top_k 0 and top_p 1 are
+    off. The sort behind top-k/top-p runs only when some row asks for it (`filtered`, static)."""
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    if filtered:
+        desc = -jnp.sort(-scaled, axis=-1)
+        V = scaled.shape[-1]
+        kth = jnp.take_along_axis(desc, (jnp.clip(top_k, 1, V) - 1)[:, None], axis=-1)
+        keep = jnp.where(top_k[:, None] > 0, scaled >= kth, True)
+        probs = jax.nn.softmax(desc, axis=-1)
+        # nucleus: the fewest tokens whose mass reaches top_p (the top token always stays)
+        n_keep = jnp.maximum(jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p[:, None], axis=-1), 1)
+        keep &= scaled >= jnp.take_along_axis(desc, (n_keep - 1)[:, None], axis=-1)
+        scaled = jnp.where(keep, scaled, -jnp.inf)
+    sampled = jax.random.categorical(key, scaled, axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def _step(params, kv, ids, pos, n, key, temperature, top_k, top_p, *, cfg: GPTConfig, filtered: bool):
+    """Feed ids (B, C) (the first n[b] real) at positions pos[b]...; sample each row's next id."""
+    h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n})
+    last = h[jnp.arange(ids.shape[0]), jnp.maximum(n - 1, 0)]  # only the last real position's logits
+    logits = model.logits_of(params, last, cfg)
+    return sample_next(logits, key, temperature, top_k, top_p, filtered), (k, v)
+
+
+class Engine:
+    def __init__(self, params, cfg: GPTConfig, tok):
+        self.params, self.cfg, self.tok = params, cfg, tok
+        self.step = jax.jit(partial(_step, cfg=cfg), static_argnames=("filtered",), donate_argnums=(1,))
+        sid = tok.special_id
+        self.assistant_start, self.assistant_end = sid(template.ASSISTANT_START), sid(template.ASSISTANT_END)
+        self.default_stop = (self.assistant_end, tok.bos_id)
+
+    def new_cache(self, batch: int, length: int):
+        c = self.cfg
+        shape = (c.n_layer, batch, length, c.n_kv_head, c.head_dim)
+        dtype = jnp.dtype(c.compute_dtype)
+        return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+    def generate(self, prompts: list[list[int]], max_tokens: int = 256, *, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: tuple[int, ...] | None = None,
+                 on_tool_calls: Callable[[int, dict], list[str] | None] | None = None) -> Iterator:
+        """Stream Token and Done events for a batch of prompts (token id lists, any lengths).
+
+        on_tool_calls(row, message) gets the parsed assistant message when a turn ends in tool
+        calls and returns one result text per call (fed back as forced tokens, then a new
+        assistant turn starts), or None to end the row there.
+        """
+        stop = self.default_stop if stop is None else tuple(stop)
+        B, seq_len = len(prompts), self.cfg.seq_len
+        longest = max(len(p) for p in prompts)
+        # tool results arrive unannounced: give tool-using rows the whole context up front
+        S = seq_len if on_tool_calls else cache_length(longest + max_tokens, seq_len)
+        rows = [_Row(feed=list(p)) for p in prompts]
+        for i, r in enumerate(rows):
+            if not r.feed:
+                raise ValueError(f"prompt {i} is empty: start it with <|bos|>")
+            if len(r.feed) > S:
+                r.done = True
+                yield Done(i, "context_full", f"the prompt has {len(r.feed)} tokens; the context holds {S}")
+        kv = self.new_cache(B, S)
+        key = jax.random.key(seed)
+        settings = (jnp.full(B, temperature, jnp.float32), jnp.full(B, top_k, jnp.int32),
+                    jnp.full(B, top_p, jnp.float32))
+        filtered = temperature > 0 and (top_k > 0 or top_p < 1.0)
+        step = 0
+        while not all(r.done for r in rows):
+            C = chunk_length(max(len(r.feed) for r in rows if not r.done))
+            ids = np.zeros((B, C), np.int32)
+            n = np.zeros(B, np.int32)
+            for i, r in enumerate(rows):
+                if not r.done:
+                    ids[i, :len(r.feed)] = r.feed
+                    n[i] = len(r.feed)
+            pos = np.array([r.pos for r in rows], np.int32)
+            next_ids, kv = self.step(self.params, kv, ids, pos, n, jax.random.fold_in(key, step), *settings,
+                                     filtered=filtered)
+            step += 1
+            for i, t in enumerate(np.asarray(next_ids).tolist()):
+                r = rows[i]
+                if r.done:
+                    continue
+                r.pos += len(r.feed)
+                r.feed, r.sampled = [t], r.sampled + 1
+                r.turn.append(t)
+                yield Token(i, t)
+                yield from self._after(i, r, t, stop, max_tokens, S, on_tool_calls)
+
+    def _after(self, i, r: _Row, t: int, stop, max_tokens: int, S: int, on_tool_calls):
+        """What follows sampled token t of row i: go on, run its tool calls, or end the row."""
+        if t in stop:
+            message = template.parse_assistant(r.turn, self.tok)
+            results = (on_tool_calls(i, message) if on_tool_calls and t == self.assistant_end
+                       and message.get("tool_calls") else None)
+            if results is None:
+                r.done = True
+                yield Done(i, "stop")
+                return
+            forced = [tid for text in results for tid in template.tool_result_ids(text, self.tok)]
+            forced.append(self.assistant_start)
+            r.feed, r.turn = [t] + forced, []
+            if r.pos + len(r.feed) > S:
+                r.done = True
+                yield Done(i, "context_full", f"the tool results do not fit the {S}-token context")
+                return
+            for tid in forced:
+                yield Token(i, tid, forced=True)
+        if r.sampled >= max_tokens:
+            r.done = True
+            yield Done(i, "length")
+        elif r.pos + len(r.feed) > S:
+            r.done = True
+            yield Done(i, "context_full", f"the reply reached the end of the {S}-token context")
+
+    def complete(self, prompts: list[list[int]], max_tokens: int = 256, **kwargs) -> list[list[int]]:
+        """The sampled and forced tokens of each row (stop tokens included), all at once."""
+        out: list[list[int]] = [[] for _ in prompts]
+        for event in self.generate(prompts, max_tokens, **kwargs):
+            if isinstance(event, Token):
+                out[event.row].append(event.id)
+        return out
