@@ -52,15 +52,16 @@ def main() -> None:
     batch = rng.integers(0, args.vocab, (1, args.batch, args.seq_len + 1), dtype=np.int32)
     x, y = jnp.asarray(batch[..., :-1]), jnp.asarray(batch[..., 1:])
 
-    step = jax.jit(make_train_step(cfg, tx), donate_argnums=(0, 1))
+    loss = lambda p, b, _: (model.loss_fn(p, *b, cfg.model), {})
+    step = jax.jit(make_train_step(loss, tx), donate_argnums=(0, 1))
     t0 = time.perf_counter()
     one = jnp.float32(1.0)
-    step = step.lower(params, opt_state, x, y, one, jnp.float32(0.95), one).compile()
+    step = step.lower(params, opt_state, (x, y), None, one, jnp.float32(0.95), one).compile()
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        params, opt_state, loss = step(params, opt_state, x, y, one, jnp.float32(0.95), one)
+        params, opt_state, loss, _ = step(params, opt_state, (x, y), None, one, jnp.float32(0.95), one)
         loss.block_until_ready()
         times.append(time.perf_counter() - t0)
     dt = float(np.median(times[3:] or times))

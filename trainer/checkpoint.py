@@ -14,6 +14,11 @@ import orbax.checkpoint as ocp
 from agent.common import InputError
 
 
+def _sharding(x):
+    # abstract arrays from jax.eval_shape carry no sharding: put those on the first device
+    return getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
 class Checkpoints:
     def __init__(self, directory, keep: int = 2):
         self.directory = str(directory)
@@ -39,6 +44,17 @@ class Checkpoints:
         """The arrays of `step`; `like_state` gives structure, shapes, dtypes and shardings."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
         return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+    def restore_params(self, like_params, step: int):
+        """Only the params of `step` (a fine-tuning stage or inference needs no optimizer state)."""
+        reader = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), item_handlers={
+            "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        target = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)}
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=_sharding(x), dtype=x.dtype), target)
+        state = reader.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            target, restore_args=restore_args, partial_restore=True)))["state"]
+        reader.close()
+        return state["params"]
 
     def close(self) -> None:
         self.manager.wait_until_finished()  # an unfinished async save would be lost silently

@@ -1,4 +1,5 @@
-"""The training loop, top to bottom: pretraining now; SFT and DPO reuse it with other data and losses.
+"""The training loop, top to bottom, for every stage: pretraining, SFT and DPO differ only in their
+`Stage` (data, loss, evaluation, where the params start); see trainer/sft.py and trainer/dpo.py.
 
 One jitted step per optimizer update: gradient accumulation is a `lax.scan` over micro-batches,
 params and optimizer state are donated, the learning-rate multiplier comes in as an array (a
@@ -14,8 +15,9 @@ Every step logs loss, lr, dt, tokens/s, MFU and ETA; metrics also go to OUT/metr
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +29,8 @@ from agent.common import InputError
 from trainer import model, optim
 from trainer.checkpoint import Checkpoints
 from trainer.configs import TrainConfig, describe, effective_hparams, grad_accum_steps
+from trainer.engine import Engine
 from trainer.loader import PackedLoader, val_batches
-from trainer.template import BOS
 from trainer.tokenizer import Tokenizer
 
 SAMPLE_PROMPTS = ["def fibonacci(n):", "The meaning of life is", "import os\n", "To install the package,"]
@@ -79,23 +81,59 @@ def shard_like_fsdp(tree, mesh):
     return jax.tree.map(spec, tree)
 
 
-# ----------------------------------------------------------------------------- the step
+# ----------------------------------------------------------------------------- the stage
 
 
-def make_train_step(cfg: TrainConfig, tx):
-    def train_step(params, opt_state, inputs, targets, lr_mult, muon_momentum, muon_weight_decay):
-        # inputs/targets: (accum, batch, seq). Sum grads over micro-batches, then one update.
-        # The three schedule values are arrays: changing them never recompiles.
-        def micro(grad_sum, batch):
-            loss, grads = jax.value_and_grad(model.loss_fn)(params, batch[0], batch[1], cfg.model)
-            return jax.tree.map(jnp.add, grad_sum, grads), loss
+@dataclass
+class Stage:
+    """What makes pretraining, SFT and DPO differ; the loop in train() is the same for all three."""
+    name: str                          # "pretrain" | "sft" | "dpo"
+    loss: Callable                     # (params, batch, frozen) -> (loss, {metric: scalar})
+    loader: Callable                   # (saved state | None) -> .next_batch() (a pytree of (rows, ...) arrays), .state()
+    evaluate: Callable                 # (params) -> {"val_...": float}, at every eval
+    sample: Callable | None = None     # (params) -> list[str], now and then
+    init_from: str | None = None       # a run whose params this stage starts from (SFT, DPO)
+    frozen: Any = None                 # handed to the loss untouched, never trained (DPO's reference)
+    flops_scale: float = 1.0           # model FLOPs per batch token relative to a plain train step
+    fingerprint: dict = field(default_factory=dict)  # the data's identity: a resume must match it
+
+
+def pretrain_stage(cfg: TrainConfig, corpus_dir: Path, tok: Tokenizer, batch: int) -> Stage:
+    seq, token_bytes = cfg.model.seq_len, tok.token_bytes()
+    val = {kind: val_batches(corpus_dir, tok, kind, batch, seq, cfg.eval_tokens) for kind in ("prose", "code")}
+    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
+
+    def evaluate(params):
+        return {f"val_bpb_{k}": bits_per_byte(eval_fn, params, v, token_bytes) for k, v in val.items()}
+
+    engine = Engine(None, cfg.model, tok)  # one engine: its compiled steps serve every sampling
+
+    def sample(params):
+        engine.params = params
+        prompts = [[tok.bos_id] + tok.encode(p) for p in SAMPLE_PROMPTS]
+        return [p + tok.decode(ids) for p, ids in zip(SAMPLE_PROMPTS, engine.complete(prompts, 24, stop=()))]
+
+    return Stage("pretrain", loss=lambda p, b, _: (model.loss_fn(p, *b, cfg.model), {}),
+                 loader=lambda state: PackedLoader(corpus_dir, tok, batch, seq, code_ratio=cfg.code_ratio,
+                                                   seed=cfg.seed, state=state),
+                 evaluate=evaluate, sample=sample)
+
+
+def make_train_step(loss_fn, tx):
+    def train_step(params, opt_state, batch, frozen, lr_mult, muon_momentum, muon_weight_decay):
+        # batch: a pytree of (accum, rows, ...) arrays. Sum grads over micro-batches, then one
+        # update. The three schedule values are arrays: changing them never recompiles.
+        def micro(grad_sum, micro_batch):
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch, frozen)
+            return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grad_sum, losses = jax.lax.scan(micro, zeros, (inputs, targets))
-        grads = jax.tree.map(lambda g: g / inputs.shape[0], grad_sum)
+        grad_sum, (losses, metrics) = jax.lax.scan(micro, zeros, batch)
+        grads = jax.tree.map(lambda g: g / losses.shape[0], grad_sum)
         updates, opt_state = optim.scaled_update(tx, grads, opt_state, params, lr_mult,
                                                  muon_momentum=muon_momentum, muon_weight_decay=muon_weight_decay)
-        return optax.apply_updates(params, updates), opt_state, losses.mean()
+        metrics = jax.tree.map(jnp.mean, metrics)
+        return optax.apply_updates(params, updates), opt_state, losses.mean(), metrics
 
     return train_step
 
@@ -104,24 +142,11 @@ def bits_per_byte(eval_fn, params, batches, token_bytes) -> float:
     """Summed nats over target tokens that stand for bytes, over ln 2 times those bytes."""
     nats = n_bytes = 0.0
     for x, y in batches:
-        b = token_bytes[y]
+        b = token_bytes[np.maximum(y, 0)] * (y >= 0)  # masked targets (-1) count no bytes
         losses = np.asarray(eval_fn(params, x, y))
         nats += float((losses * (b > 0)).sum())
         n_bytes += float(b.sum())
     return nats / (math.log(2) * max(n_bytes, 1))
-
-
-def sample(forward_fn, params, tok: Tokenizer, prompt: str, seq_len: int, new_tokens: int = 24) -> str:
-    """Greedy continuation without a KV cache: one fixed-shape forward per token (no recompiles)."""
-    ids = [tok.bos_id] + tok.encode(prompt)
-    for _ in range(new_tokens):
-        if len(ids) >= seq_len:
-            break
-        buf = np.zeros((1, seq_len), np.int32)
-        buf[0, :len(ids)] = ids
-        logits = forward_fn(params, buf)
-        ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
-    return tok.decode(ids[1:])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -132,7 +157,12 @@ def fingerprint(cfg: TrainConfig, tok: Tokenizer) -> dict:
     return {"model": asdict(cfg.model), "tokenizer": tok.fingerprint()}
 
 
-def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print) -> dict:
+def stack(batches: list):
+    """Micro-batches (pytrees of (rows, ...) arrays) -> one pytree of (accum, rows, ...) arrays."""
+    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, stage: Stage | None = None) -> dict:
     tok = Tokenizer.load(paths.tokenizer)
     if tok.vocab_size != cfg.model.vocab_size:
         raise InputError(f"config {cfg.name} expects vocab {cfg.model.vocab_size:,} but the tokenizer at "
@@ -143,55 +173,64 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print) ->
     accum = grad_accum_steps(cfg, n_dev)
     batch = cfg.device_batch_size * n_dev  # rows per micro-batch, split over the devices
     hp = effective_hparams(cfg)
+    stage = stage or pretrain_stage(cfg, paths.corpus, tok, batch)
 
-    # ---- state: fresh, or from the latest checkpoint
+    # ---- state: fresh, from the run this stage starts from, or from our own latest checkpoint
     params = model.init_params(cfg.model, jax.random.key(cfg.seed))
     params = jax.device_put(params, shard_like_fsdp(params, mesh))
     tx = optim.build_optimizer(params, matrix_lr=hp["matrix_lr"], embedding_lr=hp["embedding_lr"],
                                unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"],
                                weight_decay=hp["weight_decay"])
-    state = {"params": params, "opt": optim.init_state(tx, params)}  # opt state sharded like params
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
     ckpt = Checkpoints(paths.checkpoints or paths.out / "checkpoints")
+    identity = {**fingerprint(cfg, tok), "stage": stage.name, "data": stage.fingerprint}
     start, loader_state = 0, None
     if resume:
         step, meta = ckpt.read_meta()
-        if meta["fingerprint"] != fingerprint(cfg, tok):
-            raise InputError(f"the checkpoint in {ckpt.directory} is from another model or tokenizer; "
-                             "resume with the config and tokenizer it was trained with")
-        state = ckpt.restore(state, step)
+        saved = {**meta["fingerprint"], "stage": meta.get("stage", "pretrain"), "data": meta.get("data", {})}
+        differ = [k for k in identity if saved.get(k) != identity[k]]
+        if differ:
+            raise InputError(f"the checkpoint in {ckpt.directory} is from another {' and '.join(differ)}; "
+                             "resume with the ones it was trained with")
+        state = ckpt.restore({"params": params, "opt": optim.init_state(tx, params)}, step)
         start, loader_state = meta["step"], meta["loader"]
         log(f"resuming at step {start} from {ckpt.directory}")
-    elif ckpt.latest_step() is not None:
-        raise InputError(f"{ckpt.directory} already holds checkpoints: pass --resume, or another --out")
-    loader = PackedLoader(paths.corpus, tok, batch, cfg.model.seq_len, code_ratio=cfg.code_ratio,
-                          seed=cfg.seed, state=loader_state)
+    else:
+        if ckpt.latest_step() is not None:
+            raise InputError(f"{ckpt.directory} already holds checkpoints: pass --resume, or another --out")
+        if stage.init_from:
+            params = load_params(stage.init_from, params, tok)
+            log(f"starting from {stage.init_from}")
+        state = {"params": params, "opt": optim.init_state(tx, params)}  # opt state sharded like params
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    loader = stage.loader(loader_state)
+    paths.out.mkdir(parents=True, exist_ok=True)
+    if not (paths.out / "tokenizer" / "tokenizer.json").exists():
+        tok.save(paths.out / "tokenizer")  # a run directory is all `load_model` needs
 
     # ---- compile once, ahead of time, so compile time is reported apart from step time
-    batch_sharding = NamedSharding(mesh, P(None, "data", None))
-    step_fn = jax.jit(make_train_step(cfg, tx), donate_argnums=(0, 1),
+    batch_sharding = NamedSharding(mesh, P(None, "data"))  # (accum, rows, ...): rows over the devices
+
+    def next_step_batch():
+        return jax.device_put(stack([loader.next_batch() for _ in range(accum)]), batch_sharding)
+
+    pending = next_step_batch()  # its shapes are what we compile for
+    step_fn = jax.jit(make_train_step(stage.loss, tx), donate_argnums=(0, 1),
                       in_shardings=(state_sharding["params"], state_sharding["opt"], batch_sharding,
-                                    batch_sharding, None, None, None),
-                      out_shardings=(state_sharding["params"], state_sharding["opt"], None))
-    shape = jax.ShapeDtypeStruct((accum, batch, cfg.model.seq_len), jnp.int32)
+                                    None, None, None, None),
+                      out_shardings=(state_sharding["params"], state_sharding["opt"], None, None))
     t0 = time.perf_counter()
     one = jnp.float32(1.0)
-    step_fn = step_fn.lower(state["params"], state["opt"], shape, shape, one, one, one).compile()
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pending)
+    step_fn = step_fn.lower(state["params"], state["opt"], shapes, stage.frozen, one, one, one).compile()
     compile_s = time.perf_counter() - t0
-    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
-    forward_fn = jax.jit(lambda p, x: model.forward(p, x, cfg.model))
-    token_bytes = tok.token_bytes()
-    val = {kind: val_batches(paths.corpus, tok, kind, batch, cfg.model.seq_len, cfg.eval_tokens)
-           for kind in ("prose", "code")}
 
-    flops_per_step = model.flops_per_token(cfg.model) * cfg.total_batch_tokens
+    flops_per_step = model.flops_per_token(cfg.model) * cfg.total_batch_tokens * stage.flops_scale
     peak = device_peak_flops(cfg.model.compute_dtype) * n_dev
     info = describe(cfg, n_dev)
-    log(f"{cfg.name}: {info['params']:,} params, {n_dev} device(s) ({jax.devices()[0].device_kind}), "
+    log(f"{stage.name} {cfg.name}: {info['params']:,} params, {n_dev} device(s) ({jax.devices()[0].device_kind}), "
         f"{cfg.num_steps:,} steps x {cfg.total_batch_tokens:,} tokens (accum {accum}), "
         f"compile {compile_s:.1f}s, peak {peak / 1e9:,.0f} GFLOP/s")
 
-    paths.out.mkdir(parents=True, exist_ok=True)
     metrics_path = paths.out / "metrics.jsonl"
     def before_resume(entry):  # a train entry's step counts steps done: step `start` made the checkpoint
         return entry["step"] <= start if entry["event"] == "train" else entry["step"] < start
@@ -205,52 +244,109 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print) ->
         metrics.write(json.dumps(entry) + "\n")
         metrics.flush()
 
-    record({"step": start, "event": "start", "compile_s": compile_s, "devices": n_dev, "config": info})
+    record({"step": start, "event": "start", "stage": stage.name, "compile_s": compile_s, "devices": n_dev,
+            "config": info})
     params, opt_state = state["params"], state["opt"]
     step_times, last = [], {}
     for step in range(start, cfg.num_steps + 1):
         is_last = step == cfg.num_steps
         if step % cfg.eval_every == 0 or is_last:
-            bpb = {k: bits_per_byte(eval_fn, params, v, token_bytes) for k, v in val.items()}
-            log(f"step {step:5d} | val bpb prose {bpb['prose']:.4f} code {bpb['code']:.4f}")
-            record({"step": step, "event": "val", **{f"val_bpb_{k}": v for k, v in bpb.items()}})
-        if cfg.sample_every and (step % cfg.sample_every == 0 or is_last) and step > 0:
-            for prompt in SAMPLE_PROMPTS:
-                text = sample(forward_fn, params, tok, prompt, cfg.model.seq_len)
+            val = stage.evaluate(params)
+            log(f"step {step:5d} | " + " | ".join(f"{k} {v:.4f}" for k, v in val.items()))
+            record({"step": step, "event": "val", **val})
+        if stage.sample and cfg.sample_every and (step % cfg.sample_every == 0 or is_last) and step > 0:
+            for text in stage.sample(params):
                 log(f"  sample: {text!r}")
                 record({"step": step, "event": "sample", "text": text})
         if is_last:
             break
 
-        rows = [loader.next_batch() for _ in range(accum)]
-        inputs = jax.device_put(np.stack([r[0] for r in rows]), batch_sharding)
-        targets = jax.device_put(np.stack([r[1] for r in rows]), batch_sharding)
+        batch_now = pending if pending is not None else next_step_batch()
+        pending = None
         lr_mult = optim.lr_multiplier(step, cfg.num_steps, cfg.warmup_steps, cfg.warmdown_ratio,
                                       cfg.final_lr_frac)
         momentum = optim.muon_momentum_at(step, cfg.num_steps, cfg.warmdown_ratio)
         decay = optim.muon_weight_decay_at(step, cfg.num_steps, hp["weight_decay"])
         t0 = time.perf_counter()
-        params, opt_state, loss = step_fn(params, opt_state, inputs, targets, jnp.float32(lr_mult),
-                                          jnp.float32(momentum), jnp.float32(decay))
+        params, opt_state, loss, extra = step_fn(params, opt_state, batch_now, stage.frozen, jnp.float32(lr_mult),
+                                                 jnp.float32(momentum), jnp.float32(decay))
         loss = float(loss)  # waits for the step
         dt = time.perf_counter() - t0
         if not math.isfinite(loss):
             raise RuntimeError(f"loss is {loss} at step {step}: stopping (lower the learning rates?)")
+        extra = {k: float(v) for k, v in extra.items()}
         step_times.append(dt)
         tok_s = cfg.total_batch_tokens / dt
         mfu = flops_per_step / dt / peak
         eta = (cfg.num_steps - step - 1) * float(np.median(step_times[-20:]))
-        log(f"step {step + 1:5d}/{cfg.num_steps} | loss {loss:.4f} | lr x{lr_mult:.3f} | {dt * 1000:.0f} ms | "
+        shown = "".join(f" | {k} {v:.3f}" for k, v in extra.items() if k in SHOWN_METRICS)
+        log(f"step {step + 1:5d}/{cfg.num_steps} | loss {loss:.4f}{shown} | lr x{lr_mult:.3f} | {dt * 1000:.0f} ms | "
             f"{tok_s:,.0f} tok/s | MFU {mfu:.1%} | ETA {eta / 60:.1f} min")
-        last = {"step": step + 1, "event": "train", "loss": loss, "lr_mult": lr_mult, "dt": dt,
+        last = {"step": step + 1, "event": "train", "loss": loss, **extra, "lr_mult": lr_mult, "dt": dt,
                 "tokens_per_s": tok_s, "mfu": mfu}
         record(last)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.num_steps:
             ckpt.save(step + 1, {"params": params, "opt": opt_state},
-                      {"step": step + 1, "loader": loader.state(), "seed": cfg.seed,
-                       "fingerprint": fingerprint(cfg, tok), "config": cfg.name})
+                      {"step": step + 1, "loader": loader.state(), "seed": cfg.seed, "stage": stage.name,
+                       "fingerprint": fingerprint(cfg, tok), "data": stage.fingerprint, "config": cfg.name,
+                       "from": stage.init_from})
     ckpt.close()
     metrics.close()
     log(f"done: checkpoints in {ckpt.directory}, metrics in {metrics_path}")
     return {"compile_s": compile_s, "median_step_s": float(np.median(step_times)) if step_times else None,
-            "last": last, "checkpoints": ckpt.directory}
+            "last": last, "checkpoints": ckpt.directory, "params": params}
+
+
+SHOWN_METRICS = ("rewards/accuracies", "rewards/margins")  # what the step line shows beside the loss
+
+
+# ----------------------------------------------------------------------------- loading a run
+
+
+def find_checkpoints(run: str | Path) -> Checkpoints:
+    """A run directory (with checkpoints/) or a checkpoints directory itself."""
+    run = Path(run)
+    if not run.exists():
+        raise InputError(f"no such run or checkpoint directory: {run}")
+    ckpt = Checkpoints(run / "checkpoints" if (run / "checkpoints").is_dir() else run)
+    if ckpt.latest_step() is None:
+        raise InputError(f"{run} holds no checkpoint")
+    return ckpt
+
+
+def run_tokenizer(run: str | Path) -> Tokenizer:
+    """The tokenizer a run saved beside its checkpoints."""
+    run = Path(run)
+    for d in (run / "tokenizer", run.parent / "tokenizer"):
+        if (d / "tokenizer.json").exists():
+            return Tokenizer.load(d)
+    raise InputError(f"{run} has no tokenizer/ beside its checkpoints: copy the one it was trained with "
+                     f"there (`trainer tokenizer train --out {run}/tokenizer` made it)")
+
+
+def load_params(run, like_params, tok: Tokenizer, step: int | None = None):
+    """The params of a run's checkpoint (not its optimizer state), shaped and sharded like `like_params`."""
+    ckpt = find_checkpoints(run)
+    step, meta = ckpt.read_meta(step)
+    if meta["fingerprint"]["tokenizer"] != tok.fingerprint():
+        raise InputError(f"{run} was trained with another tokenizer than this run's")
+    params = ckpt.restore_params(like_params, step)
+    ckpt.close()
+    return params
+
+
+def load_model(run, step: int | None = None, platform: str | None = None):
+    """(params, GPTConfig, Tokenizer, meta) of a run's latest (or given) checkpoint, for inference.
+    A model trained in bf16 on an accelerator runs in fp32 with XLA attention on a CPU."""
+    ckpt = find_checkpoints(run)
+    step, meta = ckpt.read_meta(step)
+    tok = run_tokenizer(run)
+    if meta["fingerprint"]["tokenizer"] != tok.fingerprint():
+        raise InputError(f"the tokenizer beside {run} is not the one its checkpoint was trained with")
+    cfg = model.GPTConfig(**meta["fingerprint"]["model"])
+    if (platform or jax.default_backend()) == "cpu":
+        cfg = replace(cfg, compute_dtype="float32", attention="xla")
+    like = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+    params = ckpt.restore_params(like, step)
+    ckpt.close()
+    return params, cfg, tok, meta
