@@ -17,10 +17,8 @@ SoulOption = typer.Option(None, "--soul", help="SOUL file (default soul/SOUL.md)
 ToolsOption = typer.Option(None, "--tools", help="tool spec (default soul/tools.yaml).")
 
 
-@app.callback()
-def _group() -> None:
-    # a callback keeps `factory check` a subcommand while it is the app's only one
-    pass
+def _console() -> Console:
+    return Console(highlight=False)
 
 
 @app.command()
@@ -38,7 +36,65 @@ def check(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
     for tool in t.tools:
         args = ", ".join(a.name + ("" if a.required else "?") for a in tool.args)
         table.add_row(f"  {tool.name}", f"({args})" + ("  asks first" if tool.needs_approval else ""))
-    Console(highlight=False).print(table)
+    _console().print(table)
+
+
+@app.command()
+def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
+          config: Optional[Path] = typer.Option(None, "--config", help="build config YAML (default factory/configs/default.yaml)."),
+          backend: Optional[str] = typer.Option(None, "--backend", help="offline | openai | litellm | vllm"),
+          model: Optional[str] = typer.Option(None, "--model", help="model id for the backend."),
+          base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (implies --backend openai)."),
+          concurrency: Optional[int] = typer.Option(None, "--concurrency", help="LLM requests in flight."),
+          limit: Optional[int] = typer.Option(None, "--limit", min=0, help="only the first N inputs."),
+          new: bool = typer.Option(False, "--new", help="a new version even if an identical one is done (cached calls).")) -> None:
+    """Build a dataset version: convert, generate, critique, revise; resumes an interrupted build."""
+    from factory.build import build as run_build
+
+    run_build(soul, tools, config, {"name": backend, "model": model, "base_url": base_url,
+                                    "concurrency": concurrency}, limit=limit, new=new, console=_console())
+
+
+@app.command("ls")
+def ls() -> None:
+    """List the versions in the store."""
+    from factory.store import Store
+    from factory.versions import ls_table
+
+    store = Store(read_only=True)
+    _console().print(ls_table(store))
+
+
+@app.command()
+def show(version: int, samples: int = typer.Option(1, "--samples", min=0, help="sample rows to print.")) -> None:
+    """Counts, pass rates, cost and sample rows of one version."""
+    from factory.store import Store
+    from factory.versions import show as show_version
+
+    table, lines = show_version(Store(read_only=True), version, samples)
+    console = _console()
+    console.print(table)
+    for line in lines:
+        console.print(escape(line), soft_wrap=True)
+
+
+@app.command()
+def diff(v1: int, v2: int) -> None:
+    """Rows added, removed and changed between two versions, by source."""
+    from factory.store import Store
+    from factory.versions import diff as diff_versions
+
+    _console().print(diff_versions(Store(read_only=True), v1, v2))
+
+
+@app.command()
+def export(version: int, directory: Path) -> None:
+    """Write a version's sft rows, pairs and rejects as Parquet and JSONL, plus a manifest."""
+    from factory.store import Store
+    from factory.versions import export as export_version
+
+    for path in export_version(Store(read_only=True), version, directory):
+        print(path)
 
 
 def main() -> None:

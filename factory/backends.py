@@ -1,0 +1,326 @@
+"""LLM backends behind one async request layer (`Requester`).
+
+A client turns (messages, params) into a `Reply` or raises `Retryable` / `Fatal`:
+    openai   any OpenAI-compatible server (vLLM, llama-server, OpenRouter...): AsyncOpenAI(base_url)
+    litellm  any provider string litellm knows (`openai/<model>` + base_url for a local server)
+    vllm     in-process vLLM (`pip install nanocode[vllm]`), micro-batched LLM.chat calls
+    offline  no client at all: the factory's model stages fall back to rules (see build.py)
+
+The Requester adds everything a long run needs, once for all clients:
+  - the call cache (store.llm_cache) keyed by sha256(model, messages, params, attempt): a
+    rebuild or a resumed build never pays for a call twice, and a revision round (a new
+    attempt number) is never served the previous round's failure;
+  - retries with exponential backoff and jitter on 429 (Retry-After honoured), 5xx, timeouts,
+    dropped connections and 200 replies that are empty, carry an error, or stop for length;
+    the clients' own retries are off, so ours are the only ones that count;
+  - adaptive concurrency: x0.75 on a 429, +1 after a run of successes as long as the limit;
+  - a ledger row per network attempt (tokens, latency, cost, outcome), failures included.
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+from agent.common import InputError
+
+
+@dataclass
+class BackendConfig:
+    name: str = "offline"          # offline | openai | litellm | vllm
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None  # the env var holding the key; keys are never stored
+    concurrency: int = 8            # requests in flight at the start
+    max_concurrency: int | None = None  # adaptive ceiling (default: concurrency)
+    timeout: float = 120.0          # seconds per request
+    max_retries: int = 6
+    backoff: float = 1.0            # first retry waits about this long, doubling each time
+    max_backoff: float = 60.0
+    json_mode: bool = False         # ask for response_format json_object (servers that support it)
+    price_in: float | None = None   # $ per million prompt tokens (litellm: its price table if unset)
+    price_out: float | None = None
+
+    def __post_init__(self):
+        if self.name not in CLIENTS:
+            raise ValueError(f"unknown backend {self.name!r} (known: {', '.join(CLIENTS)})")
+        if self.name != "offline" and not self.model:
+            raise ValueError(f"backend {self.name!r} needs a model (--model)")
+        if type(self.concurrency) is not int or self.concurrency < 1:
+            raise ValueError("concurrency must be a positive integer")
+
+    def fingerprint(self) -> dict:
+        """What changes the data: not concurrency, timeouts, retries, prices, URLs or keys."""
+        return {"name": self.name, "model": self.model, "json_mode": self.json_mode}
+
+    @property
+    def api_key(self) -> str:
+        return os.environ.get(self.api_key_env or "OPENAI_API_KEY") or "none"
+
+
+@dataclass
+class Reply:
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+class Retryable(Exception):
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.status, self.retry_after = status, retry_after
+
+
+class Fatal(Exception):
+    """The request itself is wrong (400, 401, 404...): retrying cannot help."""
+
+
+class RequestFailed(Exception):
+    """A call that failed for good (retries spent or a fatal answer)."""
+
+
+# ------------------------------------------------------------------------------ clients
+
+def _retry_after(e) -> float | None:
+    headers = getattr(getattr(e, "response", None), "headers", None) or {}
+    try:
+        return float(headers.get("retry-after"))
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(e: Exception) -> Exception:
+    """An openai (or litellm: same classes) exception -> Retryable or Fatal."""
+    import openai
+
+    if isinstance(e, openai.APITimeoutError) or isinstance(e, asyncio.TimeoutError):
+        return Retryable("timeout")
+    if isinstance(e, openai.APIConnectionError):
+        return Retryable(f"connection: {' '.join(str(e.__cause__ or e).split())[:200]}")
+    status = getattr(e, "status_code", None)
+    message = " ".join(str(getattr(e, "message", e)).split())[:200]
+    if status == 429:
+        return Retryable("429 rate limited", 429, _retry_after(e))
+    if status is not None and (status >= 500 or status in (408, 409)):
+        return Retryable(f"{status}: {message}", status)
+    return Fatal(f"{status}: {message}" if status else f"{type(e).__name__}: {message}")
+
+
+def reply_of(response) -> Reply:
+    """A chat completion (openai or litellm object) -> Reply, or Retryable when a 200 is unusable."""
+    extra = getattr(response, "model_extra", None) or {}
+    if extra.get("error"):
+        error = extra["error"]
+        raise Retryable(f"error in a 200 body: {error.get('message', error) if isinstance(error, dict) else error}")
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise Retryable("empty reply (no choices)")
+    choice = choices[0]
+    if choice.finish_reason == "length":
+        raise Retryable("stopped for length")
+    text = getattr(choice.message, "content", None) or ""
+    if not text.strip():
+        raise Retryable("empty reply (no content)")
+    usage = getattr(response, "usage", None)
+    return Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+
+
+class OpenAIClient:
+    def __init__(self, cfg: BackendConfig):
+        import openai
+
+        self.cfg = cfg
+        self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key,
+                                         max_retries=0, timeout=cfg.timeout)
+
+    async def complete(self, messages: list[dict], params: dict) -> Reply:
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.cfg.model, messages=messages, **params)
+        except Exception as e:
+            raise classify(e) from None
+        return reply_of(response)
+
+    def cost(self, reply: Reply) -> float:
+        return ((self.cfg.price_in or 0) * reply.tokens_in + (self.cfg.price_out or 0) * reply.tokens_out) / 1e6
+
+
+class LiteLLMClient(OpenAIClient):
+    def __init__(self, cfg: BackendConfig):
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-table download at import
+        import litellm
+
+        self.cfg, self.litellm = cfg, litellm
+
+    async def complete(self, messages: list[dict], params: dict) -> Reply:
+        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        try:
+            response = await self.litellm.acompletion(
+                model=self.cfg.model, messages=messages, api_base=self.cfg.base_url, api_key=key,
+                timeout=self.cfg.timeout, num_retries=0, max_retries=0, **params)
+        except Exception as e:
+            raise classify(e) from None
+        return reply_of(response)
+
+    def cost(self, reply: Reply) -> float:
+        if self.cfg.price_in is not None or self.cfg.price_out is not None:
+            return super().cost(reply)
+        try:  # litellm's table, looked up by the exact model id (never by substring)
+            cin, cout = self.litellm.cost_per_token(model=self.cfg.model, prompt_tokens=reply.tokens_in,
+                                                    completion_tokens=reply.tokens_out)
+            return cin + cout
+        except Exception:
+            return 0.0
+
+
+class VLLMClient(OpenAIClient):
+    """In-process vLLM: requests that arrive together go to one LLM.chat call (vLLM batches
+    them on the GPU). Written to vLLM's documented LLM.chat / SamplingParams API; it needs a
+    GPU and the `vllm` extra, so the test suite cannot run it."""
+
+    def __init__(self, cfg: BackendConfig):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError:
+            raise InputError("backend vllm needs the vllm package: pip install 'nanocode[vllm]'") from None
+        self.cfg, self.SamplingParams = cfg, SamplingParams
+        self.llm = LLM(model=cfg.model)
+        self.queue: list[tuple[list, dict, asyncio.Future]] = []
+        self.flusher = None
+
+    async def complete(self, messages: list[dict], params: dict) -> Reply:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((messages, params, future))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self):
+        await asyncio.sleep(0.01)  # let the requests of this moment gather into one batch
+        batch, self.queue = self.queue, []
+        sampling = [self.SamplingParams(temperature=p.get("temperature", 0.0), max_tokens=p.get("max_tokens"),
+                                        seed=p.get("seed")) for _, p, _ in batch]
+        try:
+            outputs = await asyncio.to_thread(self.llm.chat, [m for m, _, _ in batch], sampling, use_tqdm=False)
+        except Exception as e:
+            for *_, future in batch:
+                future.set_exception(Retryable(f"vllm: {e}"))
+            return
+        for (_, _, future), out in zip(batch, outputs):
+            gen = out.outputs[0]
+            if gen.finish_reason == "length":
+                future.set_exception(Retryable("stopped for length"))
+            else:
+                future.set_result(Reply(gen.text, len(out.prompt_token_ids or []), len(gen.token_ids)))
+
+
+CLIENTS = {"offline": None, "openai": OpenAIClient, "litellm": LiteLLMClient, "vllm": VLLMClient}
+
+
+# ------------------------------------------------------------------------ request layer
+
+class AdaptiveLimit:
+    """A semaphore whose size moves: x0.75 on a rate limit, +1 after `limit` successes in a row."""
+
+    def __init__(self, start: int, ceiling: int):
+        self.limit, self.ceiling, self.active, self.streak = float(start), max(start, ceiling), 0, 0
+        self.cond = asyncio.Condition()
+
+    async def acquire(self):
+        async with self.cond:
+            await self.cond.wait_for(lambda: self.active < int(self.limit))
+            self.active += 1
+
+    async def release(self, ok: bool, rate_limited: bool):
+        async with self.cond:
+            self.active -= 1
+            if rate_limited:
+                self.limit, self.streak = max(1.0, self.limit * 0.75), 0
+            elif ok:
+                self.streak += 1
+                if self.streak >= int(self.limit) and self.limit < self.ceiling:
+                    self.limit, self.streak = min(self.ceiling, self.limit + 1), 0
+            self.cond.notify_all()
+
+
+def call_key(model, messages, params, attempt) -> str:
+    text = json.dumps([model, messages, params, attempt], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class CallStats:
+    requests: int = 0   # network attempts, failed ones included
+    cached: int = 0
+    retries: int = 0
+    failed: int = 0     # calls given up on
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    by_outcome: dict = field(default_factory=dict)
+
+
+class Requester:
+    def __init__(self, cfg: BackendConfig, store, version: int, client=None):
+        self.cfg, self.store, self.version = cfg, store, version
+        self.client = client or CLIENTS[cfg.name](cfg)
+        self.limit = AdaptiveLimit(cfg.concurrency, cfg.max_concurrency or cfg.concurrency)
+        self.stats = CallStats()
+
+    def _log(self, key, meta, outcome, reply=None, latency=0.0, cost=0.0, error=None):
+        self.stats.by_outcome[outcome] = self.stats.by_outcome.get(outcome, 0) + 1
+        self.store.log_call(version=self.version, key=key, backend=self.cfg.name, model=self.cfg.model,
+                            tokens_in=reply.tokens_in if reply else 0, tokens_out=reply.tokens_out if reply else 0,
+                            latency_s=latency, cost=cost, outcome=outcome, error=error, **meta)
+
+    async def chat(self, messages: list[dict], params: dict, *, attempt: int, purpose: str,
+                   input_id: str) -> str:
+        """The model's reply text to `messages`, from the cache or the backend; RequestFailed if
+        the backend cannot answer."""
+        seed = int(hashlib.sha256(f"{input_id}|{purpose}|{attempt}".encode()).hexdigest()[:8], 16) >> 1
+        params = {**params, "seed": seed}
+        if self.cfg.json_mode:
+            params["response_format"] = {"type": "json_object"}
+        key = call_key(self.cfg.model, messages, params, attempt)
+        meta = {"input_id": input_id, "purpose": purpose, "attempt": attempt}
+        hit = self.store.cache_get(key)
+        if hit is not None:
+            self.stats.cached += 1
+            self._log(key, meta, "cached", Reply(**hit))
+            return hit["text"]
+        last = None
+        for n in range(self.cfg.max_retries + 1):
+            await self.limit.acquire()
+            start, reply, error = time.monotonic(), None, None
+            try:
+                reply = await asyncio.wait_for(self.client.complete(messages, params), self.cfg.timeout + 5)
+            except asyncio.TimeoutError:  # a client that ignores its own timeout
+                error = Retryable("timeout")
+            except (Retryable, Fatal) as e:
+                error = e
+            finally:
+                await self.limit.release(reply is not None, getattr(error, "status", None) == 429)
+            latency = time.monotonic() - start
+            self.stats.requests += 1
+            if reply is not None:
+                cost = self.client.cost(reply)
+                self.store.cache_put(key, self.cfg.model, asdict(reply))  # committed before use: a kill cannot lose it
+                self.stats.tokens_in += reply.tokens_in
+                self.stats.tokens_out += reply.tokens_out
+                self.stats.cost += cost
+                self._log(key, meta, "ok", reply, latency, cost)
+                return reply.text
+            last = error
+            if isinstance(error, Fatal) or n == self.cfg.max_retries:
+                break
+            self.stats.retries += 1
+            self._log(key, meta, "retry", latency=latency, error=str(error))
+            wait = min(self.cfg.max_backoff, self.cfg.backoff * 2 ** n)
+            wait = error.retry_after if error.retry_after is not None else wait / 2 + random.uniform(0, wait / 2)
+            await asyncio.sleep(wait)
+        self.stats.failed += 1
+        self._log(key, meta, "failed", error=str(last))
+        raise RequestFailed(f"{purpose} call failed: {last}")

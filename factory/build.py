@@ -1,0 +1,202 @@
+"""`factory build`: config + SOUL + tool spec + seeds -> one immutable, numbered store version.
+
+Identity: a build's fingerprint hashes the SOUL, the tool spec, the data-relevant config
+(stages and their settings, the backend's kind and model; not concurrency, timeouts, retries,
+URLs or keys), the inputs (file bytes, column mapping, --limit) and the code version
+(package version + hash of factory/*.py and prompts). Then:
+  - a finished version with this fingerprint: "up to date", nothing runs, no LLM call
+    (`--new` makes a new version anyway; its LLM calls are all served by the cache);
+  - an unfinished one (killed, or backend failures): resumed, skipping the inputs its
+    committed chunks hold;
+  - none: a new version.
+Offline (no backend), stages that need a model fall back: the generator hands on the
+converter's draft, the reviser is the rule reviser, the LLM judge is skipped. The summary
+says which stages ran without a model.
+"""
+
+import asyncio
+import hashlib
+import importlib.metadata
+import json
+import time
+
+from rich.console import Console
+
+from agent.common import InputError
+from agent.spec import load_soul, load_tools
+from factory.backends import BackendConfig, Requester, RequestFailed
+from factory.config import FACTORY, load_config, make
+from factory.convert import CONVERTERS
+from factory.critics import CRITICS
+from factory.loop import PAIR_POLICIES, Context, Stages, run_input
+from factory.progress import Counts, Progress, summary_table
+from factory.sources import SOURCES
+from factory.store import Store
+from factory.writers import GENERATORS, REVISERS, Prompts
+
+
+def code_version() -> str:
+    h = hashlib.sha256()
+    for path in sorted(FACTORY.glob("*.py")) + sorted((FACTORY / "prompts").glob("*.j2")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    try:
+        package = importlib.metadata.version("nanocode")
+    except importlib.metadata.PackageNotFoundError:
+        package = "0"
+    return f"nanocode {package} factory {h.hexdigest()[:12]}"
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan(config, backend: BackendConfig, soul, spec):
+    """Build every stage the config names (InputError on unknown names or settings), with the
+    offline fallbacks; returns (stages, the effective config, notes on stages without a model)."""
+    where = config.path
+    offline = backend.name == "offline"
+    generator, reviser = dict(config.generator), dict(config.reviser)
+    critics = [c if isinstance(c, dict) else {"name": c} for c in config.critics]
+    notes = [f"converter {config.converter.get('name') if isinstance(config.converter, dict) else config.converter}"]
+    if offline:
+        if generator.get("name") == "llm":
+            generator = {"name": "converter"}
+        if reviser.get("name") == "llm":
+            reviser = {"name": "rules"}
+        if any(c.get("name") == "llm_judge" for c in critics):
+            notes.append("llm_judge skipped (no model)")
+        critics = [c for c in critics if c.get("name") != "llm_judge"]
+    stages = Stages(converter=make("converter", CONVERTERS, config.converter, where),
+                    generator=make("generator", GENERATORS, generator, where),
+                    critics=[make("critic", CRITICS, c, where) for c in critics],
+                    reviser=make("reviser", REVISERS, reviser, where),
+                    pairs=make("pair policy", PAIR_POLICIES, config.pairs, where),
+                    max_rounds=config.max_rounds)
+    if offline and any(s.needs_model for s in [stages.generator, stages.reviser, *stages.critics]):
+        raise InputError(f"{where}: a stage needs a model but the backend is offline: name one with "
+                         "--backend/--base-url/--model")
+    names = {"generator": generator["name"], "reviser": reviser["name"]}
+    notes += [f"{kind} {names[kind]}" for kind, s in (("generator", stages.generator), ("reviser", stages.reviser))
+              if not s.needs_model]
+    notes += [f"critic {c['name']}" for c, s in zip(critics, stages.critics) if not s.needs_model]
+    effective = {"source": config.source, "converter": config.converter, "generator": generator,
+                 "critics": critics, "reviser": reviser, "pairs": config.pairs,
+                 "max_rounds": config.max_rounds, "backend": backend.fingerprint()}
+    return stages, effective, notes
+
+
+def models_of(stages, backend: BackendConfig) -> dict:
+    label = lambda s, rule: f"{backend.name}:{backend.model}" if s.needs_model else rule  # noqa: E731
+    judge = [c for c in stages.critics if c.needs_model]
+    return {"generator": label(stages.generator, "converter draft"),
+            "reviser": label(stages.reviser, "rules"),
+            "critic": label(judge[0], "") if judge else "rules only"}
+
+
+def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None, new=False,
+          console=None) -> dict:
+    """Make (or resume, or find up to date) a version; returns its summary."""
+    console = console or Console(highlight=False)
+    soul, spec, config = load_soul(soul), load_tools(tools), load_config(config)
+    settings = {**(config.backend if isinstance(config.backend, dict) else {"name": config.backend}),
+                **{k: v for k, v in (backend_overrides or {}).items() if v is not None}}
+    if settings.get("base_url") and settings.get("name", "offline") == "offline":
+        settings["name"] = "openai"  # a server URL alone means an OpenAI-compatible server
+    backend = _backend(settings, config.path)
+    stages, effective, notes = plan(config, backend, soul, spec)
+    source = make("source", SOURCES, config.source, config.path)
+    seeds = source.seeds()
+    if limit is not None:
+        seeds = seeds[:limit]
+    inputs_sha = _sha([source.sha256, source.columns, limit])
+    meta = {"soul_sha256": soul.sha256, "tools_sha256": spec.sha256, "config_sha256": _sha(effective),
+            "inputs_sha256": inputs_sha, "code_version": code_version(), "config": effective}
+    meta["fingerprint"] = _sha({k: meta[k] for k in ("soul_sha256", "tools_sha256", "config_sha256",
+                                                     "inputs_sha256", "code_version")})
+    prompts = Prompts(soul, spec)
+    for stage in [stages.generator, stages.reviser, *stages.critics]:
+        if stage.needs_model:  # template errors surface now, not mid-build
+            prompts.template(stage.prompt or stage.default_prompt)
+
+    store = Store()
+    try:
+        store.remove_orphans()
+        found = store.find(meta["fingerprint"])
+        if found and found["status"] == "done" and not new:
+            console.print(f"up to date: version {found['version']} was built from the same SOUL, tools, "
+                          "config, inputs and code (--new builds another)")
+            return {"version": found["version"], "up_to_date": True, **json.loads(found["summary"] or "{}")}
+        resumed = found is not None and found["status"] == "building" and not new
+        v = found["version"] if resumed else store.create_version(meta)
+        done = store.done_inputs(v)
+        todo = [s for s in seeds if s["input_id"] not in done]
+        if resumed:
+            console.print(f"resuming version {v}: {len(done)} inputs done, {len(todo)} to go")
+        requester = None if backend.name == "offline" else Requester(backend, store, v)
+        ctx = Context(soul, spec, prompts, requester, models_of(stages, backend))
+        counts = Counts(total=len(seeds), before=len(seeds) - len(todo))
+        start = time.monotonic()
+        with Progress(console, v, counts, requester.stats if requester else None) as progress:
+            error = asyncio.run(_run(todo, stages, ctx, store, v, config.chunk_size, counts, progress,
+                                     workers=1 if requester is None else 2 * (backend.max_concurrency or backend.concurrency)))
+            progress.update(force=True)
+        summary = {"version": v, **store.figures(v), "seconds": round(time.monotonic() - start, 2),
+                   "stages without a model": ", ".join(notes) or "none", "models": ctx.models}
+        if counts.failed:
+            raise InputError(f"{counts.failed} input(s) failed on the backend ({error}); version {v} is "
+                             "incomplete: run the same command again to finish it")
+        store.finish(v, summary)
+        console.print(summary_table(summary))
+        return summary
+    finally:
+        store.close()
+
+
+def _backend(settings: dict, where: str) -> BackendConfig:
+    try:
+        return BackendConfig(**settings)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: backend: {e}") from None
+
+
+async def _run(todo, stages, ctx, store, v, chunk_size, counts, progress, workers) -> str | None:
+    """Run the inputs with `workers` coroutines; commit every `chunk_size` finished inputs.
+    Returns the last backend error, if any input failed on it."""
+    buffer, pending, last_error = {"sft": [], "pairs": [], "rejects": []}, [], None
+    seeds = iter(todo)
+
+    def commit():
+        store.commit_chunk(v, buffer, pending)
+        for rows in buffer.values():
+            rows.clear()
+        pending.clear()
+
+    async def worker():
+        nonlocal last_error
+        for seed in seeds:  # a shared iterator: each seed goes to exactly one worker
+            if counts.failed >= 10 and counts.failed > counts.done:
+                return  # the backend fails more often than not: stop spending, report it
+            try:
+                out = await run_input(seed, stages, ctx)
+            except RequestFailed as e:
+                counts.failed, last_error = counts.failed + 1, str(e)
+                continue
+            if "sft" in out:
+                buffer["sft"].append(out["sft"])
+                counts.sft, counts.revisions = counts.sft + 1, counts.revisions + out["sft"]["revisions"]
+                if out["pair"]:
+                    buffer["pairs"].append(out["pair"])
+                    counts.pairs += 1
+            else:
+                buffer["rejects"].append(out["reject"])
+                counts.rejects += 1
+            pending.append((seed["input_id"], "sft" if "sft" in out else "reject"))
+            counts.done += 1
+            if len(pending) >= chunk_size:
+                commit()  # no await inside: no other worker can touch the buffer meanwhile
+            progress.update()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(todo))))))
+    if pending or not store.one("SELECT count(*) FROM parts WHERE version = ?", v)[0]:
+        commit()  # the tail, or an empty chunk so that every version has parts to query
+    return last_error

@@ -1,0 +1,80 @@
+"""The build's live display: a rich panel on a terminal, plain lines every few seconds when
+stdout is a pipe or a file (CI logs), and the summary table at the end."""
+
+import time
+from dataclasses import dataclass
+
+from rich.live import Live
+from rich.table import Table
+
+
+@dataclass
+class Counts:
+    total: int          # inputs in this version
+    before: int = 0     # done by an earlier (interrupted) run of the same version
+    done: int = 0       # done by this run
+    sft: int = 0
+    pairs: int = 0
+    rejects: int = 0
+    revisions: int = 0
+    failed: int = 0     # inputs the backend could not serve (left for a rerun)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    def __init__(self, console, version: int, counts: Counts, calls=None, every: float = 2.0):
+        self.console, self.version, self.counts, self.calls = console, version, counts, calls
+        self.start, self.every, self.last, self.live = time.monotonic(), every, 0.0, None
+
+    def figures(self) -> dict:
+        c, elapsed = self.counts, max(1e-9, time.monotonic() - self.start)
+        left = c.total - c.before - c.done - c.failed
+        tokens = (self.calls.tokens_in + self.calls.tokens_out) if self.calls else 0
+        cost = self.calls.cost if self.calls else 0.0
+        rate = c.done / elapsed
+        return {"rows": f"{c.before + c.done}/{c.total}",
+                "pass rate": f"{c.sft / max(1, c.sft + c.rejects):.0%}",
+                "mean revisions": f"{c.revisions / max(1, c.sft):.2f}",
+                "rows/s": f"{rate:.1f}",
+                "tokens/min": f"{tokens / elapsed * 60:,.0f}",
+                "cost": f"${cost:.4f} (projected ${cost + cost / max(1, c.done) * left:.4f})",
+                "eta": _clock(left / rate) if rate > 0 else "?"}
+
+    def _table(self) -> Table:
+        table = Table(title=f"factory build: version {self.version}", show_header=False, box=None)
+        for key, value in self.figures().items():
+            table.add_row(key, value)
+        return table
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            self.live = Live(self._table(), console=self.console, refresh_per_second=4)
+            self.live.start()
+        return self
+
+    def update(self, force: bool = False):
+        if self.live:
+            self.live.update(self._table())
+        elif force or time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.console.print(f"v{self.version}  " + "  ".join(f"{k} {v}" for k, v in self.figures().items()),
+                               highlight=False, soft_wrap=True)
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.update(self._table())
+            self.live.stop()
+
+
+def summary_table(summary: dict) -> Table:
+    table = Table(title=f"version {summary['version']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in summary.items():
+        if key != "version":
+            table.add_row(key.replace("_", " "), value if isinstance(value, str) else str(value))
+    return table

@@ -1,0 +1,229 @@
+"""The store: one DuckDB catalog (`$NANOCODE_HOME/factory.duckdb`) plus Parquet parts beside it
+(`$NANOCODE_HOME/factory/v0001/{sft,pairs,rejects}-00000.parquet`). Open it with plain
+`duckdb ~/.cache/nanocode/factory.duckdb` and query:
+
+  versions     one row per build: version, status (building|done), created, finished,
+               fingerprint, soul_sha256, tools_sha256, config_sha256, inputs_sha256,
+               code_version, config (JSON), summary (JSON: counts, stages run without a model)
+  parts        the committed Parquet files: version, kind (sft|pairs|rejects), chunk, path, rows
+  done_inputs  per-input completion: version, input_id, chunk, outcome (sft|reject)
+  llm_cache    key (sha256 of model, messages, params, attempt), model, reply (JSON), created
+  ledger       one row per LLM request attempt: version, ts, input_id, purpose (generate|
+               revise|critic), attempt, backend, model, key, tokens_in, tokens_out, latency_s,
+               cost, outcome (ok|cached|retry|failed), error
+  sft, pairs, rejects   views over all committed Parquet parts (filter on `version`)
+
+Parquet columns (JSON-valued ones are JSON text: `messages::JSON` in DuckDB):
+  sft      version, id, input_id, source, source_id, messages, soul, tools, workspace,
+           attempt, revisions, scores, critique, models
+  pairs    version, id, input_id, source, source_id, prompt, chosen, rejected, critique, scores,
+           chosen_attempt, rejected_attempt
+  rejects  version, input_id, source, source_id, stage, reason, attempts, messages
+
+Writes are crash-safe: a chunk's Parquet files are renamed into place, then its `parts` and
+`done_inputs` rows commit in one transaction. A kill between the two leaves files no catalog
+row names; the next build deletes them and redoes those inputs (their LLM calls are cached).
+"""
+
+import datetime
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agent.common import InputError, atomic_path, nanocode_home
+
+_S, _I = pa.string(), pa.int32()
+SCHEMAS = {
+    "sft": pa.schema([("version", _I), ("id", _S), ("input_id", _S), ("source", _S), ("source_id", _S),
+                      ("messages", _S), ("soul", _S), ("tools", _S), ("workspace", _S), ("attempt", _I),
+                      ("revisions", _I), ("scores", _S), ("critique", _S), ("models", _S)]),
+    "pairs": pa.schema([("version", _I), ("id", _S), ("input_id", _S), ("source", _S), ("source_id", _S),
+                        ("prompt", _S), ("chosen", _S), ("rejected", _S), ("critique", _S), ("scores", _S),
+                        ("chosen_attempt", _I), ("rejected_attempt", _I)]),
+    "rejects": pa.schema([("version", _I), ("input_id", _S), ("source", _S), ("source_id", _S),
+                          ("stage", _S), ("reason", _S), ("attempts", _I), ("messages", _S)]),
+}
+JSON_COLUMNS = {"sft": ("messages", "workspace", "scores", "models"),
+                "pairs": ("prompt", "chosen", "rejected", "scores"), "rejects": ("messages",)}
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS versions (version INTEGER PRIMARY KEY, status VARCHAR, created TIMESTAMP,
+  finished TIMESTAMP, fingerprint VARCHAR, soul_sha256 VARCHAR, tools_sha256 VARCHAR,
+  config_sha256 VARCHAR, inputs_sha256 VARCHAR, code_version VARCHAR, config JSON, summary JSON);
+CREATE TABLE IF NOT EXISTS parts (version INTEGER, kind VARCHAR, chunk INTEGER, path VARCHAR,
+  rows INTEGER, PRIMARY KEY (version, kind, chunk));
+CREATE TABLE IF NOT EXISTS done_inputs (version INTEGER, input_id VARCHAR, chunk INTEGER,
+  outcome VARCHAR, PRIMARY KEY (version, input_id));
+CREATE TABLE IF NOT EXISTS llm_cache (key VARCHAR PRIMARY KEY, model VARCHAR, reply JSON, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ledger (version INTEGER, ts TIMESTAMP, input_id VARCHAR, purpose VARCHAR,
+  attempt INTEGER, backend VARCHAR, model VARCHAR, key VARCHAR, tokens_in INTEGER, tokens_out INTEGER,
+  latency_s DOUBLE, cost DOUBLE, outcome VARCHAR, error VARCHAR);
+"""
+
+
+def _now():
+    return datetime.datetime.now()
+
+
+def _dumps(value) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Store:
+    def __init__(self, home=None, read_only: bool = False):
+        self.home = Path(home) if home is not None else nanocode_home()
+        self.path, self.root = self.home / "factory.duckdb", self.home / "factory"
+        if read_only and not self.path.exists():
+            raise InputError(f"no factory store at {self.path} yet: run `factory build` first")
+        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            raise InputError(f"cannot open {self.path}: {' '.join(str(e).split())[:200]}") from None
+        if not read_only:
+            self.db.execute(_TABLES)
+
+    def close(self):
+        self.db.close()
+
+    def one(self, sql, *params):
+        return self.db.execute(sql, params).fetchone()
+
+    def all(self, sql, *params):
+        return self.db.execute(sql, params).fetchall()
+
+    # -------------------------------------------------------------------- versions
+
+    def versions(self) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM versions ORDER BY version")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def version(self, v: int) -> dict:
+        found = [r for r in self.versions() if r["version"] == v]
+        if not found:
+            known = ", ".join(str(r["version"]) for r in self.versions()) or "none yet"
+            raise InputError(f"no version {v} in {self.path} (versions: {known})")
+        return found[0]
+
+    def find(self, fingerprint: str) -> dict | None:
+        same = [r for r in self.versions() if r["fingerprint"] == fingerprint]
+        return same[-1] if same else None
+
+    def create_version(self, meta: dict) -> int:
+        v = (self.one("SELECT max(version) FROM versions")[0] or 0) + 1
+        self.db.execute("INSERT INTO versions (version, status, created, fingerprint, soul_sha256, tools_sha256, "
+                        "config_sha256, inputs_sha256, code_version, config) VALUES (?, 'building', ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [v, _now(), meta["fingerprint"], meta["soul_sha256"], meta["tools_sha256"],
+                         meta["config_sha256"], meta["inputs_sha256"], meta["code_version"], _dumps(meta["config"])])
+        return v
+
+    def finish(self, v: int, summary: dict) -> None:
+        self.db.execute("UPDATE versions SET status = 'done', finished = ?, summary = ? WHERE version = ?",
+                        [_now(), _dumps(summary), v])
+
+    def done_inputs(self, v: int) -> set[str]:
+        return {r[0] for r in self.all("SELECT input_id FROM done_inputs WHERE version = ?", v)}
+
+    # ------------------------------------------------------------------------ parts
+
+    def commit_chunk(self, v: int, rows: dict[str, list[dict]], done: list[tuple[str, str]]) -> None:
+        """Write one chunk's Parquet parts (atomic renames), then catalog them and mark its
+        inputs done in one transaction."""
+        chunk = self.one("SELECT coalesce(max(chunk) + 1, 0) FROM parts WHERE version = ?", v)[0]
+        written = []
+        for kind, schema in SCHEMAS.items():
+            table = pa.Table.from_pylist([self._flat(kind, v, r) for r in rows.get(kind, [])], schema=schema)
+            path = self.root / f"v{v:04d}" / f"{kind}-{chunk:05d}.parquet"
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+            written.append((v, kind, chunk, str(path), table.num_rows))
+        self.db.execute("BEGIN TRANSACTION")
+        try:
+            self.db.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?)", written)
+            if done:
+                self.db.executemany("INSERT INTO done_inputs VALUES (?, ?, ?, ?)",
+                                    [(v, input_id, chunk, outcome) for input_id, outcome in done])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._views()
+
+    @staticmethod
+    def _flat(kind: str, v: int, row: dict) -> dict:
+        row = {**row, "version": v}
+        for col in JSON_COLUMNS[kind]:
+            if col in row and not isinstance(row[col], str):
+                row[col] = _dumps(row[col])
+        return row
+
+    def _views(self) -> None:
+        for kind in SCHEMAS:
+            if self.one("SELECT count(*) FROM parts WHERE kind = ?", kind)[0]:
+                pattern = _quote(str(self.root / "v*" / f"{kind}-*.parquet"))
+                self.db.execute(f"CREATE OR REPLACE VIEW {kind} AS SELECT * FROM read_parquet({pattern})")
+
+    def remove_orphans(self) -> int:
+        """Delete Parquet files no catalog row names (a kill between rename and commit)."""
+        known = {r[0] for r in self.all("SELECT path FROM parts")}
+        orphans = [p for p in self.root.glob("v*/*.parquet") if str(p) not in known]
+        orphans += list(self.root.glob("v*/.*.tmp"))
+        for p in orphans:
+            p.unlink(missing_ok=True)
+        return len(orphans)
+
+    def relation(self, kind: str, v: int) -> str:
+        """SQL naming one version's rows of `kind` (a registered view), for show/diff/export."""
+        name = f"{kind}_v{v}"
+        paths = [r[0] for r in self.all("SELECT path FROM parts WHERE version = ? AND kind = ? ORDER BY chunk", v, kind)]
+        if paths:
+            files = "[" + ", ".join(_quote(p) for p in paths) + "]"
+            self.db.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({files})")
+        else:
+            self.db.register(name, pa.Table.from_pylist([], schema=SCHEMAS[kind]))
+        return name
+
+    # -------------------------------------------------------------- cache and ledger
+
+    def cache_get(self, key: str) -> dict | None:
+        row = self.one("SELECT reply FROM llm_cache WHERE key = ?", key)
+        return json.loads(row[0]) if row else None
+
+    def cache_put(self, key: str, model: str, reply: dict) -> None:
+        self.db.execute("INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?)", [key, model, _dumps(reply), _now()])
+
+    def log_call(self, **row) -> None:
+        cols = ("version", "input_id", "purpose", "attempt", "backend", "model", "key", "tokens_in",
+                "tokens_out", "latency_s", "cost", "outcome", "error")
+        self.db.execute(f"INSERT INTO ledger (ts, {', '.join(cols)}) VALUES (?{', ?' * len(cols)})",
+                        [_now()] + [row.get(c) for c in cols])
+
+    # ----------------------------------------------------------------------- figures
+
+    def figures(self, v: int) -> dict:
+        """Counts, rates and spend of one version (what `show` and the build summary print)."""
+        sft, pairs, rejects = (self.relation(kind, v) for kind in SCHEMAS)
+        n_sft, revisions, first_try = self.one(f"SELECT count(*), coalesce(avg(revisions), 0), "
+                                               f"count(*) FILTER (WHERE attempt = 1) FROM {sft}")
+        by_stage = dict(self.all(f"SELECT stage, count(*) FROM {rejects} GROUP BY stage ORDER BY 2 DESC, 1"))
+        n_rejects = sum(by_stage.values())
+        requests, cached, failed, t_in, t_out, cost = self.one(
+            "SELECT count(*) FILTER (WHERE outcome != 'cached'), count(*) FILTER (WHERE outcome = 'cached'), "
+            "count(*) FILTER (WHERE outcome IN ('retry', 'failed')), coalesce(sum(tokens_in), 0), "
+            "coalesce(sum(tokens_out), 0), coalesce(sum(cost), 0) FROM ledger WHERE version = ?", v)
+        return {"inputs done": n_sft + n_rejects, "sft rows": n_sft,
+                "pairs": self.one(f"SELECT count(*) FROM {pairs}")[0],
+                "rejects": n_rejects, "rejects by stage": by_stage,
+                "pass rate": round(n_sft / max(1, n_sft + n_rejects), 4),
+                "first-try pass rate": round(first_try / max(1, n_sft + n_rejects), 4),
+                "mean revisions": round(revisions, 3),
+                "llm requests": requests, "cache hits": cached, "failed requests": failed,
+                "tokens in": t_in, "tokens out": t_out, "cost $": round(cost, 6)}
