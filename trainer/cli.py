@@ -1,4 +1,4 @@
-"""`trainer`: corpus preparation, tokenizer training and evaluation (stages come later)."""
+"""`trainer`: corpora, the tokenizer, the training stages (pretrain, sft, dpo) and the model server."""
 
 import sys
 import time
@@ -194,6 +194,124 @@ def run_pretrain(
     paths = train.RunPaths(corpus=corpus_dir or default_corpus(), tokenizer=tokenizer,
                            out=out or nanocode_home() / "runs" / cfg.name, checkpoints=checkpoint_dir)
     train.train(cfg, paths, resume=resume, log=console.print)
+
+
+_FINETUNE_OPTS = dict(
+    from_=typer.Option(..., "--from", help="the run to start from (its directory: checkpoints/ and tokenizer/)"),
+    out=typer.Option(..., help="this run's directory (metrics.jsonl, checkpoints/, tokenizer/)"),
+    steps=typer.Option(None, help="optimizer steps [default: one epoch]"),
+    seq_len=typer.Option(None, help="context length [default: the model's]; RoPE lets it grow"),
+    device_batch_size=typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device"),
+    lr_scale=typer.Option(None, help="every learning rate times this"),
+    val_fraction=typer.Option(0.05, help="share of rows held out for validation (by a hash of their id)"),
+    eval_every=typer.Option(None), save_every=typer.Option(None), seed=typer.Option(0),
+    resume=typer.Option(False, help="continue from the latest checkpoint in --out"),
+)
+
+
+def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], overrides: dict, val_fraction: float,
+              seed: int, resume: bool, overflow="drop", val_data=None, beta=0.1, loss="sigmoid", reference="cached"):
+    """SFT or DPO, top to bottom: the base model and tokenizer of --from, the data, the config, the stage."""
+    import dataclasses
+
+    import jax
+
+    from trainer import conversations, dpo, model, sft, train
+
+    tok_dir = train.tokenizer_dir(from_)
+    tok = Tokenizer.load(tok_dir)
+    _, meta = train.find_checkpoints(from_).read_meta()
+    base = model.GPTConfig(**meta["fingerprint"]["model"])
+    if jax.default_backend() == "cpu":
+        base = dataclasses.replace(base, compute_dtype="float32", attention="xla")
+    seq = overrides.get("seq_len") or base.seq_len
+    if stage_name == "sft":
+        prepared = sft.prepare(conversations.load(data, "conversations", val_fraction, seed), tok, seq, overflow,
+                               log=console.print)
+        rows = sft.rows_per_epoch(prepared["train"], seq)
+    else:
+        val_convs = conversations.load(val_data, "conversations", 1.0, seed)["val"] if val_data else None
+        prepared = dpo.prepare(conversations.load(data, "pairs", val_fraction, seed), tok, seq, val_convs,
+                               log=console.print)
+        rows = len(prepared["train"])
+    cfg = sft.finetune_config(base, stage_name, n_devices=jax.device_count(), train_rows=rows, seed=seed,
+                              **{k: v for k, v in overrides.items() if v is not None})
+    batch = cfg.device_batch_size * jax.device_count()
+    if stage_name == "sft":
+        stage = sft.sft_stage(cfg, prepared, tok, batch, str(from_))
+    else:
+        like = jax.eval_shape(lambda: model.init_params(cfg.model, jax.random.key(0)))
+        ref = train.load_params(from_, like, tok)
+        stage = dpo.dpo_stage(cfg, prepared, tok, batch, str(from_), ref, beta=beta, kind=loss, reference=reference)
+    train.train(cfg, train.RunPaths(corpus=None, tokenizer=tok_dir, out=out), resume=resume, log=console.print,
+                stage=stage)
+
+
+_FINETUNE_OPTS = dict(
+    from_=typer.Option(..., "--from", help="the run to start from (its directory: checkpoints/ and tokenizer/)"),
+    out=typer.Option(..., help="this run's directory (metrics.jsonl, checkpoints/, tokenizer/)"),
+    steps=typer.Option(None, help="optimizer steps [default: one epoch]"),
+    seq_len=typer.Option(None, help="context length [default: the model's]; RoPE lets it grow"),
+    device_batch_size=typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device"),
+    lr_scale=typer.Option(None, help="every learning rate times this"),
+    val_fraction=typer.Option(0.05, help="share of rows held out for validation (by a hash of their id)"),
+    eval_every=typer.Option(None), save_every=typer.Option(None), seed=typer.Option(0),
+    resume=typer.Option(False, help="continue from the latest checkpoint in --out"),
+)
+DPO_LR_SCALE = 0.1  # preference steps move a tuned model: far gentler than SFT's 0.8
+
+
+@run_app.command("sft")
+def run_sft(
+    data: list[str] = typer.Option(..., help="conversations: factory:VERSION, a .jsonl/.parquet file, a dataset "
+                                   "folder or a Hub id, each SOURCE[@WEIGHT]; repeat to mix"),
+    overflow: str = typer.Option("drop", help="conversations longer than the context: drop or truncate"),
+    from_: Path = _FINETUNE_OPTS["from_"], out: Path = _FINETUNE_OPTS["out"],
+    steps: int = _FINETUNE_OPTS["steps"], seq_len: int = _FINETUNE_OPTS["seq_len"],
+    device_batch_size: int = _FINETUNE_OPTS["device_batch_size"], lr_scale: float = _FINETUNE_OPTS["lr_scale"],
+    val_fraction: float = _FINETUNE_OPTS["val_fraction"], eval_every: int = _FINETUNE_OPTS["eval_every"],
+    save_every: int = _FINETUNE_OPTS["save_every"], seed: int = _FINETUNE_OPTS["seed"],
+    resume: bool = _FINETUNE_OPTS["resume"],
+):
+    """Supervised fine-tuning on conversations: loss on the assistant's tokens only."""
+    _finetune("sft", from_, out, data, dict(num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size,
+                                            lr_scale=lr_scale, eval_every=eval_every, save_every=save_every),
+              val_fraction, seed, resume, overflow=overflow)
+
+
+@run_app.command("dpo")
+def run_dpo(
+    data: list[str] = typer.Option(..., help="preference pairs (prompt, chosen, rejected): factory:VERSION, a "
+                                   ".jsonl/.parquet file, a dataset folder or a Hub id, each SOURCE[@WEIGHT]"),
+    val_data: list[str] = typer.Option(None, help="held-out conversations whose bpb shows SFT skills did not "
+                                       "regress [default: the held-out pairs' prompt + chosen]"),
+    beta: float = typer.Option(0.1), loss: str = typer.Option("sigmoid", help="sigmoid or ipo"),
+    reference: str = typer.Option("cached", help="cached: reference log-probs computed once before training; "
+                                  "live: the reference model runs in every step"),
+    from_: Path = _FINETUNE_OPTS["from_"], out: Path = _FINETUNE_OPTS["out"],
+    steps: int = _FINETUNE_OPTS["steps"], seq_len: int = _FINETUNE_OPTS["seq_len"],
+    device_batch_size: int = _FINETUNE_OPTS["device_batch_size"], lr_scale: float = _FINETUNE_OPTS["lr_scale"],
+    val_fraction: float = _FINETUNE_OPTS["val_fraction"], eval_every: int = _FINETUNE_OPTS["eval_every"],
+    save_every: int = _FINETUNE_OPTS["save_every"], seed: int = _FINETUNE_OPTS["seed"],
+    resume: bool = _FINETUNE_OPTS["resume"],
+):
+    """Direct preference optimization on chosen/rejected pairs against the frozen --from model."""
+    _finetune("dpo", from_, out, data, dict(num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size,
+                                            lr_scale=lr_scale or DPO_LR_SCALE, eval_every=eval_every,
+                                            save_every=save_every),
+              val_fraction, seed, resume, val_data=val_data, beta=beta, loss=loss, reference=reference)
+
+
+@app.command("serve")
+def serve(
+    checkpoint: Path = typer.Option(..., help="a run directory (checkpoints/ and tokenizer/)"),
+    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+    model_name: str = typer.Option(None, help="the model id clients send [default: the run directory's name]"),
+):
+    """An OpenAI-compatible server (/v1/chat/completions, /v1/models) for a trained checkpoint."""
+    from trainer import server
+
+    server.serve(checkpoint, host=host, port=port, model_name=model_name, log=console.print)
 
 
 def print_plan(cfg, n_devices: int) -> None:

@@ -45,6 +45,7 @@ class TrainConfig:
     unembedding_lr: float = 0.008  # AdamW, lm_head
     scalar_lr: float = 0.5        # AdamW, x0_lambdas (resid_lambdas get 0.01x in nanochat)
     weight_decay: float = 0.28    # Muon only (cautious), before batch/horizon scaling; cosine to 0 over the run
+    lr_scale: float = 1.0         # every lr times this (fine-tuning stages start lower: nanochat's init_lr_frac)
     warmup_steps: int = 40
     warmdown_ratio: float = 0.65  # linear decay over the last 65% of steps ...
     final_lr_frac: float = 0.05   # ... down to 5% of the peak
@@ -156,12 +157,13 @@ def effective_hparams(cfg: TrainConfig) -> dict:
     ref = model_for_depth(REF_DEPTH, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len)
     ref_tokens = cfg.param_data_ratio * matmul_params(ref)
     batch_scale = math.sqrt(cfg.total_batch_tokens / REF_BATCH_TOKENS)
+    lr = cfg.lr_scale * batch_scale
     width_scale = (cfg.model.d_model / REF_WIDTH) ** -0.5
     return {
-        "matrix_lr": cfg.matrix_lr * batch_scale,
-        "embedding_lr": cfg.embedding_lr * batch_scale * width_scale,
-        "unembedding_lr": cfg.unembedding_lr * batch_scale * width_scale,
-        "scalar_lr": cfg.scalar_lr * batch_scale,
+        "matrix_lr": cfg.matrix_lr * lr,
+        "embedding_lr": cfg.embedding_lr * lr * width_scale,
+        "unembedding_lr": cfg.unembedding_lr * lr * width_scale,
+        "scalar_lr": cfg.scalar_lr * lr,
         # keeps the AdamW-WD paper's "T_epoch" constant as batch and horizon change
         "weight_decay": cfg.weight_decay * batch_scale * ref_tokens / tokens,
         "batch_lr_scale": batch_scale,

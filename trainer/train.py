@@ -314,12 +314,12 @@ def find_checkpoints(run: str | Path) -> Checkpoints:
     return ckpt
 
 
-def run_tokenizer(run: str | Path) -> Tokenizer:
-    """The tokenizer a run saved beside its checkpoints."""
+def tokenizer_dir(run: str | Path) -> Path:
+    """Where the tokenizer a run saved beside its checkpoints is."""
     run = Path(run)
     for d in (run / "tokenizer", run.parent / "tokenizer"):
         if (d / "tokenizer.json").exists():
-            return Tokenizer.load(d)
+            return d
     raise InputError(f"{run} has no tokenizer/ beside its checkpoints: copy the one it was trained with "
                      f"there (`trainer tokenizer train --out {run}/tokenizer` made it)")
 
@@ -340,7 +340,7 @@ def load_model(run, step: int | None = None, platform: str | None = None):
     A model trained in bf16 on an accelerator runs in fp32 with XLA attention on a CPU."""
     ckpt = find_checkpoints(run)
     step, meta = ckpt.read_meta(step)
-    tok = run_tokenizer(run)
+    tok = Tokenizer.load(tokenizer_dir(run))
     if meta["fingerprint"]["tokenizer"] != tok.fingerprint():
         raise InputError(f"the tokenizer beside {run} is not the one its checkpoint was trained with")
     cfg = model.GPTConfig(**meta["fingerprint"]["model"])

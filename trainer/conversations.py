@@ -1,0 +1,178 @@
+"""Conversations and preference pairs for SFT and DPO, from wherever they live.
+
+A data spec is one or more sources, each `SOURCE[@WEIGHT]`:
+    factory:VERSION | factory:latest     a factory store version (its sft rows or preference pairs)
+    path/to/file.jsonl | .json | .parquet  records (DESIGN.md's conversation record or pair)
+    path/to/folder                      a dataset folder, read with `datasets.load_dataset`
+    user/name[:config]                  a Hugging Face dataset id (SmolTalk's format is ours minus tools)
+A weight repeats a source (2 = twice, 0.5 = a deterministic half). `messages`, `prompt`, `chosen`
+and `rejected` may be lists of message objects or JSON strings of them.
+
+Rows are split into train and validation by a hash of their id (stable across runs and sources),
+so a held-out conversation never trains, whichever mix it is in.
+"""
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+
+from agent.common import InputError
+from trainer.template import record_id, validate
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def parse_spec(spec: str | list[str]) -> list[tuple[str, float]]:
+    items = spec if isinstance(spec, list) else [spec]
+    out = []
+    for item in (s.strip() for part in items for s in part.split(",")):
+        if not item:
+            continue
+        source, _, weight = item.rpartition("@") if "@" in item else (item, "", "1")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise InputError(f"data source {item!r}: the weight after @ must be a number") from None
+        if w <= 0 or not math.isfinite(w):
+            raise InputError(f"data source {item!r}: the weight must be positive")
+        out.append((source, w))
+    if not out:
+        raise InputError("no data given: pass --data SOURCE[@WEIGHT]")
+    return out
+
+
+def _read_files(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return json.loads(text)
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
+    return rows
+
+
+def _read_factory(version: str, kind: str) -> list[dict]:
+    from factory.store import Store  # the factory's store, read-only; the factory never imports us
+
+    return Store().read_rows(version, "sft" if kind == "conversations" else "pairs")
+
+
+def read_source(source: str, kind: str = "conversations") -> list[dict]:
+    """All rows of one source, as dicts."""
+    if source.startswith("factory:"):
+        return _read_factory(source.split(":", 1)[1], kind)
+    path = Path(source)
+    if path.is_file():
+        if path.suffix not in (".jsonl", ".json", ".parquet"):
+            raise InputError(f"{path}: expected a .jsonl, .json or .parquet file")
+        return _read_files(path)
+    import datasets
+
+    if path.is_dir():
+        ds = datasets.load_dataset(str(path), split="train")
+    elif source.startswith((".", "/")) or source.count("/") != 1:
+        raise InputError(f"no such data file or folder: {source}")
+    else:
+        name, _, config = source.partition(":")
+        try:
+            ds = datasets.load_dataset(name, config or None, split="train")
+        except Exception as e:  # offline, missing, private: say which source and why
+            raise InputError(f"could not load the dataset {source!r}: {str(e).splitlines()[0]}") from None
+    return list(ds)
+
+
+def _messages(value, where: str) -> list[dict]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f"{where} is a string but not JSON") from None
+    if not isinstance(value, list):
+        raise InputError(f"{where} must be a list of messages")
+    # Arrow gives absent struct fields as None: drop them so the record is as written
+    return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in value]
+
+
+def has_assistant_content(messages: list[dict]) -> bool:
+    return any(m.get("role") == "assistant" and (m.get("content") or m.get("tool_calls")) for m in messages)
+
+
+def is_validation(row_id: str, val_fraction: float) -> bool:
+    bucket = int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return bucket < val_fraction
+
+
+def _weighted(rows: list, weight: float, seed: int) -> list:
+    whole, frac = int(weight), weight - int(weight)
+    extra = random.Random(seed).sample(rows, round(frac * len(rows))) if frac else []
+    return rows * whole + extra
+
+
+def load(spec, kind: str = "conversations", val_fraction: float = 0.05, seed: int = 0) -> dict:
+    """{"train": [...], "val": [...], "dropped": {reason: count}, "sources": [...]}.
+
+    Conversations come back as message lists; pairs as {"prompt", "chosen", "rejected"}.
+    Invalid rows are dropped with a count per reason (a pair needs assistant content on both
+    sides); missing fields are errors that name the source and the row.
+    """
+    out = {"train": [], "val": [], "dropped": {}, "sources": []}
+    for source, weight in parse_spec(spec):
+        rows = read_source(source, kind)
+        kept = {"train": [], "val": []}
+        for i, row in enumerate(rows):
+            where = f"{source} row {i}"
+            try:
+                item, row_id = _item(row, kind, where)
+            except _Drop as d:
+                out["dropped"][d.reason] = out["dropped"].get(d.reason, 0) + 1
+                continue
+            kept["val" if is_validation(row_id, val_fraction) else "train"].append(item)
+        out["train"] += _weighted(kept["train"], weight, seed)
+        out["val"] += kept["val"]
+        out["sources"].append({"source": source, "weight": weight, "rows": len(rows),
+                               "train": len(kept["train"]), "val": len(kept["val"])})
+    random.Random(seed).shuffle(out["train"])
+    return out
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _item(row, kind: str, where: str):
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected an object")
+    if kind == "conversations":
+        if "messages" not in row:
+            raise InputError(f"{where}: no `messages` field (it has: {', '.join(row) or 'nothing'})")
+        messages = _messages(row["messages"], f"{where} messages")
+        _check(messages)
+        if not has_assistant_content(messages):
+            raise _Drop("no assistant content")
+        return messages, row.get("id") or record_id(messages)
+    missing = [f for f in PAIR_FIELDS if f not in row]
+    if missing:
+        raise InputError(f"{where}: a preference pair needs {', '.join(PAIR_FIELDS)}; missing {', '.join(missing)}")
+    pair = {f: _messages(row[f], f"{where} {f}") for f in PAIR_FIELDS}
+    for side in ("chosen", "rejected"):
+        if not has_assistant_content(pair[side]):
+            raise _Drop(f"{side} side has no assistant content")
+        _check(pair["prompt"] + pair[side])
+    return pair, row.get("id") or record_id(pair["prompt"] + pair["chosen"])
+
+
+def _check(messages):
+    try:
+        validate(messages)
+    except InputError as e:
+        raise _Drop(f"invalid: {str(e).split(':', 1)[-1].strip()}") from None

@@ -1,0 +1,198 @@
+"""DPO: prefer the chosen reply over the rejected one, relative to a frozen reference model.
+
+Each pair becomes two rows, prompt + chosen and prompt + rejected, right-padded to seq_len; the
+sequence log-prob of a side is summed over its completion's assistant tokens only (the prompt,
+tool results and padding are -1 targets). With d = (log pi(y+) - log ref(y+)) - (log pi(y-) -
+log ref(y-)):
+    sigmoid (default, beta 0.1): -log sigmoid(beta * d)
+    ipo: each log-ratio averaged per completion token, then (d_avg - 1 / (2 beta))^2
+Metrics are TRL's: rewards/chosen|rejected = beta * log-ratio, rewards/accuracies (chosen >
+rejected, strict), rewards/margins, logps/chosen|rejected (policy), ref_logps/chosen|rejected.
+
+The reference is "live" (its params go into the jitted step as a frozen input under
+stop_gradient: one extra forward per step, a second copy of the params in memory) or "cached"
+(its log-probs computed once per pair before training, then carried in the batch). Measured in
+bench/train.py on CPU: see bench/RESULTS.md for which is faster.
+"""
+
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agent.common import InputError
+from trainer import model, sft, template
+from trainer.configs import TrainConfig
+from trainer.sft import render_all
+from trainer.train import Stage, bits_per_byte
+
+STATE_VERSION = 1
+LOSSES = ("sigmoid", "ipo")
+
+
+def render_pair(pair: dict, tok, seq_len: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(2, seq_len + 1) ids and targets-mask for [chosen, rejected], or None if a side does not fit."""
+    prompt_len = len(template.render(pair["prompt"], tok)[0])
+    width = seq_len + 1
+    ids = np.full((2, width), tok.bos_id, np.int32)
+    mask = np.zeros((2, width), np.int8)
+    for i, side in enumerate((pair["chosen"], pair["rejected"])):
+        side_ids, side_mask = template.render(pair["prompt"] + side, tok)
+        if len(side_ids) > width:
+            return None
+        side_mask[:prompt_len] = [0] * prompt_len  # earlier assistant turns are prompt, not completion
+        ids[i, :len(side_ids)], mask[i, :len(side_ids)] = side_ids, side_mask
+    return ids, mask
+
+
+def render_pairs(pairs: list[dict], tok, seq_len: int) -> tuple[list, int]:
+    out, dropped = [], 0
+    for pair in pairs:
+        r = render_pair(pair, tok, seq_len)
+        if r is None:
+            dropped += 1
+        elif r[1][0].any() and r[1][1].any():
+            out.append(r)
+    return out, dropped
+
+
+def as_batch(items, idx) -> dict:
+    """Pairs items[idx] -> {"inputs", "targets"}: (rows, 2, seq) arrays, [chosen, rejected] per row."""
+    ids = np.stack([items[i][0] for i in idx])
+    mask = np.stack([items[i][1] for i in idx])
+    return {"inputs": ids[..., :-1], "targets": np.where(mask[..., 1:] > 0, ids[..., 1:], -1).astype(np.int32)}
+
+
+def sequence_logps(params, inputs, targets, cfg):
+    """Summed log-probs of the target tokens and their count: (rows, 2, T) -> (rows, 2) each."""
+    rows = inputs.shape[0]
+    flat_x, flat_y = inputs.reshape(rows * 2, -1), targets.reshape(rows * 2, -1)
+    logps = -model.token_losses(params, flat_x, flat_y, cfg).sum(-1)  # one forward over 2 * rows
+    return logps.reshape(rows, 2), (flat_y >= 0).sum(-1).reshape(rows, 2)
+
+
+def dpo_loss(params, batch, ref_params, *, cfg, beta: float, kind: str):
+    logps, n = sequence_logps(params, batch["inputs"], batch["targets"], cfg)
+    if "ref_logps" in batch:
+        ref = batch["ref_logps"]
+    else:
+        ref, _ = sequence_logps(jax.lax.stop_gradient(ref_params), batch["inputs"], batch["targets"], cfg)
+    ratio = logps - ref  # (rows, 2): [chosen, rejected]
+    if kind == "ipo":
+        avg = ratio / jnp.maximum(n, 1)
+        losses = (avg[:, 0] - avg[:, 1] - 1 / (2 * beta)) ** 2
+    else:
+        losses = -jax.nn.log_sigmoid(beta * (ratio[:, 0] - ratio[:, 1]))
+    rewards = beta * ratio
+    metrics = {"rewards/chosen": rewards[:, 0].mean(), "rewards/rejected": rewards[:, 1].mean(),
+               "rewards/accuracies": (rewards[:, 0] > rewards[:, 1]).mean(),
+               "rewards/margins": (rewards[:, 0] - rewards[:, 1]).mean(),
+               "logps/chosen": logps[:, 0].mean(), "logps/rejected": logps[:, 1].mean(),
+               "ref_logps/chosen": ref[:, 0].mean(), "ref_logps/rejected": ref[:, 1].mean()}
+    return losses.mean(), metrics
+
+
+class PairLoader:
+    """next_batch() -> as_batch(...) of batch_size pairs (plus "ref_logps" when cached), in a
+    seeded order per epoch; state() is that order's cursor, so a resume is exact."""
+
+    def __init__(self, items, batch_size: int, seed: int = 0, ref_logps=None, state=None, fingerprint=""):
+        if len(items) < batch_size:
+            raise InputError(f"{len(items)} usable pair(s) is fewer than one batch of {batch_size}: "
+                             "lower --device-batch-size or add pairs")
+        self.items, self.batch_size, self.seed, self.ref_logps = items, batch_size, seed, ref_logps
+        self.epoch, self.cursor, self.fingerprint = 0, 0, fingerprint
+        if state is not None:
+            if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
+                raise InputError("the DPO loader state is from other pairs: resume with the pairs it was saved with")
+            self.epoch, self.cursor = state["epoch"], state["cursor"]
+
+    def next_batch(self):
+        if self.cursor + self.batch_size > len(self.items):  # whole batches only: drop an epoch's tail
+            self.epoch, self.cursor = self.epoch + 1, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))
+        idx = order[self.cursor:self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        batch = as_batch(self.items, idx)
+        if self.ref_logps is not None:
+            batch["ref_logps"] = self.ref_logps[idx]
+        return batch
+
+    def state(self) -> dict:
+        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "epoch": self.epoch,
+                "cursor": self.cursor}
+
+
+def reference_logps(params, items, cfg, batch_size: int) -> np.ndarray:
+    """(pairs, 2) summed log-probs of [chosen, rejected] under `params`, in batches."""
+    fn = jax.jit(lambda p, x, y: sequence_logps(p, x, y, cfg)[0])
+    out = [np.asarray(fn(params, b["inputs"], b["targets"])) for b in _batches(items, batch_size)]
+    return np.concatenate(out)[:len(items)]
+
+
+def prepare(data: dict, tok, seq_len: int, val_convs=None, log=print) -> dict:
+    """conversations.load(kind="pairs")'s result rendered: {"train", "val": [(ids, mask)], "val_convs"}.
+    val_convs: held-out conversations for the bpb check (default: held-out prompt + chosen)."""
+    train_items, cut = render_pairs(data["train"], tok, seq_len)
+    val_items, val_cut = render_pairs(data["val"], tok, seq_len)
+    for reason, count in data["dropped"].items():
+        log(f"dropped {count:,} pair(s): {reason}")
+    if cut or val_cut:
+        log(f"dropped {cut + val_cut:,} pair(s) longer than {seq_len + 1} tokens (--seq-len can grow the context)")
+    log(f"dpo data: {len(train_items):,} train / {len(val_items):,} val pairs")
+    if val_convs is None:
+        val_convs = [pair["prompt"] + pair["chosen"] for pair in data["val"] or data["train"][:8]]
+    return {"train": train_items, "val": val_items, "val_convs": render_all(val_convs, tok, seq_len)[0]}
+
+
+def dpo_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str, ref_params, *,
+              beta: float = 0.1, kind: str = "sigmoid", reference: str = "live") -> Stage:
+    """`data`: prepare(...)'s result. `ref_params`: the reference (the SFT model)."""
+    if kind not in LOSSES:
+        raise InputError(f"unknown DPO loss {kind!r}: choose {' or '.join(LOSSES)}")
+    if reference not in ("live", "cached"):
+        raise InputError(f"reference must be 'live' or 'cached', not {reference!r}")
+    seq, train_items, val_items = cfg.model.seq_len, data["train"], data["val"]
+    fp = hashlib.sha256(b"".join(ids.tobytes() + mask.tobytes() for ids, mask in train_items)).hexdigest()[:16]
+
+    # validation: preference accuracy on held-out pairs, and bpb on held-out conversations (the SFT
+    # data's, else the held-out pairs' prompt + chosen) to show the SFT skills did not regress
+    val_ref = reference_logps(ref_params, val_items, cfg.model, batch) if val_items else None
+    conv_batches = sft.val_batches(data["val_convs"], batch, seq, tok.bos_id) if data["val_convs"] else []
+    logps_fn = jax.jit(lambda p, x, y: sequence_logps(p, x, y, cfg.model)[0])
+    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
+    token_bytes = tok.token_bytes()
+
+    def evaluate(params):
+        out = {}
+        if val_items:
+            policy = np.concatenate([np.asarray(logps_fn(params, b["inputs"], b["targets"]))
+                                     for b in _batches(val_items, batch)])[:len(val_items)]
+            ratio = policy - val_ref
+            out["val_rewards/accuracies"] = float((ratio[:, 0] > ratio[:, 1]).mean())
+            out["val_rewards/margins"] = float(beta * (ratio[:, 0] - ratio[:, 1]).mean())
+        if conv_batches:
+            out["val_bpb"] = bits_per_byte(eval_fn, params, conv_batches, token_bytes)
+        return out
+
+    ref_logps = None
+    if reference == "cached":
+        ref_logps = reference_logps(ref_params, train_items, cfg.model, batch)
+        ref_params = None  # the cached log-probs are all we need of the reference from here on
+
+    def loss_fn(params, b, frozen):
+        return dpo_loss(params, b, frozen, cfg=cfg.model, beta=beta, kind=kind)
+
+    return Stage("dpo", loss=loss_fn, evaluate=evaluate, init_from=init_from, frozen=ref_params,
+                 loader=lambda state: PairLoader(train_items, batch, cfg.seed, ref_logps, state, fp),
+                 # two sequences a pair; a live reference adds a forward (2 of the 6 FLOPs a weight)
+                 flops_scale=2 * (8 / 6 if reference == "live" else 1),
+                 fingerprint={"pairs": fp, "beta": beta, "loss": kind, "reference": reference})
+
+
+def _batches(items, batch_size: int):
+    """Fixed-shape batches over all items (the last one padded by repeating its last pair)."""
+    for start in range(0, len(items), batch_size):
+        idx = list(range(start, min(start + batch_size, len(items))))
+        yield as_batch(items, idx + [idx[-1]] * (batch_size - len(idx)))

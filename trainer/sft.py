@@ -1,0 +1,196 @@
+"""SFT: conversations rendered with the template, loss only on what the assistant writes.
+
+Each conversation is rendered to (ids, mask); a target whose mask is 0 (BOS, user text,
+<|assistant_start|>, tool results) is -1, so model.loss_fn skips it. Conversations are packed
+whole into rows of seq_len + 1 tokens in order; when the next one does not fit, the row is padded
+(BOS, target -1) and it starts the next row. One that is longer than a row is dropped or
+truncated (`overflow`), with a count. The loader's state is one cursor into a seeded order per
+epoch, so a resumed run sees exactly the batches it would have.
+
+The stage starts from another run's params (pretrain, or an earlier SFT) with a fresh optimizer,
+and reports validation loss and bits-per-byte on held-out conversations (assistant tokens only).
+"""
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from agent.common import InputError
+from trainer import conversations, model, template
+from trainer.configs import TrainConfig
+from trainer.engine import Engine
+from trainer.train import Stage, bits_per_byte
+
+STATE_VERSION = 1
+
+
+def render_all(convs: list[list[dict]], tok, seq_len: int, overflow: str = "drop") -> tuple[list, int]:
+    """[(ids, mask)] that fit a row of seq_len + 1 tokens, and how many were dropped or truncated."""
+    if overflow not in ("drop", "truncate"):
+        raise InputError(f"overflow must be 'drop' or 'truncate', not {overflow!r}")
+    out, cut = [], 0
+    for messages in convs:
+        ids, mask = template.render(messages, tok)
+        if len(ids) > seq_len + 1:
+            cut += 1
+            if overflow == "drop":
+                continue
+            ids, mask = ids[:seq_len + 1], mask[:seq_len + 1]
+        if any(mask[1:]):
+            out.append((np.asarray(ids, np.int32), np.asarray(mask, np.int8)))
+    return out, cut
+
+
+def pack_rows(items, order, cursor: int, n_rows: int, seq_len: int, pad_id: int):
+    """Fill n_rows rows from items[order[cursor:]] -> (inputs, targets, new cursor). Rows left
+    when the order runs out are all padding (no targets). Every item fits a row (render_all)."""
+    width = seq_len + 1
+    ids = np.full((n_rows, width), pad_id, np.int32)
+    mask = np.zeros((n_rows, width), np.int8)
+    for r in range(n_rows):
+        pos = 0
+        while cursor < len(order) and pos + len(items[order[cursor]][0]) <= width:
+            conv_ids, conv_mask = items[order[cursor]]
+            ids[r, pos:pos + len(conv_ids)], mask[r, pos:pos + len(conv_ids)] = conv_ids, conv_mask
+            pos += len(conv_ids)
+            cursor += 1
+    return ids[:, :-1], _targets(ids, mask), cursor
+
+
+def _targets(ids, mask):
+    return np.where(mask[:, 1:] > 0, ids[:, 1:], -1).astype(np.int32)
+
+
+def rows_per_epoch(items, seq_len: int) -> int:
+    """How many packed rows one pass over `items` fills (in any order: a bound for the schedule)."""
+    rows, pos, width = 0, 0, seq_len + 1
+    for ids, _ in items:
+        if pos == 0 or pos + len(ids) > width:
+            rows, pos = rows + 1, 0
+        pos += len(ids)
+    return rows
+
+
+class ConversationLoader:
+    """Packed SFT batches: next_batch() -> (inputs, targets), each (batch_size, seq_len) int32."""
+
+    def __init__(self, items, batch_size: int, seq_len: int, pad_id: int, seed: int = 0,
+                 state: dict | None = None, fingerprint: str = ""):
+        if not items:
+            raise InputError("no conversations to train on (all dropped, or none given)")
+        self.items, self.batch_size, self.seq_len, self.pad_id, self.seed = items, batch_size, seq_len, pad_id, seed
+        self.epoch, self.cursor, self.fingerprint = 0, 0, fingerprint
+        if state is not None:
+            if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
+                raise InputError("the SFT loader state is from other data: resume with the data it was saved with")
+            self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self.order = self._order()
+
+    def _order(self):
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))
+
+    def next_batch(self):
+        if self.cursor >= len(self.order):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self.order = self._order()
+        x, y, self.cursor = pack_rows(self.items, self.order, self.cursor, self.batch_size, self.seq_len,
+                                         self.pad_id)
+        return x, y
+
+    def state(self) -> dict:
+        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "epoch": self.epoch,
+                "cursor": self.cursor}
+
+
+def val_batches(items, batch_size: int, seq_len: int, pad_id: int) -> list:
+    order, cursor, out = np.arange(len(items)), 0, []
+    while cursor < len(order):
+        x, y, cursor = pack_rows(items, order, cursor, batch_size, seq_len, pad_id)
+        out.append((x, y))
+    return out
+
+
+def data_fingerprint(items) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for ids, mask in items:
+        h.update(ids.tobytes())
+        h.update(mask.tobytes())
+    return h.hexdigest()[:16]
+
+
+def finetune_config(base: model.GPTConfig, name: str, *, n_devices: int, train_rows: int,
+                    epochs: float = 1.0, **overrides) -> TrainConfig:
+    """SFT/DPO defaults: nanochat's SFT schedule (no warmup, flat at lr_scale, then a linear
+    warmdown over the last half to 0) and no weight decay: a short run must not shrink the
+    pretrained weights. num_steps defaults to `epochs` passes over train_rows rows."""
+    seq_len = overrides.pop("seq_len", None) or base.seq_len
+    m = dataclasses.replace(base, seq_len=seq_len)
+    rows = overrides.pop("device_batch_size", None) or max(1, min(8, train_rows // max(1, n_devices)))
+    total = overrides.pop("total_batch_tokens", None) or rows * seq_len * n_devices
+    steps = overrides.pop("num_steps", None) or max(1, math.ceil(epochs * train_rows * seq_len / total))
+    defaults = dict(warmup_steps=0, warmdown_ratio=0.5, final_lr_frac=0.0, weight_decay=0.0,
+                    lr_scale=0.8, eval_every=max(1, steps // 4), eval_tokens=2**16, sample_every=steps,
+                    save_every=max(1, steps // 2))
+    return TrainConfig(name=name, model=m, device_batch_size=rows, total_batch_tokens=total,
+                       num_steps=steps, **{**defaults, **overrides})
+
+
+def prompts_of(convs: list[list[dict]], tok, seq_len: int, n: int = 3) -> list[list[int]]:
+    """Prompts for samples: held-out conversations up to their first assistant turn."""
+    out = []
+    for messages in convs:
+        first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+        if first:
+            ids = template.render_prompt(messages[:first], tok)
+            if len(ids) < seq_len - 16:
+                out.append(ids)
+        if len(out) == n:
+            break
+    return out
+
+
+def prepare(data: dict, tok, seq_len: int, overflow: str = "drop", log=print) -> dict:
+    """conversations.load(...)'s result rendered: {"train", "val": [(ids, mask)], "val_convs"}."""
+    train_items, cut = render_all(data["train"], tok, seq_len, overflow)
+    val_items, val_cut = render_all(data["val"], tok, seq_len, overflow)
+    for reason, count in data["dropped"].items():
+        log(f"dropped {count:,} conversation(s): {reason}")
+    if cut or val_cut:
+        log(f"{'dropped' if overflow == 'drop' else 'truncated'} {cut + val_cut:,} conversation(s) longer than "
+            f"{seq_len + 1} tokens (--overflow {overflow}; --seq-len can grow the context)")
+    if not train_items:
+        raise InputError("no conversations left to train on (see the counts above)")
+    log(f"sft data: {len(train_items):,} train / {len(val_items):,} val conversations, "
+        f"{rows_per_epoch(train_items, seq_len):,} rows of {seq_len} per epoch")
+    return {"train": train_items, "val": val_items, "val_convs": data["val"] or data["train"][:8],
+            "overflow": overflow}
+
+
+def sft_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str) -> Stage:
+    """`data` is prepare(...)'s result."""
+    seq, train_items = cfg.model.seq_len, data["train"]
+    fp = data_fingerprint(train_items)
+    val = val_batches(data["val"] or train_items[:batch], batch, seq, tok.bos_id)
+    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
+    token_bytes = tok.token_bytes()
+
+    def evaluate(params):
+        nats = sum(float(np.asarray(eval_fn(params, x, y)).sum()) for x, y in val)
+        n = sum(int((y >= 0).sum()) for _, y in val)
+        return {"val_loss": nats / max(n, 1), "val_bpb": bits_per_byte(eval_fn, params, val, token_bytes)}
+
+    engine = Engine(None, cfg.model, tok)
+    prompts = prompts_of(data["val_convs"], tok, seq)
+
+    def sample(params):
+        engine.params = params
+        return [tok.decode(ids) for ids in engine.complete(prompts, 48)] if prompts else []
+
+    return Stage("sft", loss=lambda p, b, _: (model.loss_fn(p, *b, cfg.model), {}),
+                 loader=lambda state: ConversationLoader(train_items, batch, seq, tok.bos_id, cfg.seed, state, fp),
+                 evaluate=evaluate, sample=sample, init_from=init_from,
+                 fingerprint={"conversations": fp, "overflow": data["overflow"]})
