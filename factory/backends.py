@@ -153,10 +153,13 @@ class LiteLLMClient(OpenAIClient):
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-table download at import
         import litellm
 
+        litellm.suppress_debug_info = True  # its help banner on every failure, retries included
         self.cfg, self.litellm = cfg, litellm
 
     async def complete(self, messages: list[dict], params: dict) -> Reply:
-        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        # no env var named: litellm finds the provider's own (ANTHROPIC_API_KEY...); a local
+        # openai/ server still needs some key
+        key = self.cfg.api_key if self.cfg.api_key_env or self.cfg.base_url else None
         try:
             response = await self.litellm.acompletion(
                 model=self.cfg.model, messages=messages, api_base=self.cfg.base_url, api_key=key,

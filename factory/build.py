@@ -72,9 +72,6 @@ def plan(config, backend: BackendConfig, soul, spec):
                     reviser=make("reviser", REVISERS, reviser, where),
                     pairs=make("pair policy", PAIR_POLICIES, config.pairs, where),
                     max_rounds=config.max_rounds)
-    if offline and any(s.needs_model for s in [stages.generator, stages.reviser, *stages.critics]):
-        raise InputError(f"{where}: a stage needs a model but the backend is offline: name one with "
-                         "--backend/--base-url/--model")
     names = {"generator": generator["name"], "reviser": reviser["name"]}
     notes += [f"{kind} {names[kind]}" for kind, s in (("generator", stages.generator), ("reviser", stages.reviser))
               if not s.needs_model]

@@ -49,10 +49,11 @@ def lowercase(prose: str, proper_nouns=()) -> str:
 
 
 def drop_banned(text: str, rules) -> str:
-    """Drop each sentence holding a banned phrase (sentences end at .!? outside code)."""
+    """Drop each sentence holding a banned phrase (sentences end at .!? or a blank line,
+    outside code)."""
     only_phrases = dataclasses.replace(rules, lowercase_prose=False, banned_openers=())
     spans, pieces, at = _spans(text), [], 0
-    for m in re.finditer(r"(?<=[.!?])\s+", text):
+    for m in re.finditer(r"(?<=[.!?])\s+|\n\s*\n", text):
         if not any(a <= m.start() < b for a, b in spans):
             pieces.append((text[at:m.start()], m.group()))
             at = m.end()

@@ -11,7 +11,17 @@ Each chat completion request takes the next reply of the script, in order:
     {"error": {"status": 400, "message": "...", "code": "context_length_exceeded"}}
         an HTTP error with an OpenAI-shaped error body.
     "delay": seconds between streamed chunks (optional, any reply), for slow generations.
-When the script runs out, the server answers 500 "script exhausted", which tests notice.
+Fault injection (the factory's retry tests):
+    {"status": 429, "retry_after": 1}  an HTTP error (any status) with an OpenAI-shaped body,
+                                       and a Retry-After header when retry_after is given
+    {"latency": 0.05, ...}             wait before answering (any reply): slow servers, timeouts
+    {"empty": true}                    a 200 whose body has no choices
+    {"body_error": "overloaded"}       a 200 whose body is an error object
+    {"text": "...", "finish": "length"} a reply cut off by the token limit
+    {"text": "...", "usage": [in, out]} token counts for the usage field
+When the script runs out, the server asks `respond(body)` for the reply if one was given
+(a stand-in model answering by the request's content); otherwise it answers 500 "script
+exhausted", which tests notice.
 
 Every request body is kept in `server.requests` (parsed JSON), so a test can assert what the
 model was sent. Standalone, for poking at a terminal by hand:
@@ -66,15 +76,21 @@ def completion(reply: dict) -> dict:
         message["tool_calls"] = [{"id": f"call_{i}", "type": "function",
                                   "function": {"name": c["name"], "arguments": _arguments(c)}}
                                  for i, c in enumerate(reply["tool_calls"])]
+    if reply.get("empty"):
+        return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": MODEL, "choices": []}
+    if reply.get("body_error"):
+        return {"error": {"message": reply["body_error"], "type": "server_error", "code": 502}}
+    finish = reply.get("finish") or ("tool_calls" if reply.get("tool_calls") else "stop")
+    tokens_in, tokens_out = reply.get("usage", (0, 0))
     return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": MODEL,
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": "tool_calls" if reply.get("tool_calls") else "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                      "total_tokens": tokens_in + tokens_out}}
 
 
 class ScriptedServer:
-    def __init__(self, script=(), log_path=None):
-        self.script = list(script)
+    def __init__(self, script=(), log_path=None, respond=None):
+        self.script, self.respond = list(script), respond
         self.requests: list[dict] = []
         self.log_path = log_path
         self._lock = threading.Lock()
@@ -94,7 +110,9 @@ class ScriptedServer:
             if self.log_path:
                 with open(self.log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(body) + "\n")
-            return self.script.pop(0) if self.script else None
+            if self.script:
+                return self.script.pop(0)
+        return self.respond(body) if self.respond else None
 
     def _handler(self):
         server = self
@@ -103,9 +121,11 @@ class ScriptedServer:
             def log_message(self, *args):  # quiet: pytest output stays readable
                 pass
 
-            def _json(self, status: int, obj) -> None:
+            def _json(self, status: int, obj, headers=()) -> None:
                 data = json.dumps(obj).encode()
                 self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -127,13 +147,22 @@ class ScriptedServer:
                 if reply is None:
                     return self._json(500, {"error": {"message": "script exhausted",
                                                       "type": "server_error"}})
+                if reply.get("latency"):
+                    time.sleep(reply["latency"])
+                if "status" in reply:
+                    retry = [("Retry-After", str(reply["retry_after"]))] if "retry_after" in reply else []
+                    return self._json(reply["status"], {"error": {"message": f"injected {reply['status']}",
+                                                                  "type": "server_error", "code": None}}, retry)
                 if "error" in reply:
                     err = reply["error"]
                     return self._json(err.get("status", 400), {"error": {
                         "message": err.get("message", "bad request"),
                         "type": "invalid_request_error", "param": None, "code": err.get("code")}})
                 if not body.get("stream"):
-                    return self._json(200, completion(reply))
+                    try:
+                        return self._json(200, completion(reply))
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the client gave up (its timeout): nothing left to do
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")

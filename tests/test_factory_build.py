@@ -1,0 +1,186 @@
+"""`factory build` end to end: offline, against a loopback model server, killed with SIGKILL
+and resumed; the store read back with plain duckdb; ls/show/diff/export; bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from agent.common import InputError, nanocode_home
+from agent.soul_checks import check_message
+from agent.spec import load_soul
+from factory.build import build
+from factory.store import Store
+from factory.versions import diff, export, show
+from tests.conftest import BIN, REPO
+from tests.fake_model import respond
+from tests.scripted_server import ScriptedServer
+from trainer.template import record_id, validate
+
+RULES = load_soul().rules
+SEEDS = REPO / "factory" / "seeds" / "coding.jsonl"
+
+
+def quiet_build(**kw):
+    from rich.console import Console
+    return build(console=Console(file=open(os.devnull, "w")), **kw)
+
+
+def seed_file(tmp_path, n=None) -> Path:
+    """The repo's seeds, one instruction marked BROKEN (the fake model answers it with bad JSON)."""
+    rows = [json.loads(line) for line in SEEDS.read_text().splitlines()][:n]
+    rows[1]["instruction"] += " BROKEN"
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config_file(tmp_path, seeds, **extra) -> Path:
+    text = (REPO / "factory" / "configs" / "default.yaml").read_text()
+    text = text.replace("path: factory/seeds/coding.jsonl", f"path: {seeds}").replace("chunk_size: 16", "chunk_size: 2")
+    for key, value in extra.items():
+        text += f"{key}: {value}\n"
+    path = tmp_path / "build.yaml"
+    path.write_text(text)
+    return path
+
+
+def sql(query, *params):
+    with duckdb.connect(str(nanocode_home() / "factory.duckdb"), read_only=True) as db:
+        return db.execute(query, params).fetchall()
+
+
+def test_offline_build_makes_real_rows_and_pairs_and_rebuilds_for_free(tmp_path):
+    s1 = quiet_build()
+    assert (s1["version"], s1["sft rows"], s1["rejects by stage"]) == (1, 27, {"convert": 1})
+    assert s1["pairs"] >= 20 and s1["llm requests"] == 0 and "reviser rules" in s1["stages without a model"]
+    # a user opening the file with plain duckdb sees the tables and views of the docstring
+    rows = sql("SELECT id, messages, workspace, attempt, scores FROM sft WHERE version = 1")
+    assert len(rows) == 27
+    for rid, messages, workspace, attempt, scores in rows:
+        messages = json.loads(messages)
+        validate(messages)
+        assert rid == record_id(messages) and messages[0]["role"] == "system"
+        assert all(c.ok for m in messages if m["role"] == "assistant" for c in check_message(m, RULES))
+        assert isinstance(json.loads(workspace), dict) and json.loads(scores)["soul_rules"] == 1.0
+    for chosen, rejected in sql("SELECT chosen, rejected FROM pairs"):
+        assert chosen != rejected
+        assert not all(c.ok for m in json.loads(rejected) if m["role"] == "assistant" for c in check_message(m, RULES))
+    assert sql("SELECT stage, reason FROM rejects") == [("convert", "the answer has no fenced code block")]
+    assert sql("SELECT count(*) FROM done_inputs WHERE version = 1") == [(28,)]
+
+    assert quiet_build()["up_to_date"] and sql("SELECT count(*) FROM versions") == [(1,)]
+    s2 = quiet_build(new=True)
+    assert s2["version"] == 2 and s2["sft rows"] == 27
+    store = Store(read_only=True)
+    table = diff(store, 1, 2)
+    assert [c._cells for c in table.columns][1:] == [["0"], ["0"], ["0"], ["28"]]
+    table, lines = show(store, 2)
+    assert any("sample pair" in line for line in lines)
+    files = export(store, 2, tmp_path / "out")
+    assert pq.read_table(tmp_path / "out" / "sft.parquet").num_rows == 27
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == s2["pairs"] and isinstance(pairs[0]["chosen"], list)
+    assert len(files) == 7 and json.loads((tmp_path / "out" / "manifest.json").read_text())["version"] == 2
+
+
+def test_llm_build_through_a_loopback_server(tmp_path):
+    config = config_file(tmp_path, seed_file(tmp_path))
+    with ScriptedServer(respond=respond) as server:
+        backend = {"base_url": server.base_url, "model": "scripted", "concurrency": 4}
+        s1 = quiet_build(config=config, backend_overrides=backend)
+        # per input: generate (the seed's prose fails the SOUL) -> revise -> judge, except
+        # BROKEN (bad JSON -> revise -> judge: no pair) and is_palindrome, whose prose passes at once
+        assert len(server.requests) == 25 * 3 + 3 + 2 == 80
+        assert (s1["sft rows"], s1["pairs"], s1["rejects"], s1["first-try pass rate"]) == (27, 25, 1, round(1 / 28, 4))
+        assert s1["tokens in"] > 0 and s1["models"]["critic"] == "openai:scripted"
+        assert "llm_judge" not in s1["stages without a model"]
+        broken = sql("SELECT attempt, critique FROM sft WHERE input_id = 'seeds:fizzbuzz'")
+        assert broken[0][0] == 2 and "not valid JSON" in broken[0][1]
+        assert {json.loads(s)["llm_judge"] for (s,) in sql("SELECT scores FROM sft")} == {9.0}
+        outcomes = dict(sql("SELECT outcome, count(*) FROM ledger GROUP BY 1"))
+        assert outcomes == {"ok": 80}
+        assert quiet_build(config=config, backend_overrides=backend)["up_to_date"]
+        s2 = quiet_build(config=config, backend_overrides=backend, new=True)
+        assert len(server.requests) == 80 and s2["cache hits"] == 80  # a rebuild costs no call
+        assert sql("SELECT count(*) FROM sft WHERE version = 2 AND id IN (SELECT id FROM sft WHERE version = 1)") == [(27,)]
+
+
+def test_kill_mid_build_then_resume_loses_nothing_and_repays_no_call(tmp_path):
+    config = config_file(tmp_path, seed_file(tmp_path, 12))  # 12 rows, 10 * 3 + 3 + 2 calls
+    env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "killed")}
+    with ScriptedServer(respond=lambda body: respond(body, latency=0.05)) as server:
+        cmd = [str(BIN / "factory"), "build", "--config", str(config), "--base-url", server.base_url,
+               "--model", "scripted", "--concurrency", "2"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 14 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        store = Store(tmp_path / "killed")
+        done = len(store.done_inputs(1))
+        assert store.version(1)["status"] == "building" and 0 < done < 12
+        store.close()
+        first = len(server.requests)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"resuming version 1: {done} inputs done" in out.stdout
+    killed = Store(tmp_path / "killed", read_only=True)
+    ids = [r[0] for r in killed.all(f"SELECT input_id FROM {killed.relation('sft', 1)}")]
+    assert len(ids) == len(set(ids)) == 12  # no duplicate, no lost row
+    assert killed.version(1)["status"] == "done" and len(killed.versions()) == 1
+    # an answered call is never paid twice; only calls in flight at the kill (<= concurrency) repeat
+    bodies = Counter(json.dumps(b, sort_keys=True) for b in server.requests)
+    assert len(bodies) == 35 and sum(n - 1 for n in bodies.values()) <= 2
+    assert first < len(server.requests)
+    # and the result is exactly what an uninterrupted build makes
+    with ScriptedServer(respond=respond) as server:
+        quiet_build(config=config, backend_overrides={"base_url": server.base_url, "model": "scripted"})
+    clean = Store(read_only=True)
+    assert sorted(r[0] for r in clean.all(f"SELECT id FROM {clean.relation('sft', 1)}")) == \
+        sorted(r[0] for r in killed.all(f"SELECT id FROM {killed.relation('sft', 1)}"))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unknown_critic", "unknown critic 'vibes' (known: banned_phrases, grammar"),
+    ("missing_seeds", "seed file /nonexistent/seeds.jsonl: no such file"),
+    ("bad_column", "column 'prompt' (for instruction) not found"),
+    ("corrupt_yaml", "build.yaml: bad YAML at line 3: expected ',' or ']'"),
+    ("bad_setting", "critic 'token_length' has no setting(s) max_len"),
+])
+def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, case, expected):
+    config = config_file(tmp_path, SEEDS)
+    text = config.read_text()
+    text = {"unknown_critic": text.replace("name: read_format", "name: vibes"),
+            "missing_seeds": text.replace(f"path: {SEEDS}", "path: /nonexistent/seeds.jsonl"),
+            "bad_column": text.replace("instruction: instruction", "instruction: prompt"),
+            "corrupt_yaml": "source:\n  name: [local\n",
+            "bad_setting": text.replace("max_tokens: 4096                    #", "max_len: 4096  #")}[case]
+    config.write_text(text)
+    with pytest.raises(InputError) as e:
+        quiet_build(config=config)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    assert not (nanocode_home() / "factory.duckdb").exists() or sql("SELECT count(*) FROM versions") == [(0,)]
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path):
+    env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "home")}
+    quiet_run = lambda *args: subprocess.run([str(BIN / "factory"), *args], env=env,  # noqa: E731
+                                             capture_output=True, text=True, timeout=60)
+    out = quiet_run("build", "--limit", "3")
+    assert out.returncode == 0 and "version 1" in out.stdout
+    for args, message in ((["show", "7"], "error: no version 7 in"),
+                          (["build", "--config", str(tmp_path / "none.yaml")],
+                           f"error: {tmp_path / 'none.yaml'}: no such config file")):
+        out = quiet_run(*args)
+        assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr
+    out = quiet_run("ls")
+    assert out.returncode == 0 and "done" in out.stdout
