@@ -272,12 +272,41 @@ class Requester:
         self.client = client or CLIENTS[cfg.name](cfg)
         self.limit = AdaptiveLimit(cfg.concurrency, cfg.max_concurrency or cfg.concurrency)
         self.stats = CallStats()
+        self.unsaved, self.saving = [], False  # group commit of paid replies, see _save
 
-    def _log(self, key, meta, outcome, reply=None, latency=0.0, cost=0.0, error=None):
+    async def _save(self, key: str, reply: Reply) -> None:
+        """Commit a paid reply to the cache. Replies that arrive while a commit is running
+        wait and go together in the next one, on a writer thread: one commit costs
+        milliseconds, and with many requests in flight they would queue behind each other."""
+        done = asyncio.get_running_loop().create_future()
+        self.unsaved.append(((key, self.cfg.model, asdict(reply)), done))
+        if not self.saving:
+            self.saving = True
+            asyncio.ensure_future(self._save_batches())
+        await done
+
+    async def _save_batches(self) -> None:
+        try:
+            while self.unsaved:
+                batch, self.unsaved = self.unsaved, []
+                ledger, self.store.ledger = self.store.ledger, []
+                try:
+                    await asyncio.to_thread(self.store.save_replies, [r for r, _ in batch], ledger)
+                except Exception as e:  # the store failed: every waiting call hears it
+                    for _, done in batch:
+                        done.set_exception(e)
+                else:
+                    for _, done in batch:
+                        done.set_result(None)
+        finally:
+            self.saving = False
+
+    def _call(self, key, meta, outcome, reply=None, latency=0.0, cost=0.0, error=None) -> dict:
+        """A ledger row (and the outcome counted)."""
         self.stats.by_outcome[outcome] = self.stats.by_outcome.get(outcome, 0) + 1
-        self.store.log_call(version=self.version, key=key, backend=self.cfg.name, model=self.cfg.model,
-                            tokens_in=reply.tokens_in if reply else 0, tokens_out=reply.tokens_out if reply else 0,
-                            latency_s=latency, cost=cost, outcome=outcome, error=error, **meta)
+        return {"version": self.version, "key": key, "backend": self.cfg.name, "model": self.cfg.model,
+                "tokens_in": reply.tokens_in if reply else 0, "tokens_out": reply.tokens_out if reply else 0,
+                "latency_s": latency, "cost": cost, "outcome": outcome, "error": error, **meta}
 
     async def chat(self, messages: list[dict], params: dict, *, attempt: int, purpose: str,
                    input_id: str) -> str:
@@ -292,7 +321,7 @@ class Requester:
         hit = self.store.cache_get(key)
         if hit is not None:
             self.stats.cached += 1
-            self._log(key, meta, "cached", Reply(**hit))
+            self.store.log_call(self._call(key, meta, "cached", Reply(**hit)))
             return hit["text"]
         last = None
         for n in range(self.cfg.max_retries + 1):
@@ -300,30 +329,32 @@ class Requester:
             start, reply, error = time.monotonic(), None, None
             try:
                 reply = await asyncio.wait_for(self.client.complete(messages, params), self.cfg.timeout + 5)
+                latency = time.monotonic() - start
+                cost = self.client.cost(reply)
+                self.store.log_call(self._call(key, meta, "ok", reply, latency, cost))
+                # committed before use, and before the slot frees: a kill loses at most the
+                # `concurrency` calls in flight, never one whose answer we had
+                await self._save(key, reply)
             except asyncio.TimeoutError:  # a client that ignores its own timeout
                 error = Retryable("timeout")
             except (Retryable, Fatal) as e:
                 error = e
             finally:
-                await self.limit.release(reply is not None, getattr(error, "status", None) == 429)
-            latency = time.monotonic() - start
+                await self.limit.release(error is None, getattr(error, "status", None) == 429)
             self.stats.requests += 1
-            if reply is not None:
-                cost = self.client.cost(reply)
-                self.store.cache_put(key, self.cfg.model, asdict(reply))  # committed before use: a kill cannot lose it
+            if error is None:
                 self.stats.tokens_in += reply.tokens_in
                 self.stats.tokens_out += reply.tokens_out
                 self.stats.cost += cost
-                self._log(key, meta, "ok", reply, latency, cost)
                 return reply.text
             last = error
             if isinstance(error, Fatal) or n == self.cfg.max_retries:
                 break
             self.stats.retries += 1
-            self._log(key, meta, "retry", latency=latency, error=str(error))
+            self.store.log_call(self._call(key, meta, "retry", latency=time.monotonic() - start, error=str(error)))
             wait = min(self.cfg.max_backoff, self.cfg.backoff * 2 ** n)
             wait = error.retry_after if error.retry_after is not None else wait / 2 + random.uniform(0, wait / 2)
             await asyncio.sleep(wait)
         self.stats.failed += 1
-        self._log(key, meta, "failed", error=str(last))
+        self.store.log_call(self._call(key, meta, "failed", error=str(last)))
         raise RequestFailed(f"{purpose} call failed: {last}")

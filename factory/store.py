@@ -10,7 +10,9 @@
   llm_cache    key (sha256 of model, messages, params, attempt), model, reply (JSON), created
   ledger       one row per LLM request attempt: version, ts, input_id, purpose (generate|
                revise|critic), attempt, backend, model, key, tokens_in, tokens_out, latency_s,
-               cost, outcome (ok|cached|retry|failed), error
+               cost, outcome (ok|cached|retry|failed), error. A paid (ok) row commits with
+               its cache entry (replies arriving together share one commit); the others are
+               buffered, so a kill -9 may lose the last few retry/cached rows, never a paid one.
   sft, pairs, rejects   views over all committed Parquet parts (filter on `version`)
 
 Parquet columns (JSON-valued ones are JSON text: `messages::JSON` in DuckDB):
@@ -46,6 +48,9 @@ SCHEMAS = {
     "rejects": pa.schema([("version", _I), ("input_id", _S), ("source", _S), ("source_id", _S),
                           ("stage", _S), ("reason", _S), ("attempts", _I), ("messages", _S)]),
 }
+LEDGER_COLUMNS = ("version", "input_id", "purpose", "attempt", "backend", "model", "key", "tokens_in",
+                  "tokens_out", "latency_s", "cost", "outcome", "error")
+LEDGER_INSERT = f"INSERT INTO ledger (ts, {', '.join(LEDGER_COLUMNS)}) VALUES (?{', ?' * len(LEDGER_COLUMNS)})"
 JSON_COLUMNS = {"sft": ("messages", "workspace", "scores", "models"),
                 "pairs": ("prompt", "chosen", "rejected", "scores"), "rejects": ("messages",)}
 
@@ -89,8 +94,13 @@ class Store:
             raise InputError(f"cannot open {self.path}: {' '.join(str(e).split())[:200]}") from None
         if not read_only:
             self.db.execute(_TABLES)
+        self.ledger: list[list] = []  # ledger rows not yet written (see log_call)
+        self.writer = None            # a cursor for the requester's writer thread
 
     def close(self):
+        self.flush_ledger()
+        if self.writer is not None:
+            self.writer.close()
         self.db.close()
 
     def one(self, sql, *params):
@@ -147,6 +157,7 @@ class Store:
             written.append((v, kind, chunk, str(path), table.num_rows))
         self.db.execute("BEGIN TRANSACTION")
         try:
+            self.flush_ledger()
             self.db.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?)", written)
             if done:
                 self.db.executemany("INSERT INTO done_inputs VALUES (?, ?, ?, ?)",
@@ -197,19 +208,36 @@ class Store:
         row = self.one("SELECT reply FROM llm_cache WHERE key = ?", key)
         return json.loads(row[0]) if row else None
 
-    def cache_put(self, key: str, model: str, reply: dict) -> None:
-        self.db.execute("INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?)", [key, model, _dumps(reply), _now()])
+    def save_replies(self, replies: list[tuple[str, str, dict]], ledger: list[list]) -> None:
+        """Cache paid replies (key, model, reply) with ledger rows in one commit. Called from
+        the requester's writer thread, so it uses its own cursor (DuckDB's way to share a
+        database between threads) and the event loop goes on while the commit happens."""
+        if self.writer is None:
+            self.writer = self.db.cursor()
+        self.writer.execute("BEGIN TRANSACTION")
+        self.writer.executemany("INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?)",
+                                [(key, model, _dumps(reply), _now()) for key, model, reply in replies])
+        if ledger:
+            self.writer.executemany(LEDGER_INSERT, ledger)
+        self.writer.execute("COMMIT")
 
-    def log_call(self, **row) -> None:
-        cols = ("version", "input_id", "purpose", "attempt", "backend", "model", "key", "tokens_in",
-                "tokens_out", "latency_s", "cost", "outcome", "error")
-        self.db.execute(f"INSERT INTO ledger (ts, {', '.join(cols)}) VALUES (?{', ?' * len(cols)})",
-                        [_now()] + [row.get(c) for c in cols])
+    def log_call(self, call: dict) -> None:
+        """Buffer a ledger row; rows reach the file with the next paid reply, chunk or 64 rows
+        (a commit per row would cost more than a fast server's answer)."""
+        self.ledger.append([_now()] + [call.get(c) for c in LEDGER_COLUMNS])
+        if len(self.ledger) >= 64:
+            self.flush_ledger()
+
+    def flush_ledger(self) -> None:
+        if self.ledger:
+            self.db.executemany(LEDGER_INSERT, self.ledger)
+            self.ledger.clear()
 
     # ----------------------------------------------------------------------- figures
 
     def figures(self, v: int) -> dict:
         """Counts, rates and spend of one version (what `show` and the build summary print)."""
+        self.flush_ledger()
         sft, pairs, rejects = (self.relation(kind, v) for kind in SCHEMAS)
         n_sft, revisions, first_try = self.one(f"SELECT count(*), coalesce(avg(revisions), 0), "
                                                f"count(*) FILTER (WHERE attempt = 1) FROM {sft}")

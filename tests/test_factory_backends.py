@@ -31,6 +31,7 @@ def chat(req, attempt=1, messages=HELLO):
 
 
 def ledger(req):
+    req.store.flush_ledger()
     return req.store.all("SELECT outcome, error, tokens_in, tokens_out FROM ledger ORDER BY ts")
 
 
