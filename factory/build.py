@@ -97,8 +97,8 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
     soul, spec, config = load_soul(soul), load_tools(tools), load_config(config)
     settings = {**(config.backend if isinstance(config.backend, dict) else {"name": config.backend}),
                 **{k: v for k, v in (backend_overrides or {}).items() if v is not None}}
-    if settings.get("base_url") and settings.get("name", "offline") == "offline":
-        settings["name"] = "openai"  # a server URL alone means an OpenAI-compatible server
+    if (settings.get("base_url") or settings.get("model")) and settings.get("name", "offline") == "offline":
+        settings["name"] = "openai"  # a server or model alone means an OpenAI-compatible server
     backend = _backend(settings, config.path)
     stages, effective, notes = plan(config, backend, soul, spec)
     source = make("source", SOURCES, config.source, config.path)

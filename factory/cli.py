@@ -43,7 +43,7 @@ def check(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
 def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
           config: Optional[Path] = typer.Option(None, "--config", help="build config YAML (default factory/configs/default.yaml)."),
           backend: Optional[str] = typer.Option(None, "--backend", help="offline | openai | litellm | vllm"),
-          model: Optional[str] = typer.Option(None, "--model", help="model id for the backend."),
+          model: Optional[str] = typer.Option(None, "--model", help="model id for the backend (implies --backend openai if none is set)."),
           base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (implies --backend openai)."),
           concurrency: Optional[int] = typer.Option(None, "--concurrency", help="LLM requests in flight."),
           limit: Optional[int] = typer.Option(None, "--limit", min=0, help="only the first N inputs."),

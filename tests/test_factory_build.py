@@ -184,3 +184,18 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
         assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1, out.stderr
     out = quiet_run("ls")
     assert out.returncode == 0 and "done" in out.stdout
+
+
+def test_a_failing_backend_leaves_the_version_open_and_a_rerun_finishes_it(tmp_path):
+    config = config_file(tmp_path, SEEDS)
+    down = {"status": 503}
+    with ScriptedServer(respond=lambda body: down if down else respond(body)) as server:
+        backend = {"base_url": server.base_url, "model": "scripted", "max_retries": 1, "backoff": 0.01}
+        with pytest.raises(InputError, match=r"4 input\(s\) failed on the backend \(generate call failed: 503"):
+            quiet_build(config=config, backend_overrides=backend, limit=4)
+        assert len(server.requests) == 4 * 2  # each input: one try and one retry, then given up
+        assert sql("SELECT status FROM versions") == [("building",)]
+        assert dict(sql("SELECT outcome, count(*) FROM ledger GROUP BY 1")) == {"retry": 4, "failed": 4}
+        down.clear()  # the server is back
+        s = quiet_build(config=config, backend_overrides=backend, limit=4)
+    assert (s["version"], s["sft rows"]) == (1, 4) and sql("SELECT status FROM versions") == [("done",)]
