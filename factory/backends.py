@@ -23,7 +23,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from agent.common import InputError
 
@@ -263,7 +263,6 @@ class CallStats:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
-    by_outcome: dict = field(default_factory=dict)
 
 
 class Requester:
@@ -302,8 +301,7 @@ class Requester:
             self.saving = False
 
     def _call(self, key, meta, outcome, reply=None, latency=0.0, cost=0.0, error=None) -> dict:
-        """A ledger row (and the outcome counted)."""
-        self.stats.by_outcome[outcome] = self.stats.by_outcome.get(outcome, 0) + 1
+        """A ledger row."""
         return {"version": self.version, "key": key, "backend": self.cfg.name, "model": self.cfg.model,
                 "tokens_in": reply.tokens_in if reply else 0, "tokens_out": reply.tokens_out if reply else 0,
                 "latency_s": latency, "cost": cost, "outcome": outcome, "error": error, **meta}

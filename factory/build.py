@@ -50,34 +50,43 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def plan(config, backend: BackendConfig, soul, spec):
+def _entry(kind: str, entry, where: str) -> dict:
+    """A stage entry as a mapping (`critic: grammar` is short for `{name: grammar}`)."""
+    if isinstance(entry, str):
+        return {"name": entry}
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        return dict(entry)
+    raise InputError(f"{where}: {kind} must be a mapping with a 'name'")
+
+
+def plan(config, backend: BackendConfig):
     """Build every stage the config names (InputError on unknown names or settings), with the
     offline fallbacks; returns (stages, the effective config, notes on stages without a model)."""
     where = config.path
-    offline = backend.name == "offline"
-    generator, reviser = dict(config.generator), dict(config.reviser)
-    critics = [c if isinstance(c, dict) else {"name": c} for c in config.critics]
-    notes = [f"converter {config.converter.get('name') if isinstance(config.converter, dict) else config.converter}"]
-    if offline:
-        if generator.get("name") == "llm":
+    converter, pairs = _entry("converter", config.converter, where), _entry("pair policy", config.pairs, where)
+    generator, reviser = _entry("generator", config.generator, where), _entry("reviser", config.reviser, where)
+    critics = [_entry("critic", c, where) for c in config.critics]
+    notes = [f"converter {converter['name']}"]
+    if backend.name == "offline":
+        if generator["name"] == "llm":
             generator = {"name": "converter"}
-        if reviser.get("name") == "llm":
+        if reviser["name"] == "llm":
             reviser = {"name": "rules"}
-        if any(c.get("name") == "llm_judge" for c in critics):
+        if any(c["name"] == "llm_judge" for c in critics):
             notes.append("llm_judge skipped (no model)")
-        critics = [c for c in critics if c.get("name") != "llm_judge"]
-    stages = Stages(converter=make("converter", CONVERTERS, config.converter, where),
+        critics = [c for c in critics if c["name"] != "llm_judge"]
+    stages = Stages(converter=make("converter", CONVERTERS, converter, where),
                     generator=make("generator", GENERATORS, generator, where),
                     critics=[make("critic", CRITICS, c, where) for c in critics],
                     reviser=make("reviser", REVISERS, reviser, where),
-                    pairs=make("pair policy", PAIR_POLICIES, config.pairs, where),
+                    pairs=make("pair policy", PAIR_POLICIES, pairs, where),
                     max_rounds=config.max_rounds)
     names = {"generator": generator["name"], "reviser": reviser["name"]}
     notes += [f"{kind} {names[kind]}" for kind, s in (("generator", stages.generator), ("reviser", stages.reviser))
               if not s.needs_model]
     notes += [f"critic {c['name']}" for c, s in zip(critics, stages.critics) if not s.needs_model]
-    effective = {"source": config.source, "converter": config.converter, "generator": generator,
-                 "critics": critics, "reviser": reviser, "pairs": config.pairs,
+    effective = {"source": config.source, "converter": converter, "generator": generator,
+                 "critics": critics, "reviser": reviser, "pairs": pairs,
                  "max_rounds": config.max_rounds, "backend": backend.fingerprint()}
     return stages, effective, notes
 
@@ -100,13 +109,17 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
     if (settings.get("base_url") or settings.get("model")) and settings.get("name", "offline") == "offline":
         settings["name"] = "openai"  # a server or model alone means an OpenAI-compatible server
     backend = _backend(settings, config.path)
-    stages, effective, notes = plan(config, backend, soul, spec)
+    stages, effective, notes = plan(config, backend)
     source = make("source", SOURCES, config.source, config.path)
     seeds = source.seeds()
     if limit is not None:
         seeds = seeds[:limit]
     inputs_sha = _sha([source.sha256, source.columns, limit])
-    meta = {"soul_sha256": soul.sha256, "tools_sha256": spec.sha256, "config_sha256": _sha(effective),
+    # the seed file's path is not identity (its bytes are, in inputs_sha256): a build run from
+    # another directory is still up to date
+    where_free = {**effective, "source": {k: v for k, v in _entry("source", config.source, config.path).items()
+                                          if k != "path"}}
+    meta = {"soul_sha256": soul.sha256, "tools_sha256": spec.sha256, "config_sha256": _sha(where_free),
             "inputs_sha256": inputs_sha, "code_version": code_version(), "config": effective}
     meta["fingerprint"] = _sha({k: meta[k] for k in ("soul_sha256", "tools_sha256", "config_sha256",
                                                      "inputs_sha256", "code_version")})
