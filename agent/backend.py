@@ -6,13 +6,11 @@ generated and finally `("message", assistant_message)` in the record format of D
 (`{"role": "assistant", "content", "tool_calls": [{"name", "args"}]}`). It raises `ContextFull`
 when the conversation no longer fits and `BackendError` for any other failure mid-session.
 
-Only `OpenAIBackend` (any OpenAI-compatible server: ours, vLLM, ...) exists now. A local
-checkpoint backend comes with the inference engine: it renders the record with
-`trainer.template.render_prompt`, generates to `<|assistant_end|>` and parses the ids back with
-`trainer.template.parse_assistant`, so it yields the same events.
+Only `OpenAIBackend` (any OpenAI-compatible server: ours, vLLM, ...) exists: a local checkpoint
+is served in-process by `trainer.server` and reached through it too, so there is one path.
 
-`to_openai` and `tools_schema` convert our records and tool spec to the OpenAI chat format;
-they are pure (no UI, no network) because the OpenAI-compatible server reuses them.
+`to_openai` and `tools_schema` convert our records and tool spec to the OpenAI chat format and
+`from_openai` converts back; they are pure (no UI, no network) because the server uses them.
 """
 
 import json
@@ -84,6 +82,57 @@ def to_openai(messages: list[dict]) -> list[dict]:
             out.append({"role": "assistant", "content": content or None, "tool_calls": calls})
         else:
             out.append({"role": role, "content": content})
+    return out
+
+
+def _text(content, i: int) -> str:
+    """OpenAI content (a string, null, or a list of text parts) as one string."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        kinds = {p.get("type") for p in content} - {"text"}
+        if kinds:
+            raise InputError(f"messages[{i}]: only text content is supported, got {sorted(map(str, kinds))}")
+        return "".join(str(p.get("text", "")) for p in content)
+    raise InputError(f"messages[{i}]: content must be a string or a list of text parts")
+
+
+def from_openai(messages) -> list[dict]:
+    """OpenAI chat messages -> record messages: the inverse of `to_openai`.
+
+    A `tool` message gets the name of the call its `tool_call_id` answers. Raises InputError
+    naming the message for what our template cannot hold (unknown roles, non-text content,
+    arguments that are not a JSON object of plain values, a result answering no call).
+    """
+    if not isinstance(messages, list) or not messages:
+        raise InputError("messages must be a non-empty list")
+    out, calls = [], {}  # calls: id -> name of every call not answered yet
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "developer":  # OpenAI's newer name for the system message
+            role = "system"
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InputError(f"messages[{i}]: unknown role {role!r}")
+        content = _text(m.get("content"), i)
+        if role == "tool":
+            tid = m.get("tool_call_id")
+            if tid not in calls:
+                raise InputError(f"messages[{i}]: tool_call_id {tid!r} answers no tool call")
+            out.append({"role": "tool", "name": calls.pop(tid), "content": content})
+            continue
+        message = {"role": role, "content": content}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = []
+            for j, c in enumerate(m["tool_calls"]):
+                function = c.get("function") if isinstance(c, dict) else None
+                if not isinstance(function, dict):
+                    raise InputError(f"messages[{i}].tool_calls[{j}]: needs a function with name and arguments")
+                call = parse_call(function.get("name"), function.get("arguments"))
+                if "error" in call:
+                    raise InputError(f"messages[{i}].tool_calls[{j}]: {call['error']}")
+                calls[c.get("id")] = call["name"]
+                message["tool_calls"].append(call)
+        out.append(message)
     return out
 
 

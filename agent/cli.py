@@ -29,11 +29,11 @@ def prompt(soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file (
 
 # ------------------------------------------------------------------- chat and run
 
-_BASE_URL_HELP = ("OpenAI-compatible server (ours, vLLM, ...), e.g. http://127.0.0.1:8000/v1; "
-                  "a bare host:port gets /v1. Required for now: running a local checkpoint needs "
-                  "the inference engine, which is not built yet.")
+_BASE_URL_HELP = ("OpenAI-compatible server (`trainer serve`, vLLM, ...), e.g. http://127.0.0.1:8000/v1; "
+                  "a bare host:port gets /v1. Without it, --model names a local run to serve.")
 _MODEL_HELP = ("with --base-url: the served model's name (default: the first the server lists). "
-               "A local checkpoint path will go here once the inference engine exists.")
+               "Without: a run directory (checkpoints/ and tokenizer/), served in-process on a free "
+               "loopback port and reached the same way.")
 
 _YES_HELP = ("approve every Edit and Bash (they run in the workspace). "
              "Without it those calls are refused and the model is told so.")
@@ -53,10 +53,14 @@ def _session(base_url, model, api_key, workspace, soul, tools, approve, on_event
     soul_, spec = load_soul(soul), load_tools(tools)
     runtime = Tools(root, spec)
     if not base_url:
-        if model:
-            raise InputError("running a local checkpoint needs the inference engine, which is not "
-                             "built yet; serve the model and pass --base-url URL")
-        raise InputError("no model to talk to: pass --base-url URL (an OpenAI-compatible server)")
+        if not model:
+            raise InputError("no model to talk to: pass --model RUN_DIR (a trained run) or --base-url URL "
+                             "(an OpenAI-compatible server)")
+        from trainer.server import serve_in_background  # jax: only when a local run is asked for
+
+        if sys.stderr.isatty():  # restoring a big checkpoint takes a while; scripts get no noise
+            print(f"loading {model} ...", file=sys.stderr, flush=True)
+        base_url, model = serve_in_background(model)
     backend = OpenAIBackend(base_url, model=model, api_key=api_key)
     backend.check()
     session = Session(backend, runtime, render_system_prompt(soul_, spec), approve, on_event,
