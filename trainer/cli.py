@@ -218,9 +218,9 @@ def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], override
 
     from trainer import conversations, dpo, model, sft, train
 
+    _, meta = train.find_checkpoints(from_).read_meta()
     tok_dir = train.tokenizer_dir(from_)
     tok = Tokenizer.load(tok_dir)
-    _, meta = train.find_checkpoints(from_).read_meta()
     base = model.GPTConfig(**meta["fingerprint"]["model"])
     if jax.default_backend() == "cpu":
         base = dataclasses.replace(base, compute_dtype="float32", attention="xla")

@@ -320,8 +320,8 @@ def tokenizer_dir(run: str | Path) -> Path:
     for d in (run / "tokenizer", run.parent / "tokenizer"):
         if (d / "tokenizer.json").exists():
             return d
-    raise InputError(f"{run} has no tokenizer/ beside its checkpoints: copy the one it was trained with "
-                     f"there (`trainer tokenizer train --out {run}/tokenizer` made it)")
+    raise InputError(f"{run} has no tokenizer/ beside its checkpoints: copy the tokenizer it was trained "
+                     f"with to {run}/tokenizer")
 
 
 def load_params(run, like_params, tok: Tokenizer, step: int | None = None):

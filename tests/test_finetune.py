@@ -1,0 +1,226 @@
+"""SFT and DPO through the real CLI, on a tiny pretrained checkpoint and synthetic chat data."""
+
+import json
+import math
+import random
+import shutil
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import BIN
+from trainer import configs, conversations, corpus, dpo, sft, template, train
+from trainer.tokenizer import Tokenizer
+
+
+def grep_conversation(i: int, rng) -> list[dict]:
+    f = rng.choice(["utils.py", "main.py", "app/models.py", "lib/parse.py", "server.py"])
+    fn = rng.choice(["parse", "load", "save", "render", "merge"])
+    return [{"role": "user", "content": f"where is {fn} defined? ({i})"},
+            {"role": "assistant", "content": "let me search.",
+             "tool_calls": [{"name": "Grep", "args": {"pattern": f"def {fn}", "path": "."}}]},
+            {"role": "tool", "name": "Grep", "content": f"{f}:{i % 50 + 1}:def {fn}(x):"},
+            {"role": "assistant", "content": f"it is in {f}, line {i % 50 + 1}."}]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny pretrained run (in-process, a few seconds) plus chat data files beside it."""
+    root = tmp_path_factory.mktemp("ft")
+    corpus.build_local(root / "corpus", max_chars=2_000_000, val_fraction=0.1)
+    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=500_000), vocab_size=512)
+    tok.save(root / "tok")
+    cfg = configs.get_config("d1", vocab_size=tok.vocab_size, seq_len=64, device_batch_size=8,
+                             total_batch_tokens=1024, num_steps=20, eval_every=1000, eval_tokens=2048,
+                             sample_every=0)
+    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "pre"),
+                log=lambda *a: None)
+    rng = random.Random(0)
+    convs = [{"messages": grep_conversation(i, rng)} for i in range(200)]
+    (root / "convs.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    pairs = [{"prompt": c["messages"][:1], "chosen": [{"role": "assistant", "content": "it is in utils.py."}],
+              "rejected": [{"role": "assistant", "content": "Certainly! I would be happy to help you with that."}]}
+             for c in convs]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return root
+
+
+def trainer(*args, timeout=300):
+    return subprocess.run([str(BIN / "trainer"), "run", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def events(run, kind):
+    return [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["event"] == kind]
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def test_sft_trains_only_on_what_the_assistant_writes(tiny_tok):
+    messages = grep_conversation(7, random.Random(1))
+    [(ids, mask)], cut = sft.render_all([messages], tiny_tok, 512)
+    x, y, cursor = sft.pack_rows([(ids, mask)], [0], 0, 1, 512, tiny_tok.bos_id)
+    sid, enc = tiny_tok.special_id, tiny_tok.encode
+    call = messages[1]["tool_calls"][0]
+    pieces = [  # (tokens, trained?) in the order the template renders them
+        ([sid(template.BOS)], False),
+        ([sid(template.USER_START)] + enc(messages[0]["content"]) + [sid(template.USER_END)], False),
+        ([sid(template.ASSISTANT_START)], False),
+        (enc("let me search.") + [sid(template.CALL_START)] + enc("Grep") + [sid(template.ARG)] + enc("pattern")
+         + [sid(template.VAL)] + enc(call["args"]["pattern"]) + [sid(template.ARG)] + enc("path")
+         + [sid(template.VAL)] + enc(".") + [sid(template.CALL_END), sid(template.ASSISTANT_END)], True),
+        ([sid(template.RESULT_START)] + enc(messages[2]["content"]) + [sid(template.RESULT_END)], False),
+        ([sid(template.ASSISTANT_START)], False),
+        (enc(messages[3]["content"]) + [sid(template.ASSISTANT_END)], True),
+    ]
+    expected_ids = [t for tokens, _ in pieces for t in tokens]
+    expected_targets = [t if trained else -1 for tokens, trained in pieces for t in tokens][1:]
+    assert cut == 0 and cursor == 1 and ids.tolist() == expected_ids
+    n = len(expected_ids) - 1
+    assert x[0, :n].tolist() == expected_ids[:-1]
+    assert y[0, :n].tolist() == expected_targets
+    assert (y[0, n:] == -1).all()  # padding trains nothing
+
+
+def test_packing_keeps_conversations_whole_and_the_loader_resumes_exactly(tiny_tok):
+    rng = random.Random(2)
+    items, _ = sft.render_all([grep_conversation(i, rng) for i in range(40)], tiny_tok, 96)
+    a = sft.ConversationLoader(items, 4, 96, tiny_tok.bos_id, seed=3, fingerprint="f")
+    for _ in range(7):
+        a.next_batch()
+    b = sft.ConversationLoader(items, 4, 96, tiny_tok.bos_id, seed=3, state=a.state(), fingerprint="f")
+    for _ in range(9):  # across an epoch boundary
+        xa, ya = a.next_batch()
+        xb, yb = b.next_batch()
+        assert (xa == xb).all() and (ya == yb).all()
+    # every row starts with a conversation's BOS; trained tokens appear in every non-empty row
+    assert (xa[:, 0] == tiny_tok.bos_id).all()
+    with pytest.raises(Exception, match="other data"):
+        sft.ConversationLoader(items, 4, 96, tiny_tok.bos_id, state=a.state(), fingerprint="g")
+
+
+@pytest.fixture(scope="module")
+def sft_run(base):
+    out = base / "sft"
+    r = trainer("sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--out", out, "--seq-len", 128,
+                "--steps", 16)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, r
+
+
+def test_sft_run_learns_saves_and_samples(sft_run):
+    out, r = sft_run
+    losses = [e["loss"] for e in events(out, "train")]
+    assert len(losses) == 16 and losses[-1] < losses[0] - 0.5
+    val = events(out, "val")
+    assert val[-1]["val_loss"] < val[0]["val_loss"] and val[-1]["val_bpb"] > 0
+    assert events(out, "sample")  # generations from held-out prompts, through the engine
+    assert "starting from" in r.stdout and (out / "tokenizer" / "tokenizer.json").exists()
+    params, cfg, tok, meta = train.load_model(out)
+    assert meta["stage"] == "sft" and meta["step"] == 16 and cfg.seq_len == 128
+
+
+def test_sft_resumes_to_the_same_curve(base, tmp_path):
+    args = ["sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--seq-len", 128, "--steps", 6,
+            "--save-every", 3, "--device-batch-size", 4]
+    straight = trainer(*args, "--out", tmp_path / "a")
+    assert straight.returncode == 0, straight.stderr
+    crashed = tmp_path / "b"
+    assert trainer(*args, "--out", crashed).returncode == 0
+    shutil.rmtree(crashed / "checkpoints" / "6")  # as if killed after the step-3 checkpoint
+    resumed = trainer(*args, "--out", crashed, "--resume")
+    assert resumed.returncode == 0 and "resuming at step 3" in resumed.stdout, resumed.stdout + resumed.stderr
+    want = [e["loss"] for e in events(tmp_path / "a", "train")]
+    got = [e["loss"] for e in events(crashed, "train")]
+    assert np.allclose(got, want, rtol=1e-5), (got, want)
+
+
+def test_sft_reads_a_dataset_folder_and_mixes_by_weight(base, tmp_path, tiny_tok):
+    """SmolTalk's shape (messages without tools) through the real `datasets` loader, mixed 2:1."""
+    import datasets
+
+    folder = tmp_path / "smol"
+    rows = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]}
+            for i in range(30)]
+    datasets.Dataset.from_list(rows).to_parquet(str(folder / "data" / "train-00000.parquet"))
+    data = conversations.load([f"{folder}@2", f"{base / 'convs.jsonl'}@0.5"], val_fraction=0.1)
+    by_source = {s["source"]: s for s in data["sources"]}
+    smol, ours = by_source[str(folder)], by_source[str(base / "convs.jsonl")]
+    assert smol["rows"] == 30 and ours["rows"] == 200
+    assert len(data["train"]) == 2 * smol["train"] + round(0.5 * ours["train"])
+    assert sum(1 for m in data["train"] if m[0]["content"].startswith("hi ")) == 2 * smol["train"]
+
+
+# ----------------------------------------------------------------------------- DPO
+
+
+def test_dpo_loss_is_log_2_when_policy_is_the_reference(tiny_tok):
+    from trainer.model import GPTConfig, init_params
+
+    cfg = GPTConfig(vocab_size=tiny_tok.vocab_size, seq_len=64, n_layer=2, d_model=64, n_head=2, n_kv_head=2,
+                    head_dim=32)
+    params = init_params(cfg, jax.random.key(0))
+    params["lm_head"] = jax.random.normal(jax.random.key(1), params["lm_head"].shape)
+    pairs = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "yes"}],
+              "rejected": [{"role": "assistant", "content": f"No way {i}"}]} for i in range(4)]
+    items, _ = dpo.render_pairs(pairs, tiny_tok, 64)
+    batch = dpo.as_batch(items, range(4))
+    for kind in ("sigmoid", "ipo"):
+        loss, m = dpo.dpo_loss(params, batch, params, cfg=cfg, beta=0.1, kind=kind)
+        want = math.log(2) if kind == "sigmoid" else (1 / 0.2) ** 2
+        assert float(loss) == pytest.approx(want, rel=1e-6)
+        assert float(m["rewards/margins"]) == 0 and float(m["logps/chosen"]) < 0
+    # the completion mask covers the reply only: the prompt's tokens are never scored
+    ids, mask = items[0]
+    prompt_len = len(template.render(pairs[0]["prompt"], tiny_tok)[0])
+    assert not mask[:, :prompt_len].any() and mask[:, prompt_len:].any(axis=1).all()
+
+
+@pytest.mark.parametrize("reference", ["cached", "live"])
+def test_dpo_run_learns_the_preference(base, sft_run, tmp_path, reference):
+    out = tmp_path / "dpo"
+    r = trainer("dpo", "--from", sft_run[0], "--data", base / "pairs.jsonl", "--out", out, "--steps", 20,
+                "--reference", reference)
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = events(out, "train")
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rejected"):
+        assert key in steps[-1]
+    assert steps[-1]["loss"] < steps[0]["loss"] and steps[-1]["rewards/margins"] > 0
+    val = events(out, "val")
+    assert val[-1]["val_rewards/accuracies"] > 0.8 and "val_bpb" in val[-1]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_one_clear_line(base, tmp_path):
+    bad_pairs = tmp_path / "bad.jsonl"
+    bad_pairs.write_text(json.dumps({"prompt": [{"role": "user", "content": "x"}], "chosen": []}) + "\n")
+    no_tok = tmp_path / "no-tok"
+    shutil.copytree(base / "pre" / "checkpoints", no_tok / "checkpoints")
+    cases = [
+        (["dpo", "--from", base / "pre", "--data", bad_pairs], "missing rejected"),
+        (["sft", "--from", no_tok, "--data", base / "convs.jsonl"], "no tokenizer/"),
+        (["sft", "--from", tmp_path / "nowhere", "--data", base / "convs.jsonl"], "no such run"),
+        (["sft", "--from", base / "pre", "--data", tmp_path / "missing.jsonl"], "no such data file"),
+        (["sft", "--from", base / "pre", "--data", bad_pairs], "no `messages` field"),
+        (["sft", "--from", base / "pre", "--data", f"{base / 'convs.jsonl'}@x"], "must be a number"),
+    ]
+    for args, message in cases:
+        r = trainer(*args, "--out", tmp_path / "out")
+        assert r.returncode == 2 and r.stderr.startswith("error:") and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_conversations_too_long_are_dropped_or_truncated_with_a_count(base, tmp_path):
+    r = trainer("sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--out", tmp_path / "a",
+                "--seq-len", 48, "--steps", 1)
+    assert r.returncode == 2 and "dropped 200 conversation(s) longer than 49 tokens" in r.stdout
+    r = trainer("sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--out", tmp_path / "b",
+                "--seq-len", 48, "--steps", 1, "--overflow", "truncate")
+    assert r.returncode == 0 and "truncated 200 conversation(s)" in r.stdout, r.stdout + r.stderr
