@@ -5,13 +5,14 @@ import math
 import random
 import shutil
 import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from tests.conftest import BIN
-from trainer import configs, conversations, corpus, dpo, sft, template, train
+from trainer import cli, configs, conversations, corpus, dpo, sft, template, train
 from trainer.tokenizer import Tokenizer
 
 
@@ -106,7 +107,7 @@ def test_packing_keeps_conversations_whole_and_the_loader_resumes_exactly(tiny_t
 def sft_run(base):
     out = base / "sft"
     r = trainer("sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--out", out, "--seq-len", 128,
-                "--steps", 16)
+                "--steps", 16, "--save-every", 8)
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
 
@@ -123,19 +124,16 @@ def test_sft_run_learns_saves_and_samples(sft_run):
     assert meta["stage"] == "sft" and meta["step"] == 16 and cfg.seq_len == 128
 
 
-def test_sft_resumes_to_the_same_curve(base, tmp_path):
-    args = ["sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--seq-len", 128, "--steps", 6,
-            "--save-every", 3, "--device-batch-size", 4]
-    straight = trainer(*args, "--out", tmp_path / "a")
-    assert straight.returncode == 0, straight.stderr
-    crashed = tmp_path / "b"
-    assert trainer(*args, "--out", crashed).returncode == 0
-    shutil.rmtree(crashed / "checkpoints" / "6")  # as if killed after the step-3 checkpoint
-    resumed = trainer(*args, "--out", crashed, "--resume")
-    assert resumed.returncode == 0 and "resuming at step 3" in resumed.stdout, resumed.stdout + resumed.stderr
-    want = [e["loss"] for e in events(tmp_path / "a", "train")]
+def test_sft_resumes_to_the_same_curve(base, sft_run, tmp_path):
+    crashed = tmp_path / "crashed"
+    shutil.copytree(sft_run[0], crashed)
+    shutil.rmtree(crashed / "checkpoints" / "16")  # as if killed after the step-8 checkpoint
+    resumed = trainer("sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--out", crashed,
+                      "--seq-len", 128, "--steps", 16, "--save-every", 8, "--resume")
+    assert resumed.returncode == 0 and "resuming at step 8" in resumed.stdout, resumed.stdout + resumed.stderr
+    want = [e["loss"] for e in events(sft_run[0], "train")]
     got = [e["loss"] for e in events(crashed, "train")]
-    assert np.allclose(got, want, rtol=1e-5), (got, want)
+    assert len(got) == 16 and np.allclose(got, want, rtol=1e-5), (got, want)
 
 
 def test_sft_reads_a_dataset_folder_and_mixes_by_weight(base, tmp_path, tiny_tok):
@@ -152,6 +150,27 @@ def test_sft_reads_a_dataset_folder_and_mixes_by_weight(base, tmp_path, tiny_tok
     assert smol["rows"] == 30 and ours["rows"] == 200
     assert len(data["train"]) == 2 * smol["train"] + round(0.5 * ours["train"])
     assert sum(1 for m in data["train"] if m[0]["content"].startswith("hi ")) == 2 * smol["train"]
+
+
+def test_factory_versions_feed_sft_and_dpo(tiny_tok):
+    """`factory:latest` and `factory:1` read the offline build's rows and pairs through the store."""
+    import os
+
+    from rich.console import Console
+
+    from factory.build import build
+
+    summary = build(console=Console(file=open(os.devnull, "w")))
+    convs = conversations.load(["factory:latest"], "conversations", val_fraction=0.1)
+    pairs = conversations.load(["factory:1"], "pairs", val_fraction=0.1)
+    assert len(convs["train"]) + len(convs["val"]) == summary["sft rows"]
+    assert len(pairs["train"]) + len(pairs["val"]) == summary["pairs"] and not pairs["dropped"]
+    items, cut = sft.render_all(convs["train"], tiny_tok, 4096)
+    assert cut == 0 and all(mask.any() for _, mask in items)
+    rendered, too_long = dpo.render_pairs(pairs["train"], tiny_tok, 4096)
+    assert too_long == 0 and len(rendered) == len(pairs["train"])
+    with pytest.raises(Exception, match="no version 7"):
+        conversations.load(["factory:7"], "pairs")
 
 
 # ----------------------------------------------------------------------------- DPO
@@ -179,26 +198,39 @@ def test_dpo_loss_is_log_2_when_policy_is_the_reference(tiny_tok):
     assert not mask[:, :prompt_len].any() and mask[:, prompt_len:].any(axis=1).all()
 
 
-@pytest.mark.parametrize("reference", ["cached", "live"])
-def test_dpo_run_learns_the_preference(base, sft_run, tmp_path, reference):
-    out = tmp_path / "dpo"
-    r = trainer("dpo", "--from", sft_run[0], "--data", base / "pairs.jsonl", "--out", out, "--steps", 20,
-                "--reference", reference)
+@pytest.fixture(scope="module")
+def dpo_run(base, sft_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpo") / "cached"
+    r = trainer("dpo", "--from", sft_run[0], "--data", base / "pairs.jsonl", "--out", out, "--steps", 20)
     assert r.returncode == 0, r.stdout + r.stderr
-    steps = events(out, "train")
+    return out
+
+
+def test_dpo_run_learns_the_preference(dpo_run):
+    steps = events(dpo_run, "train")
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                 "logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rejected"):
         assert key in steps[-1]
     assert steps[-1]["loss"] < steps[0]["loss"] and steps[-1]["rewards/margins"] > 0
-    val = events(out, "val")
+    val = events(dpo_run, "val")
     assert val[-1]["val_rewards/accuracies"] > 0.8 and "val_bpb" in val[-1]
+
+
+def test_dpo_live_reference_follows_the_cached_curve(base, sft_run, dpo_run, tmp_path):
+    """The reference run inside every step gives the same losses as log-probs cached up front."""
+    out = tmp_path / "live"
+    r = trainer("dpo", "--from", sft_run[0], "--data", base / "pairs.jsonl", "--out", out, "--steps", 20,
+                "--reference", "live", "--eval-every", 1000)
+    assert r.returncode == 0, r.stdout + r.stderr
+    live, cached = ([e["loss"] for e in events(run, "train")][:3] for run in (out, dpo_run))
+    assert np.allclose(live, cached, rtol=1e-4), (live, cached)
 
 
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_is_one_clear_line(base, tmp_path):
+def test_bad_input_is_one_clear_line(base, tmp_path, monkeypatch, capsys):
     bad_pairs = tmp_path / "bad.jsonl"
     bad_pairs.write_text(json.dumps({"prompt": [{"role": "user", "content": "x"}], "chosen": []}) + "\n")
     no_tok = tmp_path / "no-tok"
@@ -211,10 +243,12 @@ def test_bad_input_is_one_clear_line(base, tmp_path):
         (["sft", "--from", base / "pre", "--data", bad_pairs], "no `messages` field"),
         (["sft", "--from", base / "pre", "--data", f"{base / 'convs.jsonl'}@x"], "must be a number"),
     ]
-    for args, message in cases:
-        r = trainer(*args, "--out", tmp_path / "out")
-        assert r.returncode == 2 and r.stderr.startswith("error:") and message in r.stderr, (args, r.stderr)
-        assert "Traceback" not in r.stderr
+    for args, message in cases:  # the console script's own entry point, in this process (no JAX start-up each)
+        monkeypatch.setattr(sys, "argv", ["trainer", "run", *map(str, args), "--out", str(tmp_path / "out")])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error:") and message in err, (args, err)
 
 
 def test_conversations_too_long_are_dropped_or_truncated_with_a_count(base, tmp_path):

@@ -63,7 +63,11 @@ def _read_files(path: Path) -> list[dict]:
 def _read_factory(version: str, kind: str) -> list[dict]:
     from factory.store import Store  # the factory's store, read-only; the factory never imports us
 
-    return Store().read_rows(version, "sft" if kind == "conversations" else "pairs")
+    store = Store(read_only=True)
+    try:
+        return store.read_rows(version, "sft" if kind == "conversations" else "pairs")
+    finally:
+        store.close()
 
 
 def read_source(source: str, kind: str = "conversations") -> list[dict]:
