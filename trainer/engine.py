@@ -63,12 +63,15 @@ def chunk_length(n: int) -> int:
     return next((c for c in CHUNK_BUCKETS if c >= n), n)
 
 
-def sample_next(logits, key, temperature, top_k, top_p, filtered: bool):
+def sample_next(logits, key, temperature, top_k, top_p, mode: str):
     """(B, V) fp32 logits -> (B,) ids. Per row: temperature 0 is greedy; top_k 0 and top_p 1 are
-    off. The sort behind top-k/top-p runs only when some row asks for it (`filtered`, static)."""
+    off. `mode` (static) skips what no row needs: "greedy" draws no random numbers (on CPU the
+    draw costs more than the argmax), only "filtered" sorts for top-k/top-p."""
     greedy = jnp.argmax(logits, axis=-1)
+    if mode == "greedy":
+        return greedy.astype(jnp.int32)
     scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
-    if filtered:
+    if mode == "filtered":
         desc = -jnp.sort(-scaled, axis=-1)
         V = scaled.shape[-1]
         kth = jnp.take_along_axis(desc, (jnp.clip(top_k, 1, V) - 1)[:, None], axis=-1)
@@ -82,25 +85,25 @@ def sample_next(logits, key, temperature, top_k, top_p, filtered: bool):
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
-def _step(params, kv, ids, pos, n, key, temperature, top_k, top_p, *, cfg: GPTConfig, filtered: bool):
+def _step(params, kv, ids, pos, n, key, temperature, top_k, top_p, *, cfg: GPTConfig, mode: str):
     """Feed ids (B, C) (the first n[b] real) at positions pos[b]...; sample each row's next id."""
     h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n})
     last = h[jnp.arange(ids.shape[0]), jnp.maximum(n - 1, 0)]  # only the last real position's logits
     logits = model.logits_of(params, last, cfg)
-    return sample_next(logits, key, temperature, top_k, top_p, filtered), (k, v)
+    return sample_next(logits, key, temperature, top_k, top_p, mode), (k, v)
 
 
 class Engine:
     def __init__(self, params, cfg: GPTConfig, tok):
         self.params, self.cfg, self.tok = params, cfg, tok
-        self.step = jax.jit(partial(_step, cfg=cfg), static_argnames=("filtered",), donate_argnums=(1,))
+        self.step = jax.jit(partial(_step, cfg=cfg), static_argnames=("mode",), donate_argnums=(1,))
         sid = tok.special_id
         self.assistant_start, self.assistant_end = sid(template.ASSISTANT_START), sid(template.ASSISTANT_END)
         self.default_stop = (self.assistant_end, tok.bos_id)
 
     def new_cache(self, batch: int, length: int):
         c = self.cfg
-        shape = (c.n_layer, batch, length, c.n_kv_head, c.head_dim)
+        shape = (c.n_layer, batch, c.n_kv_head, length, c.head_dim)
         dtype = jnp.dtype(c.compute_dtype)
         return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
@@ -129,7 +132,7 @@ class Engine:
         key = jax.random.key(seed)
         settings = (jnp.full(B, temperature, jnp.float32), jnp.full(B, top_k, jnp.int32),
                     jnp.full(B, top_p, jnp.float32))
-        filtered = temperature > 0 and (top_k > 0 or top_p < 1.0)
+        mode = "greedy" if temperature <= 0 else "filtered" if top_k > 0 or top_p < 1.0 else "sample"
         step = 0
         while not all(r.done for r in rows):
             C = chunk_length(max(len(r.feed) for r in rows if not r.done))
@@ -141,7 +144,7 @@ class Engine:
                     n[i] = len(r.feed)
             pos = np.array([r.pos for r in rows], np.int32)
             next_ids, kv = self.step(self.params, kv, ids, pos, n, jax.random.fold_in(key, step), *settings,
-                                     filtered=filtered)
+                                     mode=mode)
             step += 1
             for i, t in enumerate(np.asarray(next_ids).tolist()):
                 r = rows[i]
