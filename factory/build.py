@@ -30,6 +30,7 @@ from factory.convert import CONVERTERS
 from factory.critics import CRITICS
 from factory.loop import PAIR_POLICIES, Context, Stages, run_input
 from factory.progress import Counts, Progress, summary_table
+from factory.replay import REPLAYS, replay_figures
 from factory.sources import SOURCES
 from factory.store import Store
 from factory.writers import GENERATORS, REVISERS, Prompts
@@ -66,6 +67,7 @@ def plan(config, backend: BackendConfig):
     converter, pairs = _entry("converter", config.converter, where), _entry("pair policy", config.pairs, where)
     generator, reviser = _entry("generator", config.generator, where), _entry("reviser", config.reviser, where)
     critics = [_entry("critic", c, where) for c in config.critics]
+    replay = None if config.replay is None else _entry("replay", config.replay, where)
     notes = [f"converter {converter['name']}"]
     if backend.name == "offline":
         if generator["name"] == "llm":
@@ -80,14 +82,15 @@ def plan(config, backend: BackendConfig):
                     critics=[make("critic", CRITICS, c, where) for c in critics],
                     reviser=make("reviser", REVISERS, reviser, where),
                     pairs=make("pair policy", PAIR_POLICIES, pairs, where),
-                    max_rounds=config.max_rounds)
+                    max_rounds=config.max_rounds,
+                    replay=None if replay is None else make("replay", REPLAYS, replay, where))
     names = {"generator": generator["name"], "reviser": reviser["name"]}
     notes += [f"{kind} {names[kind]}" for kind, s in (("generator", stages.generator), ("reviser", stages.reviser))
               if not s.needs_model]
     notes += [f"critic {c['name']}" for c, s in zip(critics, stages.critics) if not s.needs_model]
     effective = {"source": config.source, "converter": converter, "generator": generator,
                  "critics": critics, "reviser": reviser, "pairs": pairs,
-                 "max_rounds": config.max_rounds, "backend": backend.fingerprint()}
+                 "max_rounds": config.max_rounds, "replay": replay, "backend": backend.fingerprint()}
     return stages, effective, notes
 
 
@@ -150,7 +153,7 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
             error = asyncio.run(_run(todo, stages, ctx, store, v, config.chunk_size, counts, progress,
                                      workers=1 if requester is None else 2 * (backend.max_concurrency or backend.concurrency)))
             progress.update(force=True)
-        summary = {"version": v, **store.figures(v), "seconds": round(time.monotonic() - start, 2),
+        summary = {"version": v, **store.figures(v), **replay_figures(store, v), "seconds": round(time.monotonic() - start, 2),
                    "stages without a model": ", ".join(notes) or "none", "models": ctx.models}
         if counts.failed:
             raise InputError(f"{counts.failed} input(s) failed on the backend ({error}); version {v} is "

@@ -28,6 +28,8 @@ class BuildConfig:
     critics: list = field(default_factory=lambda: [{"name": "grammar"}, {"name": "soul_rules"}])
     reviser: dict = field(default_factory=lambda: {"name": "llm"})
     pairs: dict = field(default_factory=lambda: {"name": "first_fail_vs_final"})
+    # run every chosen rollout's tool calls for real (factory/replay.py); null: no replay
+    replay: dict | None = field(default_factory=lambda: {"name": "tools"})
     backend: dict = field(default_factory=lambda: {"name": "offline"})
     max_rounds: int = 4    # attempts per input: the first draft plus revisions
     chunk_size: int = 16   # inputs per committed Parquet part: what a kill can cost at most

@@ -5,6 +5,8 @@
     critics: deterministic ones first; the LLM judge only if they all pass
     attempt 2..max_rounds: the reviser rewrites the last attempt given the problems found
     stop at the first attempt that passes (an SFT row) or when rounds run out (a reject)
+    replay: the passing attempt's tool calls run for real (factory/replay.py); results are
+    rewritten to the real ones, or an Edit that does not apply rejects the input
 
 Pair policy `first_fail_vs_final`: rejected = the first attempt that failed for a reason other
 than parsing or length (a model's broken JSON or an over-long rollout teaches nothing about
@@ -12,6 +14,7 @@ the SOUL); chosen = the attempt that passed; written only if both sides hold ass
 and differ. Every row keeps its provenance: input, attempt, critic scores, critique, models.
 """
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass
 
@@ -39,6 +42,7 @@ class Stages:
     reviser: object
     pairs: object
     max_rounds: int
+    replay: object = None  # factory.replay.ToolReplay, or None: chosen rollouts are not replayed
 
 
 def has_assistant(messages) -> bool:
@@ -114,6 +118,13 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
         reason = "; ".join(final["problems"]) if final else "no attempt was made"
         return {"reject": {**base, "stage": stage, "reason": reason[:2000], "attempts": len(attempts),
                            "messages": last and last["messages"]}}
+    if stages.replay is not None:  # the final rollout's tool calls run for real (in a thread: Bash may take seconds)
+        verdict = await asyncio.to_thread(stages.replay.replay, final["messages"], draft["workspace"], ctx.spec)
+        if verdict.status == "rejected":
+            return {"reject": {**base, "stage": "replay", "reason": verdict.reason[:2000], "attempts": len(attempts),
+                               "messages": final["messages"]}}
+        final = attempts[-1] = {**final, "messages": verdict.messages,
+                                "scores": {**final["scores"], "replay": verdict.status}}
     first_fail = next((a for a in attempts if a["kind"]), None)
     row = {**base, "id": record_id(final["messages"]), "messages": final["messages"],
            "soul": ctx.soul.sha256, "tools": ctx.spec.sha256, "workspace": draft["workspace"],

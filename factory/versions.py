@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from agent.common import InputError
+from factory.replay import replay_figures
 from factory.store import JSON_COLUMNS, SCHEMAS, Store, _quote
 
 
@@ -36,7 +37,7 @@ def _short(messages: list[dict], width: int = 100) -> list[str]:
 
 def show(store: Store, v: int, samples: int = 1) -> tuple[Table, list[str]]:
     meta = store.version(v)
-    figures = store.figures(v)
+    figures = {**store.figures(v), **replay_figures(store, v)}
     table = Table(title=f"version {v} ({meta['status']})", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")

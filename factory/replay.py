@@ -1,0 +1,139 @@
+"""Replay verification: every tool call of a finished rollout is run for real.
+
+The rollout's `workspace` (its starting files) is written to a temp folder and each call is
+run in order with agent.tools.Tools, the runtime the terminal agent uses, so later calls see
+earlier edits. Then per call:
+
+  - a result the user refused in the rollout (agent.session.refused) is kept and the call is
+    not run: the user said no, so nothing happened;
+  - an Edit whose outcome flips (the rollout shows it applied and for real it fails, or the
+    other way round) rejects the row: the rest of the rollout builds on a change that does
+    not exist;
+  - any other result that differs from the real one is rewritten to the real one (mode
+    `rewrite`) or rejects the row (mode `reject`).
+
+Bash runs for real in the temp folder with `bash_timeout`; the commands come from our own
+seeds and scenarios, and nothing they start outlives the call (Tools kills the group).
+The build records the outcome in the row's scores (`"replay": "ok" | "rewritten"`); a rejected
+row goes to the rejects table with stage `replay` and the reason.
+"""
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.session import refused
+from agent.tools import Limits, Tools
+
+REFUSED = refused()  # every refusal result starts with this (a reason may follow)
+
+
+@dataclass
+class Verdict:
+    status: str            # ok | rewritten | rejected
+    messages: list         # the rollout, real results in place (the input if rejected)
+    reason: str = ""       # why it was rejected, or which results were rewritten
+    calls: int = 0         # calls run for real
+    refused: int = 0       # calls the user refused in the rollout (not run)
+    rewritten: int = 0
+
+
+class _Reject(Exception):
+    pass
+
+
+@dataclass
+class ToolReplay:
+    mode: str = "rewrite"        # rewrite | reject: what a result differing from the real one does
+    bash_timeout: float = 10.0   # seconds per Bash call (a call's own timeout is capped by it)
+
+    def __post_init__(self):
+        if self.mode not in ("rewrite", "reject"):
+            raise ValueError(f"mode must be rewrite or reject, got {self.mode!r}")
+        if not isinstance(self.bash_timeout, (int, float)) or self.bash_timeout <= 0:
+            raise ValueError(f"bash_timeout must be a positive number of seconds, got {self.bash_timeout!r}")
+
+    def replay(self, messages: list[dict], workspace: dict, spec) -> Verdict:
+        with tempfile.TemporaryDirectory(prefix="nanocode-replay-") as root:
+            try:
+                _write_workspace(root, workspace or {})
+                tools = Tools(root, spec, Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout))
+                return self._walk(messages, tools)
+            except _Reject as e:
+                return Verdict("rejected", messages, reason=str(e))
+
+    def _walk(self, messages: list[dict], tools: Tools) -> Verdict:
+        out, pending, notes = [], [], []
+        v = Verdict("ok", out)
+        for i, m in enumerate(messages):
+            role = m.get("role")
+            if role != "tool" and pending:
+                raise _Reject(f"message {i}: {len(pending)} tool call(s) before it have no result")
+            if role == "assistant":
+                pending = list(m.get("tool_calls") or [])
+            elif role == "tool":
+                if not pending:
+                    raise _Reject(f"message {i}: a tool result that answers no call")
+                call, recorded = pending.pop(0), m.get("content") or ""
+                if recorded.startswith(REFUSED):
+                    v.refused += 1  # the user said no in the rollout: not run, result kept
+                    out.append(m)
+                    continue
+                real = tools.run(call)
+                v.calls += 1
+                name = call.get("name")
+                if name == "Edit" and real.startswith("error") != recorded.startswith("error"):
+                    path = (call.get("args") or {}).get("file_path")
+                    if real.startswith("error"):
+                        raise _Reject(f"message {i}: Edit of {path!r} does not apply: {real[:300]}")
+                    raise _Reject(f"message {i}: Edit of {path!r} applies for real, but the rollout shows "
+                                  f"{recorded[:200]!r}")
+                if real != recorded:
+                    if self.mode == "reject":
+                        raise _Reject(f"message {i}: the {name} result differs from the real one "
+                                      f"(rollout {recorded[:120]!r}, real {real[:120]!r})")
+                    m = {**m, "content": real}
+                    v.rewritten += 1
+                    notes.append(f"message {i} ({name})")
+            out.append(m)
+        if pending:
+            raise _Reject(f"the rollout ends with {len(pending)} tool call(s) that have no result")
+        if v.rewritten:
+            v.status, v.reason = "rewritten", "real results for " + ", ".join(notes)
+        return v
+
+
+def _write_workspace(root: str, workspace: dict) -> None:
+    """The starting files, confined to root (a path leading out rejects the row)."""
+    base = os.path.realpath(root)
+    for rel, text in workspace.items():
+        if not isinstance(rel, str) or not isinstance(text, str):
+            raise _Reject(f"workspace: {rel!r} must map a path to text")
+        target = os.path.realpath(os.path.join(base, rel))
+        if os.path.isabs(rel) or not target.startswith(base + os.sep):
+            raise _Reject(f"workspace file {rel!r} leads outside the workspace")
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_bytes(text.encode("utf-8"))
+
+
+REPLAYS = {"tools": ToolReplay}
+
+
+def replay_figures(store, v: int) -> dict:
+    """Replay outcomes of one version, overall and per source (what `show` and the build
+    summary print): pass rate = rows whose results all matched / rows replayed."""
+    sft, rejects = store.relation("sft", v), store.relation("rejects", v)
+    counts = {}
+    for source, outcome, n in store.all(
+            f"SELECT source, scores::JSON->>'replay', count(*) FROM {sft} GROUP BY ALL UNION ALL "
+            f"SELECT source, 'rejected', count(*) FROM {rejects} WHERE stage = 'replay' GROUP BY ALL"):
+        if outcome is not None:
+            counts.setdefault(source, {}).update({outcome: n})
+    if not counts:
+        return {"replay pass rate": "not run"}
+    rate = lambda c: round(c.get("ok", 0) / max(1, sum(c.values())), 4)  # noqa: E731
+    total = {k: sum(c.get(k, 0) for c in counts.values()) for k in ("ok", "rewritten", "rejected")}
+    return {"replay pass rate": rate(total),
+            "replay pass rate by source": {s: rate(c) for s, c in sorted(counts.items())},
+            "replayed rows": total}
