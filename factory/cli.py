@@ -87,14 +87,34 @@ def diff(v1: int, v2: int) -> None:
     _console().print(diff_versions(Store(read_only=True), v1, v2))
 
 
+TestFraction = typer.Option(0.1, "--test-fraction", min=0.0, max=0.99, help="share of inputs in the test split.")
+
+
 @app.command()
-def export(version: int, directory: Path) -> None:
-    """Write a version's sft rows, pairs and rejects as Parquet and JSONL, plus a manifest."""
+def export(version: int, directory: Path, soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
+           test_fraction: float = TestFraction) -> None:
+    """Write a version's sft rows, pairs and rejects as Parquet and JSONL, plus the Hub layout
+    `publish` uploads (card, manifest, SOUL, tool spec, sft/ and preference/ train/test splits)."""
     from factory.store import Store
     from factory.versions import export as export_version
 
-    for path in export_version(Store(read_only=True), version, directory):
+    for path in export_version(Store(read_only=True), version, directory, soul, tools, test_fraction):
         print(path)
+
+
+@app.command()
+def publish(version: int, repo: str = typer.Option(..., "--repo", help="the Hub dataset repo, USER/NAME."),
+            private: bool = typer.Option(False, "--private", help="create the repo private."),
+            revision: Optional[str] = typer.Option(None, "--revision", help="tag for the commit (default vVERSION)."),
+            soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
+            test_fraction: float = TestFraction) -> None:
+    """Upload a finished version to the Hugging Face Hub in one commit and tag it (token: HF_TOKEN)."""
+    from factory.publish import publish as publish_version
+    from factory.store import Store
+
+    out = publish_version(Store(read_only=True), version, repo, private, revision, soul, tools, test_fraction)
+    print(f"published version {version} to {out['url']}: commit {out['commit']}, tag {out['tag']}, "
+          f"{len(out['files'])} files")
 
 
 def main() -> None:

@@ -132,7 +132,7 @@ def replay_figures(store, v: int) -> dict:
             counts.setdefault(source, {}).update({outcome: n})
     if not counts:
         return {"replay pass rate": "not run"}
-    rate = lambda c: round(c.get("ok", 0) / max(1, sum(c.values())), 4)  # noqa: E731
+    rate = lambda c: round(c.get("ok", 0) / max(1, sum(c.values())), 4)
     total = {k: sum(c.get(k, 0) for c in counts.values()) for k in ("ok", "rewritten", "rejected")}
     return {"replay pass rate": rate(total),
             "replay pass rate by source": {s: rate(c) for s, c in sorted(counts.items())},

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from agent.common import InputError
+from factory.publish import TEST_FRACTION, write_hub
 from factory.replay import replay_figures
 from factory.store import JSON_COLUMNS, SCHEMAS, Store, _quote
 
@@ -90,9 +91,12 @@ def diff(store: Store, v1: int, v2: int) -> Table:
     return table
 
 
-def export(store: Store, v: int, directory) -> list[Path]:
-    """Write sft/pairs/rejects as Parquet and JSONL (JSON columns as real JSON) into directory.
-    Files are made in a temp folder and moved in at the end: nothing half-written."""
+def export(store: Store, v: int, directory, soul=None, tools=None, test_fraction: float = TEST_FRACTION,
+           repo: str | None = None) -> list[Path]:
+    """Write sft/pairs/rejects as Parquet and JSONL (JSON columns as real JSON) into directory,
+    plus the Hub layout `factory publish` uploads (factory/publish.py: card, manifest, SOUL,
+    tool spec, sft/ and preference/ splits). Files are made in a temp folder and moved in at
+    the end: nothing half-written."""
     meta = store.version(v)
     if meta["status"] != "done":
         raise InputError(f"version {v} is not finished (status {meta['status']}): build it to the end first")
@@ -109,10 +113,8 @@ def export(store: Store, v: int, directory) -> list[Path]:
             store.db.execute(f"COPY (SELECT * REPLACE ({as_json}) FROM {rel} ORDER BY input_id) "
                              f"TO {_quote(f'{tmp}/{kind}.jsonl')} (FORMAT json)")
             out += [directory / f"{kind}.parquet", directory / f"{kind}.jsonl"]
-        manifest = {k: (str(val) if k in ("created", "finished") else val) for k, val in meta.items()}
-        manifest["config"], manifest["summary"] = json.loads(meta["config"]), json.loads(meta["summary"] or "{}")
-        Path(tmp, "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        out.append(directory / "manifest.json")
+        out += [directory / rel for rel in write_hub(store, v, meta, Path(tmp), soul, tools, test_fraction, repo)]
         for path in out:
-            os.replace(Path(tmp) / path.name, path)
+            path.parent.mkdir(exist_ok=True)
+            os.replace(Path(tmp) / path.relative_to(directory), path)
     return out

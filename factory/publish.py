@@ -1,0 +1,221 @@
+"""`factory publish`: one finished version -> a Hugging Face Hub dataset repo, in one commit.
+
+The folder layout (what `factory export` writes and what is uploaded, made by `write_hub`):
+
+    README.md                     dataset card: YAML header (configs, licenses, tags) + provenance
+    manifest.json                 version, hashes, counts per split, models, pass and replay rates, file hashes
+    SOUL.md, tools.yaml           the SOUL and tool spec the version was built under (hashes checked)
+    sft/{train,test}-00000-of-00001.parquet           config `sft` (the default): conversation records
+    preference/{train,test}-00000-of-00001.parquet    config `preference`: chosen/rejected pairs
+
+Rows go to `test` by a hash of their input id (sha256 < test_fraction), so one input's SFT row
+and pair land in the same split: DPO never tests on a conversation SFT trained on. JSON-valued
+columns stay JSON text (args differ per tool, so a struct column would invent null keys).
+
+`publish` checks everything before the first request (repo name, finished version, token,
+offline mode, the tag not taken), then create_repo, one create_commit with every file, and
+create_tag on that commit: a failure before the commit leaves the repo untouched.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from agent.common import InputError
+from agent.spec import load_soul, load_tools
+
+CONFIGS = {"sft": "sft", "preference": "pairs"}  # Hub config -> store kind
+HUB_FILES = ("README.md", "manifest.json", "SOUL.md", "tools.yaml")  # plus the configs' folders
+TEST_FRACTION = 0.1
+# licenses we know for sure (our own seed file, factory/seeds/README); others come from the
+# source's config entry (`license:`) or are `other` until someone reads the seed's own card
+KNOWN_LICENSES = {"coding": "cc0-1.0"}
+
+
+def split_of(input_id: str, test_fraction: float) -> str:
+    bucket = int(hashlib.sha256(input_id.encode()).hexdigest()[:8], 16) / 0x100000000
+    return "test" if bucket < test_fraction else "train"
+
+
+def _sha_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _licenses(config: dict, sources: list[str]) -> dict:
+    """source name -> license id: a matching source entry's `license`, else the known table."""
+    entries = config.get("source") or []
+    entries = entries if isinstance(entries, list) else [entries]
+    given = {}
+    for e in (e for e in entries if isinstance(e, dict) and e.get("license")):
+        for key in ("label", "name", "dataset", "path"):
+            if isinstance(e.get(key), str):
+                given.setdefault(Path(e[key]).stem if key == "path" else e[key], e["license"])
+    single = [e["license"] for e in entries if isinstance(e, dict) and e.get("license")]
+    return {s: given.get(s) or KNOWN_LICENSES.get(s) or (single[0] if len(single) == 1 == len(entries) else "other")
+            for s in sources}
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "n>10M"
+
+
+def write_hub(store, v: int, meta: dict, directory: Path, soul=None, tools=None,
+              test_fraction: float = TEST_FRACTION, repo: str | None = None) -> list[str]:
+    """Write the Hub layout of version v into `directory`; returns the paths written, relative."""
+    from factory.replay import replay_figures
+
+    if not 0 <= test_fraction < 1:
+        raise InputError(f"test fraction must be in [0, 1), got {test_fraction}")
+    soul, spec = load_soul(soul), load_tools(tools)
+    for what, obj, want in (("SOUL", soul, meta["soul_sha256"]), ("tool spec", spec, meta["tools_sha256"])):
+        if obj.sha256 != want:
+            flag = "--soul" if what == "SOUL" else "--tools"
+            raise InputError(f"{obj.path} is not the {what} version {v} was built with (sha256 {obj.sha256[:12]}, "
+                             f"the version has {want[:12]}): pass {flag} with that file")
+    directory = Path(directory)
+    written, counts, sources = [], {}, {}
+    for config, kind in CONFIGS.items():
+        table = store.db.sql(f"SELECT * FROM {store.relation(kind, v)} ORDER BY input_id, id").to_arrow_table()
+        splits = [split_of(i, test_fraction) for i in table.column("input_id").to_pylist()]
+        for source in table.column("source").to_pylist():
+            sources[source] = sources.get(source, 0) + (kind == "sft")
+        (directory / config).mkdir(parents=True, exist_ok=True)
+        counts[config] = {}
+        for split in ("train", "test"):
+            part = table.filter([s == split for s in splits])
+            rel = f"{config}/{split}-00000-of-00001.parquet"
+            pq.write_table(part, directory / rel, row_group_size=1000)  # small groups: the viewer pages by them
+            written.append(rel)
+            counts[config][split] = part.num_rows
+    shutil.copyfile(soul.path, directory / "SOUL.md")
+    shutil.copyfile(spec.path, directory / "tools.yaml")
+    config = json.loads(meta["config"]) if isinstance(meta["config"], str) else meta["config"]
+    summary = json.loads(meta["summary"] or "{}")
+    manifest = {k: (str(val) if k in ("created", "finished") else val) for k, val in meta.items()}
+    manifest.update(config=config, summary=summary, counts=counts, test_fraction=test_fraction,
+                    split="test if sha256(input_id)[:8] / 2**32 < test_fraction",
+                    models=summary.get("models", {}), licenses=_licenses(config, sorted(sources)),
+                    rates={k: summary.get(k) for k in ("pass rate", "first-try pass rate", "mean revisions")},
+                    replay=replay_figures(store, v), rejects=summary.get("rejects by stage", {}),
+                    sources=dict(sorted(sources.items())))
+    (directory / "README.md").write_text(card(manifest, repo), encoding="utf-8")
+    manifest["files"] = {rel: _sha_file(directory / rel)
+                         for rel in written + ["SOUL.md", "tools.yaml", "README.md"]}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return list(HUB_FILES) + written
+
+
+def card(m: dict, repo: str | None = None) -> str:
+    """The dataset card: the YAML the Hub and `load_dataset` read, then the provenance."""
+    licenses = sorted(set(m["licenses"].values())) or ["other"]
+    header = {
+        "license": licenses[0] if len(licenses) == 1 else licenses,
+        "pretty_name": f"nanocode factory v{m['version']}",
+        "language": ["en"],
+        "task_categories": ["text-generation"],
+        "tags": ["synthetic", "agent", "tool-use", "code", "sft", "dpo", "nanocode"],
+        "size_categories": [_size_category(sum(m["counts"]["sft"].values()))],
+        "configs": [{"config_name": config, **({"default": True} if config == "sft" else {}),
+                     "data_files": [{"split": s, "path": f"{config}/{s}-*.parquet"} for s in ("train", "test")]}
+                    for config in CONFIGS],
+    }
+    if "other" in licenses:
+        header["license_name"] = "see-card"
+    r = m["replay"]
+    replay = (f"{r['replay pass rate']} of replayed rows matched for real "
+              f"({', '.join(f'{k} {n}' for k, n in r['replayed rows'].items())}); by source: "
+              + ", ".join(f"{s} {rate}" for s, rate in r["replay pass rate by source"].items())
+              if "replayed rows" in r else "not run")
+    c = m["counts"]
+    rows = [("version", m["version"]), ("built", f"{m['created']} - {m['finished']}"),
+            ("SOUL", f"`SOUL.md`, sha256 `{m['soul_sha256']}`"),
+            ("tool spec", f"`tools.yaml`, sha256 `{m['tools_sha256']}`"),
+            ("config sha256", f"`{m['config_sha256']}`"), ("inputs sha256", f"`{m['inputs_sha256']}`"),
+            ("code", m["code_version"]),
+            ("models", ", ".join(f"{k}: {val}" for k, val in m["models"].items()) or "none"),
+            ("sft rows", f"{c['sft']['train']} train, {c['sft']['test']} test"),
+            ("preference pairs", f"{c['preference']['train']} train, {c['preference']['test']} test"),
+            ("rejects", ", ".join(f"{k} {n}" for k, n in m["rejects"].items()) or "none"),
+            ("pass rate", (f"{m['rates']['pass rate']} (first try {m['rates']['first-try pass rate']}, "
+                          f"mean revisions {m['rates']['mean revisions']})")),
+            ("replay", replay)]
+    name = repo or "USER/NAME"
+    lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# nanocode factory, version {m['version']}", "",
+             ("Tool-using coding conversations (config `sft`) and chosen/rejected pairs (config `preference`), "
+             "made by the nanocode factory: seed rows are converted into Read/Grep/Edit/Bash rollouts, "
+             "critiqued against the SOUL, revised, and every chosen rollout's tool calls are replayed "
+             "for real. JSON-valued columns (`messages`, `prompt`, `chosen`, `rejected`, `workspace`, "
+             "`scores`, `models`) are JSON text."), "",
+             "```python", "from datasets import load_dataset",
+             f'sft = load_dataset("{name}", "sft", split="train", revision="v{m["version"]}")',
+             f'pairs = load_dataset("{name}", "preference", split="train", revision="v{m["version"]}")', "```", "",
+             f"Splits: {m['split']} (test fraction {m['test_fraction']}); an input's row and pair share a split.", "",
+             "## Provenance", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {val} |" for k, val in rows]
+    lines += ["", "## Sources and licenses", "", "| source | sft rows | license |", "|---|---|---|"]
+    lines += [f"| {s} | {n} | {m['licenses'][s]} |" for s, n in m["sources"].items()]
+    if "other" in licenses:
+        lines += ["", ("A source marked `other` has no license recorded in the build config: read that seed "
+                  "dataset's own card before using these rows.")]
+    lines += ["", "`manifest.json` holds the same figures and the sha256 of every file in this repo.", ""]
+    return "\n".join(lines)
+
+
+def publish(store, v: int, repo: str, private: bool = False, revision: str | None = None, soul=None,
+            tools=None, test_fraction: float = TEST_FRACTION) -> dict:
+    """Upload version v to the dataset repo `repo` in one commit and tag it; returns what was made."""
+    import huggingface_hub
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    try:
+        huggingface_hub.utils.validate_repo_id(repo)
+    except HFValidationError as e:
+        raise InputError(f"--repo {repo!r} is not a valid repo name: {e}") from None
+    if "/" not in repo:
+        raise InputError(f"--repo {repo!r}: give the owner too, as USER/NAME")
+    tag = revision or f"v{v}"
+    meta = store.version(v)
+    if meta["status"] != "done":
+        raise InputError(f"version {v} is not finished (status {meta['status']}): build it to the end first")
+    token = huggingface_hub.get_token()
+    if not token:
+        raise InputError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token)")
+    if huggingface_hub.constants.is_offline_mode():
+        raise InputError("HF_HUB_OFFLINE is set: unset it to publish")
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+
+    def hub(what, call, *args, **kw):
+        try:
+            return call(*args, **kw)
+        except HfHubHTTPError as e:
+            status = getattr(e.response, "status_code", "?")
+            raise InputError(f"the Hub refused to {what} ({status}): {str(e).splitlines()[0]}") from None
+        except OSError as e:  # connection refused, DNS: nothing was sent
+            raise InputError(f"cannot reach the Hub at {api.endpoint} to {what}: {e}") from None
+
+    with tempfile.TemporaryDirectory(prefix="nanocode-publish-") as tmp:
+        files = write_hub(store, v, meta, Path(tmp), soul, tools, test_fraction, repo=repo)
+        url = hub("create the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
+        refs = hub("list the repo's tags", api.list_repo_refs, repo, repo_type="dataset")
+        if any(t.name == tag for t in refs.tags):
+            raise InputError(f"{repo} already has a tag {tag!r}: pass --revision with another one "
+                             "(nothing was uploaded)")
+        ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(Path(tmp) / rel)) for rel in files]
+        commit = hub("commit the files", api.create_commit, repo, operations=ops, repo_type="dataset",
+                     commit_message=f"nanocode factory version {v}",
+                     commit_description=f"fingerprint {meta['fingerprint']}")
+        hub("tag the commit", api.create_tag, repo, tag=tag, revision=commit.oid, repo_type="dataset",
+            tag_message=f"nanocode factory version {v}")
+    return {"url": str(url), "commit": commit.oid, "tag": tag, "files": files}
