@@ -31,20 +31,13 @@ import jax  # noqa: E402
 import openai  # noqa: E402
 
 from agent.spec import load_soul, load_tools, render_system_prompt  # noqa: E402
-from trainer import configs, corpus, template, train  # noqa: E402
+from trainer import template, train  # noqa: E402
 from trainer.engine import Engine, Token  # noqa: E402
-from trainer.tokenizer import Tokenizer  # noqa: E402
+from tests.tiny_run import train_tiny_run  # noqa: E402
 
 
 def make_run(root: Path, depth: int) -> Path:
-    corpus.build_local(root / "corpus", max_chars=800_000, val_fraction=0.1)
-    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=500_000), vocab_size=512)
-    tok.save(root / "tok")
-    cfg = configs.get_config(f"d{depth}", vocab_size=tok.vocab_size, seq_len=512, device_batch_size=2,
-                             total_batch_tokens=1024, num_steps=2, eval_every=1000, eval_tokens=1024, sample_every=0)
-    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "run"),
-                log=lambda *a: None)
-    return root / "run"
+    return train_tiny_run(root, seq_len=512, steps=2, depth=depth)
 
 
 def start_server(run: Path):

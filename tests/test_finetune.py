@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import BIN
-from trainer import cli, configs, conversations, corpus, dpo, sft, template, train
-from trainer.tokenizer import Tokenizer
+from tests.tiny_run import train_tiny_run
+from trainer import cli, conversations, dpo, sft, template, train
 
 
 def grep_conversation(i: int, rng) -> list[dict]:
@@ -30,14 +30,8 @@ def grep_conversation(i: int, rng) -> list[dict]:
 def base(tmp_path_factory):
     """A tiny pretrained run (in-process, a few seconds) plus chat data files beside it."""
     root = tmp_path_factory.mktemp("ft")
-    corpus.build_local(root / "corpus", max_chars=2_000_000, val_fraction=0.1)
-    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=500_000), vocab_size=512)
-    tok.save(root / "tok")
-    cfg = configs.get_config("d1", vocab_size=tok.vocab_size, seq_len=64, device_batch_size=8,
-                             total_batch_tokens=1024, num_steps=20, eval_every=1000, eval_tokens=2048,
-                             sample_every=0)
-    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "pre"),
-                log=lambda *a: None)
+    train_tiny_run(root, seq_len=64, steps=20, device_batch_size=8, corpus_chars=2_000_000)
+    shutil.move(root / "run", root / "pre")
     rng = random.Random(0)
     convs = [{"messages": grep_conversation(i, rng)} for i in range(200)]
     (root / "convs.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))

@@ -12,10 +12,10 @@ import pytest
 
 from agent.backend import from_openai, is_context_error, parse_call, to_openai
 from tests.conftest import BIN, REPO
-from trainer import configs, corpus, template, train
+from tests.tiny_run import train_tiny_run
+from trainer import template, train
 from trainer.engine import Engine
 from trainer.server import ModelServer, openai_calls
-from trainer.tokenizer import Tokenizer
 
 SEQ_LEN = 512  # room for the system prompt of tools_small.yaml (~340 tokens) and a short reply
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "def add(a, b):"}]
@@ -38,16 +38,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A d1 model trained for 3 steps: its replies are noise, but real, deterministic noise."""
-    root = tmp_path_factory.mktemp("server")
-    corpus.build_local(root / "corpus", max_chars=800_000, val_fraction=0.1)
-    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=500_000), vocab_size=512)
-    tok.save(root / "tok")
-    cfg = configs.get_config("d1", vocab_size=tok.vocab_size, seq_len=SEQ_LEN, device_batch_size=2,
-                             total_batch_tokens=1024, num_steps=3, eval_every=1000, eval_tokens=1024,
-                             sample_every=0)
-    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "run"),
-                log=lambda *a: None)
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("server"), seq_len=SEQ_LEN)
 
 
 @pytest.fixture(scope="module")

@@ -196,19 +196,6 @@ def run_pretrain(
     train.train(cfg, paths, resume=resume, log=console.print)
 
 
-_FINETUNE_OPTS = dict(
-    from_=typer.Option(..., "--from", help="the run to start from (its directory: checkpoints/ and tokenizer/)"),
-    out=typer.Option(..., help="this run's directory (metrics.jsonl, checkpoints/, tokenizer/)"),
-    steps=typer.Option(None, help="optimizer steps [default: one epoch]"),
-    seq_len=typer.Option(None, help="context length [default: the model's]; RoPE lets it grow"),
-    device_batch_size=typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device"),
-    lr_scale=typer.Option(None, help="every learning rate times this"),
-    val_fraction=typer.Option(0.05, help="share of rows held out for validation (by a hash of their id)"),
-    eval_every=typer.Option(None), save_every=typer.Option(None), seed=typer.Option(0),
-    resume=typer.Option(False, help="continue from the latest checkpoint in --out"),
-)
-
-
 def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], overrides: dict, val_fraction: float,
               seed: int, resume: bool, overflow="drop", val_data=None, beta=0.1, loss="sigmoid", reference="cached"):
     """SFT or DPO, top to bottom: the base model and tokenizer of --from, the data, the config, the stage."""

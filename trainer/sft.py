@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from agent.common import InputError
-from trainer import conversations, model, template
+from trainer import model, template
 from trainer.configs import TrainConfig
 from trainer.engine import Engine
 from trainer.train import Stage, bits_per_byte

@@ -1,0 +1,21 @@
+"""A tiny real pretrained run (d1, vocab 512) in a few seconds, for tests and benches that need a
+checkpoint: its replies are noise, but real, deterministic noise."""
+
+from pathlib import Path
+
+from trainer import configs, corpus, train
+from trainer.tokenizer import Tokenizer
+
+
+def train_tiny_run(root: Path, *, seq_len: int = 64, steps: int = 3, device_batch_size: int = 2,
+                   corpus_chars: int = 800_000, depth: int = 1) -> Path:
+    """Corpus, tokenizer and `steps` pretraining steps under root; returns the run directory."""
+    corpus.build_local(root / "corpus", max_chars=corpus_chars, val_fraction=0.1)
+    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=500_000), vocab_size=512)
+    tok.save(root / "tok")
+    cfg = configs.get_config(f"d{depth}", vocab_size=tok.vocab_size, seq_len=seq_len,
+                             device_batch_size=device_batch_size, total_batch_tokens=1024, num_steps=steps,
+                             eval_every=1000, eval_tokens=1024, sample_every=0)
+    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "run"),
+                log=lambda *a: None)
+    return root / "run"
