@@ -1,6 +1,7 @@
 """Converters: a seed row -> a draft rollout (messages + the workspace it starts from).
 
-`code_edit`: an instruction whose answer holds a fenced code block becomes a tool rollout:
+`code_edit`: an instruction whose answer holds a fenced code block becomes a tool rollout.
+When the code is new (nothing to change, or the answer shares little with what is there):
 
     user:      the instruction
     assistant: a short look-around remark + Read (a workspace file) or Grep (the new name)
@@ -9,18 +10,34 @@
     tool:      the real result
     assistant: the seed answer's prose after the code (the final reply)
 
+When the answer modifies code that is already there (a workspace file, or code pasted into the
+instruction, which then becomes the file): Grep for it, Read it, then one targeted Edit per
+changed region of a line diff (difflib), each `old_string` grown with context lines until it
+is unique in the file at that point; the edits must reproduce the answer's code exactly.
+`code_diff` is that second path only (a seed with nothing to modify is rejected).
+
 Every tool result comes from agent.tools.Tools run on a temp copy of the workspace, so the
 format is the agent's real one. The seed's prose is kept as written (capitals, "Certainly!",
 "let me know if..."): the critics catch it and the reviser fixes it, which is where the
-factory's rejected/chosen pairs come from.
+factory's rejected/chosen pairs come from. Inputs that cannot make a clean row (binary or
+giant text, a special token's spelling, an unclosed code fence) are rejected with the reason.
 """
 
+import difflib
 import re
 import tempfile
 from dataclasses import dataclass
 
 from agent.spec import render_system_prompt
 from agent.tools import Tools
+from trainer.template import SPECIAL_TOKENS
+
+MAX_TEXT = 60_000      # chars of instruction + answer: beyond this a seed is a dump, not a task
+MAX_FILE = 100_000     # chars of one workspace file (the rollout Reads it whole)
+MAX_EDITS = 6          # more changed regions than this become one edit over the changed span
+KEEP = 0.5             # share of the old lines the answer keeps for it to count as a change
+_FENCE_LINE = re.compile(r"^\s*```", re.M)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 class Skip(Exception):
@@ -50,49 +67,173 @@ def _target(seed: dict, ext: str, ident: str | None) -> str:
     return f"{stem}.{ext}"
 
 
+def check_seed(seed: dict) -> None:
+    """Reject (Skip) what cannot make a clean row; a marked seed (dedup, a bad source row)
+    is rejected with its own stage and reason."""
+    if seed.get("skip"):
+        raise Skip(*seed["skip"])
+    texts = {"instruction": seed["instruction"], "answer": seed["answer"],
+             **{f"workspace file {p!r}": t for p, t in seed["workspace"].items()}}
+    for where, text in texts.items():
+        if "\x00" in text or _CONTROL.search(text):
+            raise Skip("input", f"binary content (control bytes) in the {where}")
+        token = next((t for t in SPECIAL_TOKENS if t in text), None)
+        if token:
+            raise Skip("input", f"the {where} spells the special token {token}")
+    if len(seed["instruction"]) + len(seed["answer"]) > MAX_TEXT:
+        raise Skip("input", f"instruction + answer are {len(seed['instruction']) + len(seed['answer'])} "
+                            f"chars (limit {MAX_TEXT})")
+    for path, text in seed["workspace"].items():
+        if len(text) > MAX_FILE:
+            raise Skip("input", f"workspace file {path!r} is {len(text)} chars (limit {MAX_FILE})")
+
+
+def answer_code(answer: str) -> tuple[re.Match, str, str]:
+    """The answer's first fenced block: (match, language, code)."""
+    m = _FENCED.search(answer)
+    if not m:
+        if _FENCE_LINE.search(answer):
+            raise Skip("convert", "the answer's code block is never closed (unbalanced ```)")
+        raise Skip("convert", "the answer has no fenced code block")
+    if len(_FENCE_LINE.findall(answer)) % 2:
+        raise Skip("convert", "the answer's code blocks are unbalanced (an odd number of ``` lines)")
+    return m, m[1].lower(), m[2]
+
+
+def _pasted(instruction: str, ext: str) -> str | None:
+    """Code the user pasted into the instruction in the answer's language (or unlabeled)."""
+    for m in _FENCED.finditer(instruction):
+        if EXT.get(m[1].lower(), m[1].lower() or ext) == ext and m[2].strip():
+            return m[2]
+    return None
+
+
+def kept_share(old: str, new: str) -> float:
+    """The share of old's lines that survive, in order, in new."""
+    a, b = old.splitlines(), new.splitlines()
+    same = sum(block.size for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+    return same / max(1, len(a))
+
+
+def diff_edits(old: str, new: str) -> list[tuple[str, str]]:
+    """Targeted (old_string, new_string) pairs that, applied in order with Edit's rule (the one
+    exact occurrence), turn `old` into `new`. Each region grows by whole lines of context (one
+    above, then one below, in turn) until its old_string is unique in the file at that point."""
+    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    ops = [op[1:] for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"]
+    merged = []
+    for i1, i2, j1, j2 in ops:  # regions 2 lines apart or less are one edit: fewer, clearer calls
+        if merged and i1 - merged[-1][1] <= 2:
+            merged[-1] = (merged[-1][0], i2, merged[-1][2], j2)
+        else:
+            merged.append((i1, i2, j1, j2))
+    if len(merged) > MAX_EDITS:
+        merged = [(merged[0][0], merged[-1][1], merged[0][2], merged[-1][3])]
+    cur, shift, edits = list(a), 0, []
+    for i1, i2, j1, j2 in merged:
+        start, end = i1 + shift, i2 + shift
+        lo, hi, up = start, end, True
+        while True:
+            old_string = "".join(cur[lo:hi])
+            if old_string.strip() and "".join(cur).count(old_string) == 1:
+                break
+            if lo == 0 and hi == len(cur):
+                break  # the whole file: unique by definition (or the file is blank)
+            if (up and lo > 0) or hi == len(cur):
+                lo -= 1
+            else:
+                hi += 1
+            up = not up
+        replacement = cur[lo:start] + b[j1:j2] + cur[end:hi]
+        edits.append((old_string, "".join(replacement)))
+        cur[lo:hi] = replacement
+        shift += (j2 - j1) - (i2 - i1)
+    return edits
+
+
 @dataclass
 class CodeEdit:
     system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
+    diff_only = False           # code_diff: a seed with no code to modify is rejected
 
     def convert(self, seed: dict, soul, spec) -> dict:
-        m = _FENCED.search(seed["answer"])
-        if not m:
-            raise Skip("convert", "the answer has no fenced code block")
-        lang, code = m[1].lower(), m[2]
+        check_seed(seed)
+        m, lang, code = answer_code(seed["answer"])
         ext = EXT.get(lang, lang or "txt")
         found = _DEFINES.search(code)
         ident = found[1] if found else None
         target = _target(seed, ext, ident)
         before, after = seed["answer"][:m.start()].strip(), seed["answer"][m.end():].strip()
+        workspace = dict(seed["workspace"])
+        original = workspace.get(target)
+        if original is None and (pasted := _pasted(seed["instruction"], ext)) is not None:
+            original = pasted
+        modifies = original is not None and original.strip() and kept_share(original, code) >= KEEP
+        if self.diff_only and not modifies:
+            raise Skip("convert", "the instruction holds no code that the answer modifies")
+        if modifies:
+            workspace[target] = workspace.get(target) or _ends(original)  # pasted code becomes the file
         with tempfile.TemporaryDirectory(prefix="nanocode-convert-") as root:
             tools = Tools(root, spec)
-            for path, text in seed["workspace"].items():
+            for path, text in workspace.items():
                 result = tools.run({"name": "Edit", "args": {"file_path": path, "new_string": text}})
                 if result.startswith("error"):
                     raise Skip("convert", f"workspace file {path!r}: {result}")
-            existing = seed["workspace"].get(target)
-            if seed["workspace"]:
-                look = target if existing is not None else sorted(seed["workspace"])[0]
-                first = ({"name": "Read", "args": {"file_path": look}},
-                         f"let me read `{look}` before touching anything")
-            else:
-                pattern = ident or target.rsplit(".", 1)[0]
-                first = ({"name": "Grep", "args": {"pattern": pattern}},
-                         f"quick look for an existing `{pattern}` first")
-            if existing is None:
-                edit = {"name": "Edit", "args": {"file_path": target, "new_string": code}}
-            else:  # append: the whole file is the one exact, unique old_string
-                edit = {"name": "Edit", "args": {"file_path": target, "old_string": existing,
-                                                 "new_string": existing.rstrip("\n") + "\n\n\n" + code}}
             messages = [{"role": "user", "content": seed["instruction"]}]
-            for call, remark in (first, (edit, before or f"writing it to `{target}`")):
+
+            def step(remark, call):
+                result = tools.run(call)
+                if call["name"] == "Edit" and result.startswith("error"):
+                    raise Skip("convert", f"the Edit failed on replay: {result}")
                 messages.append({"role": "assistant", "content": remark, "tool_calls": [call]})
-                messages.append({"role": "tool", "name": call["name"], "content": tools.run(call)})
+                messages.append({"role": "tool", "name": call["name"], "content": result})
+
+            if modifies:
+                self._edits(step, target, ident, workspace[target], code, before)
+                if (tools.root / target).read_text(encoding="utf-8") != _ends(code):
+                    raise Skip("convert", "the diff edits do not reproduce the answer's code")
+            else:
+                self._create(step, workspace, target, ident, code, before)
             what = f"`{ident}`" if ident else "the code"
             messages.append({"role": "assistant", "content": after or f"done: {what} is in `{target}`."})
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": render_system_prompt(soul, spec)})
-        return {"messages": messages, "workspace": dict(seed["workspace"])}
+        return {"messages": messages, "workspace": workspace}
+
+    @staticmethod
+    def _create(step, workspace, target, ident, code, before):
+        existing = workspace.get(target)
+        if workspace:
+            look = target if existing is not None else sorted(workspace)[0]
+            step(f"let me read `{look}` before touching anything", {"name": "Read", "args": {"file_path": look}})
+        else:
+            pattern = ident or target.rsplit(".", 1)[0]
+            step(f"quick look for an existing `{pattern}` first", {"name": "Grep", "args": {"pattern": pattern}})
+        if existing is None:
+            edit = {"name": "Edit", "args": {"file_path": target, "new_string": code}}
+        else:  # append: the whole file is the one exact, unique old_string
+            edit = {"name": "Edit", "args": {"file_path": target, "old_string": existing,
+                                             "new_string": existing.rstrip("\n") + "\n\n\n" + code}}
+        step(before or f"writing it to `{target}`", edit)
+
+    @staticmethod
+    def _edits(step, target, ident, original, code, before):
+        pattern = ident or target.rsplit(".", 1)[0]
+        step(f"finding `{pattern}` first", {"name": "Grep", "args": {"pattern": pattern}})
+        step(f"reading `{target}` before changing it", {"name": "Read", "args": {"file_path": target}})
+        for n, (old, new) in enumerate(diff_edits(original, _ends(code))):
+            remark = (before or f"editing `{target}`") if n == 0 else "and the next spot"
+            step(remark, {"name": "Edit", "args": {"file_path": target, "old_string": old, "new_string": new}})
 
 
-CONVERTERS = {"code_edit": CodeEdit}
+def _ends(text: str) -> str:
+    """Code as a file holds it: one final newline."""
+    return text.rstrip("\n") + "\n"
+
+
+@dataclass
+class CodeDiff(CodeEdit):
+    diff_only = True
+
+
+CONVERTERS = {"code_edit": CodeEdit, "code_diff": CodeDiff}

@@ -2,12 +2,25 @@
 
     {"input_id", "source", "source_id", "instruction", "answer", "workspace": {path: text}}
 
-`input_id` is what resume keys on (`<source>:<source_id>`); `sha256` hashes the input bytes
-for the version record. Issue #7 adds Hugging Face sources; for now: one local file.
+plus, for a row that cannot be used, `"skip": [stage, reason]` (the build rejects it with that
+reason instead of converting it). `input_id` is what resume keys on (`<source>:<source_id>`);
+`sha256` identifies the inputs for the version record; `columns` is the mapping, also identity.
+
+  local                 a JSONL or Parquet file with a column mapping
+  tulu_personas_code    allenai/tulu-3-sft-personas-code      (`messages`, `prompt`, `id`)
+  self_oss_instruct     bigcode/self-oss-instruct-sc2-exec-filter-50k (`instruction`, `response`, `id`)
+  evol_codealpaca       theblackcat102/evol-codealpaca-v1      (`instruction`, `output`)
+  smoltalk              HuggingFaceTB/smoltalk, config `all`   (`messages`): general chat
+  mix                   several of the above, in order (dedup keeps the first of duplicates)
+
+The Hugging Face ones read through `datasets.load_dataset` (streamed: `limit` rows cost `limit`
+rows of download); `dataset` may also be a local folder in the same schema (a mirror, a test).
+`python -m factory.sources humaneval` rewrites factory/seeds/humaneval.jsonl.
 """
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,13 +100,242 @@ class LocalSource:
             if not isinstance(workspace, dict) or not all(isinstance(v, str) for v in workspace.values()):
                 raise InputError(f"seed file {self.path} row {n}: workspace must map paths to text")
             source_id = str(n if values.get("id") is None else values["id"])
-            out.append({"input_id": f"{self.name}:{source_id}", "source": self.name, "source_id": source_id,
-                        "instruction": values["instruction"], "answer": values["answer"],
-                        "workspace": workspace})
+            out.append(seed_row(self.name, source_id, values["instruction"], values["answer"], workspace))
         ids = [s["input_id"] for s in out]
         if len(set(ids)) != len(ids):
             raise InputError(f"seed file {self.path}: row ids are not unique")
         return out
 
 
-SOURCES = {"local": LocalSource}
+def _lf(text):
+    """CRLF and lone CR line ends -> LF: datasets mix them, and one file must read one way."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if isinstance(text, str) else text
+
+
+def seed_row(source: str, source_id: str, instruction, answer, workspace=None, skip=None) -> dict:
+    """A seed in the factory's shape; a row without usable text is kept as a skip (a reject with
+    its reason), so one bad row in 50k never stops a build."""
+    seed = {"input_id": f"{source}:{source_id}", "source": source, "source_id": source_id,
+            "instruction": _lf(instruction) if isinstance(instruction, str) else "",
+            "answer": _lf(answer) if isinstance(answer, str) else "",
+            "workspace": {p: _lf(t) for p, t in (workspace or {}).items()}}
+    for name in ("instruction", "answer"):
+        if not skip and not seed[name].strip():
+            skip = ["source", f"the row has no {name} text"]
+    if skip:
+        seed["skip"] = list(skip)
+    return seed
+
+
+def _first_turns(messages) -> tuple[str | None, str | None]:
+    """The first user message and the assistant reply that follows it."""
+    if not isinstance(messages, list):
+        return None, None
+    user = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+    if user is None:
+        return None, None
+    reply = next((m.get("content") for m in messages[user + 1:] if isinstance(m, dict)
+                  and m.get("role") == "assistant"), None)
+    return messages[user].get("content"), reply
+
+
+@dataclass
+class HubSource:
+    """A Hugging Face dataset, read with `datasets.load_dataset`; subclasses map its schema."""
+    dataset: str = ""          # a Hub repo id, or a local folder holding the same columns
+    config: str | None = None  # the dataset's config (subset) name
+    split: str = "train"
+    revision: str | None = None  # a branch, tag or commit: pin it for a reproducible build
+    limit: int | None = None   # the first N rows only (streamed: nothing past them is fetched)
+    streaming: bool = True
+    label: str | None = None   # the `source` of each row (default: the registry name)
+    needs = ()                 # columns the schema must have (a wrong dataset fails up front)
+    default_label = "hub"
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError("dataset must name a Hub repo id or a local folder")
+        if self.limit is not None and (type(self.limit) is not int or self.limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {self.limit!r}")
+        self.name = self.label or self.default_label
+        self.columns = {"dataset": self.dataset, "config": self.config, "split": self.split,
+                        "revision": self.revision, "limit": self.limit, "schema": type(self).__name__}
+
+    @property
+    def local(self) -> Path | None:
+        p = Path(self.dataset)
+        for candidate in (p, REPO_ROOT / p):
+            if candidate.exists():
+                return candidate
+        return None
+
+    @property
+    def sha256(self) -> str:
+        """A local copy: its bytes. The Hub: the repo id and revision (pin `revision` to make a
+        rebuild detect upstream changes; unpinned, `main` is taken as it is)."""
+        h = hashlib.sha256(json.dumps(self.columns, sort_keys=True).encode())
+        if self.local is not None:
+            files = [self.local] if self.local.is_file() else sorted(f for f in self.local.rglob("*") if f.is_file())
+            for f in files:
+                h.update(f.name.encode() + b"\0" + f.read_bytes())
+        return h.hexdigest()
+
+    def records(self):
+        import datasets
+
+        where = str(self.local) if self.local is not None else self.dataset
+        kwargs = {"split": self.split, "streaming": self.streaming}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        try:
+            rows = datasets.load_dataset(where, self.config, **kwargs)
+            if self.limit is not None:
+                rows = rows.take(self.limit) if self.streaming else rows.select(range(min(self.limit, len(rows))))
+            yield from rows
+        except InputError:
+            raise
+        except Exception as e:  # datasets raises many kinds: missing repo, no network, bad files
+            raise InputError(f"dataset {self.dataset}: cannot load it ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+    def map(self, record: dict, n: int) -> dict:
+        raise NotImplementedError
+
+    def seeds(self) -> list[dict]:
+        out, seen = [], set()
+        for n, record in enumerate(self.records(), 1):
+            if n == 1:
+                missing = [c for c in self.needs if c not in record]
+                if missing:
+                    raise InputError(f"dataset {self.dataset}: no column(s) {', '.join(missing)} for "
+                                     f"{type(self).__name__}; its columns: {', '.join(map(str, record))}")
+            seed = self.map(record, n)
+            if seed["input_id"] in seen:  # a repeated upstream id must not collide on resume
+                seed = seed_row(self.name, f"{seed['source_id']}#{n}", seed["instruction"], seed["answer"],
+                                seed["workspace"], seed.get("skip"))
+            seen.add(seed["input_id"])
+            out.append(seed)
+        return out
+
+
+def _id(record: dict, n: int, *keys) -> str:
+    return next((str(record[k]) for k in keys if record.get(k) not in (None, "")), str(n))
+
+
+@dataclass
+class TuluPersonasCode(HubSource):
+    dataset: str = "allenai/tulu-3-sft-personas-code"
+    needs = ("messages",)
+    default_label = "tulu-personas-code"
+
+    def map(self, record, n):
+        instruction, answer = _first_turns(record["messages"])
+        return seed_row(self.name, _id(record, n, "id"), instruction or record.get("prompt"), answer)
+
+
+@dataclass
+class SelfOssInstruct(HubSource):
+    dataset: str = "bigcode/self-oss-instruct-sc2-exec-filter-50k"
+    needs = ("instruction", "response")
+    default_label = "self-oss-instruct"
+
+    def map(self, record, n):
+        return seed_row(self.name, _id(record, n, "id", "sha1"), record["instruction"], record["response"])
+
+
+@dataclass
+class EvolCodeAlpaca(HubSource):
+    dataset: str = "theblackcat102/evol-codealpaca-v1"
+    needs = ("instruction", "output")
+    default_label = "evol-codealpaca"
+
+    def map(self, record, n):
+        return seed_row(self.name, _id(record, n, "id"), record["instruction"], record["output"])
+
+
+@dataclass
+class SmolTalk(HubSource):
+    """General chat: most rows hold no code, so code converters reject them ("no fenced code
+    block"); with a code converter only the coding conversations become rollouts."""
+    dataset: str = "HuggingFaceTB/smoltalk"
+    config: str | None = "all"
+    needs = ("messages",)
+    default_label = "smoltalk"
+
+    def map(self, record, n):
+        instruction, answer = _first_turns(record["messages"])
+        return seed_row(self.name, _id(record, n, "id"), instruction, answer)
+
+
+@dataclass
+class MixSource:
+    """Several sources one after the other; their rows must have distinct input ids (give two
+    sources of the same kind different `label`s)."""
+    sources: list = field(default_factory=list)
+
+    def __post_init__(self):
+        from factory.config import make
+
+        if not isinstance(self.sources, list) or not self.sources:
+            raise ValueError("sources must be a non-empty list of source entries")
+        self.parts = [make("source", SOURCES, entry, "mix") for entry in self.sources]
+        self.name = "mix"
+        self.columns = [part.columns for part in self.parts]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256("".join(part.sha256 for part in self.parts).encode()).hexdigest()
+
+    def seeds(self) -> list[dict]:
+        out = [seed for part in self.parts for seed in part.seeds()]
+        ids = [s["input_id"] for s in out]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise InputError(f"mix: input id {dup!r} comes from two sources; give them different labels")
+        return out
+
+
+SOURCES = {"local": LocalSource, "tulu_personas_code": TuluPersonasCode, "self_oss_instruct": SelfOssInstruct,
+           "evol_codealpaca": EvolCodeAlpaca, "smoltalk": SmolTalk, "mix": MixSource}
+
+
+# ---------------------------------------------------------------- the HumanEval seed file
+
+HUMANEVAL_SEEDS = REPO_ROOT / "factory" / "seeds" / "humaneval.jsonl"
+_OPENERS = ["Certainly! Here's an implementation:", "here's the body:", "Sure, this should do it:",
+            "Great question! Here is one way to write it:", "this fills in the stub:"]
+_CLOSERS = ["It follows the docstring, examples included.", "the docstring's examples are the spec here.",
+            "Let me know if you want tests for it!", "", "Hope this helps!"]
+
+
+def humaneval_rows() -> list[dict]:
+    """Seed rows from the 123 seedable HumanEval problems (never the held-out 41): the stub in
+    the workspace (or pasted into the request) and the canonical solution as the answer, so
+    the converter makes a targeted edit that fills the stub in."""
+    from factory.heldout import seedable
+
+    rows = []
+    for p in seedable():
+        k, fn = int(p["task_id"].rsplit("/", 1)[1]), p["entry_point"]
+        file, stub, full = f"{fn}.py", p["prompt"], p["prompt"] + p["canonical_solution"]
+        if k % 4 == 2:  # pasted into the request: the converter puts it into the named file
+            instruction, workspace = f"finish `{fn}` in {file}, it's still a stub:\n\n```python\n{stub}```", {}
+        elif k % 4 == 1:
+            instruction, workspace = f"`{fn}` in `{file}` is only a stub; implement it as its docstring says.", {file: stub}
+        else:
+            instruction, workspace = f"Please write the body of {fn} in {file}.", {file: stub}
+        answer = f"{_OPENERS[k % 5]}\n\n```python\n{full.rstrip()}\n```\n\n{_CLOSERS[k % 5]}".rstrip() + "\n"
+        rows.append({"id": f"humaneval-{k}", "instruction": instruction, "answer": answer, "workspace": workspace})
+    return rows
+
+
+def _write_humaneval(path=HUMANEVAL_SEEDS) -> int:
+    rows = humaneval_rows()
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["humaneval"]:
+        sys.exit("usage: python -m factory.sources humaneval   (rewrites factory/seeds/humaneval.jsonl)")
+    print(f"{_write_humaneval()} rows -> {HUMANEVAL_SEEDS}")
