@@ -27,6 +27,7 @@ from agent.spec import load_soul, load_tools
 from factory.backends import BackendConfig, Requester, RequestFailed
 from factory.config import FACTORY, load_config, make
 from factory.convert import CONVERTERS
+from factory.dedup import screen
 from factory.critics import CRITICS
 from factory.loop import PAIR_POLICIES, Context, Stages, run_input
 from factory.progress import Counts, Progress, summary_table
@@ -117,6 +118,7 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
     seeds = source.seeds()
     if limit is not None:
         seeds = seeds[:limit]
+    screened = screen(seeds)  # dedup + decontamination: marked seeds become rejects
     inputs_sha = _sha([source.sha256, source.columns, limit])
     # the seed file's path is not identity (its bytes are, in inputs_sha256): a build run from
     # another directory is still up to date
@@ -154,7 +156,7 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
                                      workers=1 if requester is None else 2 * (backend.max_concurrency or backend.concurrency)))
             progress.update(force=True)
         summary = {"version": v, **store.figures(v), **replay_figures(store, v), "seconds": round(time.monotonic() - start, 2),
-                   "stages without a model": ", ".join(notes) or "none", "models": ctx.models}
+                   "stages without a model": ", ".join(notes) or "none", "models": ctx.models, **screened}
         if counts.failed:
             raise InputError(f"{counts.failed} input(s) failed on the backend ({error}); version {v} is "
                              "incomplete: run the same command again to finish it")

@@ -3,6 +3,7 @@ and resumed; the store read back with plain duckdb; ls/show/diff/export; bad inp
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -43,7 +44,11 @@ def seed_file(tmp_path, n=None) -> Path:
 
 
 def config_file(tmp_path, seeds, **extra) -> Path:
+    """The default config with one local seed file as its source (the default mixes two)."""
     text = (REPO / "factory" / "configs" / "default.yaml").read_text()
+    local = ("source:\n  name: local\n  path: factory/seeds/coding.jsonl\n"
+             "  columns: {id: id, instruction: instruction, answer: answer, workspace: workspace}\n")
+    text = re.sub(r"(?ms)^source:.*?^(?=converter:)", lambda m: local, text)
     text = text.replace("path: factory/seeds/coding.jsonl", f"path: {seeds}").replace("chunk_size: 16", "chunk_size: 2")
     for key, value in extra.items():
         text += f"{key}: {value}\n"
@@ -59,11 +64,14 @@ def sql(query, *params):
 
 def test_offline_build_makes_real_rows_and_pairs_and_rebuilds_for_free(tmp_path):
     s1 = quiet_build()
-    assert (s1["version"], s1["sft rows"], s1["rejects by stage"]) == (1, 27, {"convert": 1})
-    assert s1["pairs"] >= 20 and s1["llm requests"] == 0 and "reviser rules" in s1["stages without a model"]
+    # the default seed set: coding.jsonl (28) + seedable HumanEval (123), one of which
+    # (HumanEval/61) clones a held-out problem and is decontaminated
+    assert (s1["version"], s1["sft rows"], s1["rejects by stage"]) == (1, 149, {"convert": 1, "decontaminate": 1})
+    assert s1["decontaminated"] == 1 and s1["exact duplicates"] == s1["near duplicates"] == 0
+    assert s1["pairs"] >= 100 and s1["llm requests"] == 0 and "reviser rules" in s1["stages without a model"]
     # a user opening the file with plain duckdb sees the tables and views of the docstring
     rows = sql("SELECT id, messages, workspace, attempt, scores FROM sft WHERE version = 1")
-    assert len(rows) == 27
+    assert len(rows) == 149
     for rid, messages, workspace, attempt, scores in rows:
         messages = json.loads(messages)
         validate(messages)
@@ -73,19 +81,21 @@ def test_offline_build_makes_real_rows_and_pairs_and_rebuilds_for_free(tmp_path)
     for chosen, rejected in sql("SELECT chosen, rejected FROM pairs"):
         assert chosen != rejected
         assert not all(c.ok for m in json.loads(rejected) if m["role"] == "assistant" for c in check_message(m, RULES))
-    assert sql("SELECT stage, reason FROM rejects") == [("convert", "the answer has no fenced code block")]
-    assert sql("SELECT count(*) FROM done_inputs WHERE version = 1") == [(28,)]
+    assert sql("SELECT stage, reason FROM rejects ORDER BY stage") == [
+        ("convert", "the answer has no fenced code block"),
+        ("decontaminate", "overlaps held-out HumanEval/56 (100% of 8-word n-grams)")]
+    assert sql("SELECT count(*) FROM done_inputs WHERE version = 1") == [(151,)]
 
     assert quiet_build()["up_to_date"] and sql("SELECT count(*) FROM versions") == [(1,)]
     s2 = quiet_build(new=True)
-    assert s2["version"] == 2 and s2["sft rows"] == 27
+    assert s2["version"] == 2 and s2["sft rows"] == 149
     store = Store(read_only=True)
     table = diff(store, 1, 2)
-    assert [c._cells for c in table.columns][1:] == [["0"], ["0"], ["0"], ["28"]]
+    assert [c._cells for c in table.columns][1:] == [["0", "0"], ["0", "0"], ["0", "0"], ["28", "123"]]  # a row per source
     table, lines = show(store, 2)
     assert any("sample pair" in line for line in lines)
     files = export(store, 2, tmp_path / "out")
-    assert pq.read_table(tmp_path / "out" / "sft.parquet").num_rows == 27
+    assert pq.read_table(tmp_path / "out" / "sft.parquet").num_rows == 149
     pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == s2["pairs"] and isinstance(pairs[0]["chosen"], list)
     assert len(files) == 7 and json.loads((tmp_path / "out" / "manifest.json").read_text())["version"] == 2
