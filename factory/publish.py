@@ -33,9 +33,11 @@ from agent.spec import load_soul, load_tools
 CONFIGS = {"sft": "sft", "preference": "pairs"}  # Hub config -> store kind
 HUB_FILES = ("README.md", "manifest.json", "SOUL.md", "tools.yaml")  # plus the configs' folders
 TEST_FRACTION = 0.1
-# licenses we know for sure (our own seed file, factory/seeds/README); others come from the
-# source's config entry (`license:`) or are `other` until someone reads the seed's own card
-KNOWN_LICENSES = {"coding": "cc0-1.0"}
+# licenses by source label, from factory/seeds/README.md (our seed files, and the Hub seeds' cards
+# as read there); self-oss-instruct is given as ODC-By in one place and Apache-2.0 in another, so
+# it stays `other` until someone settles it. A source entry's own `license:` wins.
+KNOWN_LICENSES = {"coding": "cc0-1.0", "humaneval": "mit", "tulu-personas-code": "odc-by",
+                  "evol-codealpaca": "apache-2.0", "smoltalk": "apache-2.0"}
 
 
 def split_of(input_id: str, test_fraction: float) -> str:
@@ -48,17 +50,17 @@ def _sha_file(path: Path) -> str:
 
 
 def _licenses(config: dict, sources: list[str]) -> dict:
-    """source name -> license id: a matching source entry's `license`, else the known table."""
-    entries = config.get("source") or []
-    entries = entries if isinstance(entries, list) else [entries]
-    given = {}
-    for e in (e for e in entries if isinstance(e, dict) and e.get("license")):
-        for key in ("label", "name", "dataset", "path"):
-            if isinstance(e.get(key), str):
-                given.setdefault(Path(e[key]).stem if key == "path" else e[key], e["license"])
-    single = [e["license"] for e in entries if isinstance(e, dict) and e.get("license")]
-    return {s: given.get(s) or KNOWN_LICENSES.get(s) or (single[0] if len(single) == 1 == len(entries) else "other")
-            for s in sources}
+    """source label -> license id: a source entry's `license` (a `mix` is looked into), else the
+    known table, else `other`."""
+    entries, given = [config.get("source")], {}
+    while entries:
+        e = entries.pop()
+        if isinstance(e, dict):
+            entries += e.get("sources") or []
+            label = e.get("label") or (Path(e["path"]).stem if isinstance(e.get("path"), str) else None)
+            if e.get("license") and label:
+                given[label] = e["license"]
+    return {s: given.get(s) or KNOWN_LICENSES.get(s) or "other" for s in sources}
 
 
 def _size_category(n: int) -> str:
