@@ -1,4 +1,9 @@
-"""`evals`: measure the model (bits per byte, CORE, agentic tasks, SOUL adherence)."""
+"""`evals`: measure the model (bits per byte, CORE, agentic tasks, SOUL adherence) and report a run.
+
+RUN is a stage directory (`trainer run ... --out DIR`) or a root holding pretrain/ sft/ dpo/; model
+evals use its last stage with a checkpoint. Each eval writes RUN/evals/<name>.json (what
+`evals report RUN` reads) and prints a table.
+"""
 
 import sys
 from pathlib import Path
@@ -7,6 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from agent.common import InputError, run_cli
 from agent.soul_checks import check_reply
@@ -47,6 +53,171 @@ def soul_check(reply: str = typer.Argument(..., metavar="TEXT_FILE_OR_-",
         mark = "[green]pass[/]" if c.ok else "[red]fail[/]"
         console.print(f"{mark}  {c.rule:<16} {escape(c.detail)}")
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
+# ----------------------------------------------------------------------------- model evals
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+def _table(title: str, headers, rows) -> None:
+    t = Table(title=title)
+    for h in headers:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*(f"{c:.4f}" if isinstance(c, float) else "" if c is None else str(c) for c in r))
+    console.print(t)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _load(run: Path):
+    """(the stage directory evaluated, load_model's result)."""
+    from evals import runs
+    from trainer.train import load_model
+
+    d = runs.model_dir(run)
+    return d, load_model(d)
+
+
+def _saved(run, name, result) -> None:
+    from evals import runs
+
+    console.print(f"wrote {runs.write_result(run, name, result)}")
+
+
+@app.command()
+def bpb(run: Path = typer.Argument(..., help="run directory"),
+        corpus: Optional[Path] = typer.Option(None, help="corpus with val shards [default: $NANOCODE_HOME/corpus/local]"),
+        max_tokens: int = typer.Option(2**16, help="tokens per text kind"),
+        batch_size: int = typer.Option(8)) -> None:
+    """Bits per byte on the corpus's held-out prose and code."""
+    from evals import bpb as bpb_eval
+    from trainer.cli import default_corpus
+
+    d, loaded = _load(run)
+    r = bpb_eval.evaluate(d, corpus or default_corpus(), max_tokens, batch_size, loaded=loaded)
+    _table(f"bits per byte: {d} step {r['step']}", ["text", "bpb", "tokens"],
+           [(k, v, f"{r['tokens'][k]:,}") for k, v in r["bpb"].items()])
+    _saved(run, "bpb", r)
+
+
+@app.command()
+def core(run: str = typer.Argument(..., metavar="RUN|download",
+                                   help="run directory, or `download` to fetch nanochat's eval bundle"),
+         bundle: Optional[Path] = typer.Option(None, help="eval bundle directory [default: $NANOCODE_HOME/eval_bundle]"),
+         max_per_task: int = typer.Option(-1, help="examples per task (-1: all)"),
+         url: str = typer.Option(None, help="with download: the bundle's URL [default: nanochat's]")) -> None:
+    """CORE (DCLM's in-context tasks, centered accuracy) from an eval bundle; `core download` fetches it."""
+    from evals import core as core_eval
+
+    if run == "download" and not Path(run).is_dir():
+        core_eval.download(bundle, url or core_eval.BUNDLE_URL, log=console.print)
+        return
+    d, loaded = _load(Path(run))
+    r = core_eval.evaluate(d, bundle or core_eval.default_bundle(), max_per_task, loaded=loaded, log=console.print)
+    _table(f"CORE: {d} step {r['step']}", ["task", "type", "examples", "accuracy", "baseline", "centered"],
+           [(t["task"], t["type"], t["examples"], t["accuracy"], t["baseline"], t["centered"]) for t in r["tasks"]]
+           + [("CORE", "", "", None, None, r["core"])])
+    for m in r["missing"]:
+        console.print(f"[yellow]skipped[/] {escape(m)}")
+    _saved(Path(run), "core", r)
+
+
+@app.command()
+def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (served in-process); or use --base-url"),
+            base_url: Optional[str] = typer.Option(None, "--base-url", help="any OpenAI-compatible server"),
+            model: Optional[str] = typer.Option(None, "--model", help="with --base-url: the model name"),
+            api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
+            limit: Optional[int] = typer.Option(None, help="run only the first N tasks"),
+            kinds: str = typer.Option("stub,bugfix", help="task kinds, comma-separated"),
+            max_steps: int = typer.Option(20, help="model turns per task"),
+            max_tokens: int = typer.Option(1024, help="tokens per model turn"),
+            out: Optional[Path] = typer.Option(None, help="where evals/agentic.json goes [default: RUN, or "
+                                               "$NANOCODE_HOME/evals/<model> with --base-url]"),
+            soul: Optional[Path] = typer.Option(None, "--soul"), tools: Optional[Path] = typer.Option(None, "--tools"),
+            ) -> None:
+    """Held-out HumanEval problems as small repos, solved through the agent; hidden tests decide."""
+    from agent.common import nanocode_home
+    from evals import agentic as agentic_eval
+    from evals import runs
+
+    if (run is None) == (base_url is None):
+        raise InputError("pass a RUN directory or --base-url URL (not both)")
+    if run is not None:
+        from trainer.server import serve_in_background
+
+        base_url, model = serve_in_background(runs.model_dir(run))
+    r = agentic_eval.evaluate(base_url, model, api_key=api_key, limit=limit,
+                              kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), soul=soul, tools=tools,
+                              max_steps=max_steps, max_tokens=max_tokens, log=console.print)
+    s = r["summary"]
+    _table(f"agentic: {r['model']} ({s['tasks']} tasks, {r['tasks_per_s']:.3g} tasks/s)",
+           ["pass", "stub", "bugfix", "calls/task", "valid calls", "tool errors", "recoveries"],
+           [(_pct(s["pass_rate"]), _pct(s.get("pass_rate_stub")), _pct(s.get("pass_rate_bugfix")),
+             f"{s['calls_per_task']:.2f}", _pct(s["valid_call_rate"]), s["tool_errors"], s["recoveries"])])
+    where = out or run or nanocode_home() / "evals" / "".join(c if c.isalnum() or c in "-_." else "_" for c in r["model"])
+    _saved(where, "agentic", r)
+
+
+@app.command()
+def soul(run: Path = typer.Argument(..., help="run directory"),
+         data: Optional[list[str]] = typer.Option(None, help="conversations whose held-out first user turns are the "
+                                                  "prompts [default: one per held-out HumanEval problem]"),
+         limit: Optional[int] = typer.Option(None, help="at most N prompts"),
+         max_tokens: int = typer.Option(256, help="tokens per reply"),
+         judge_backend: Optional[str] = typer.Option(None, help="an LLM judge through the factory's backends: "
+                                                     "openai, litellm or vllm"),
+         judge_model: Optional[str] = typer.Option(None), judge_base_url: Optional[str] = typer.Option(None),
+         soul_path: Optional[Path] = typer.Option(None, "--soul"), tools: Optional[Path] = typer.Option(None, "--tools"),
+         ) -> None:
+    """SOUL adherence: the SOUL's checks as pass rates over replies to held-out prompts (+ an optional judge)."""
+    from evals import soul as soul_eval
+
+    judge_cfg = None
+    if judge_backend:
+        from factory.backends import BackendConfig
+
+        try:
+            judge_cfg = BackendConfig(name=judge_backend, model=judge_model, base_url=judge_base_url)
+        except ValueError as e:
+            raise InputError(f"--judge-backend: {e}") from None
+    d, loaded = _load(run)
+    r = soul_eval.evaluate(d, data=data, limit=limit, soul=soul_path, tools=tools, max_tokens=max_tokens,
+                           judge_cfg=judge_cfg, loaded=loaded)
+    _table(f"SOUL checks: {r['replies']} replies, all pass {_pct(r['all_pass_rate'])}", ["rule", "replies", "pass rate"],
+           [(k, v["replies"], _pct(v["pass_rate"])) for k, v in r["rules"].items()])
+    if r.get("judge"):
+        console.print(f"judge {r['judge']['model']}: mean rating {r['judge']['mean_rating']} "
+                      f"({r['judge']['unrated']} unrated)")
+    _saved(run, "soul", r)
+
+
+@app.command()
+def preference(run: Path = typer.Argument(..., help="run directory"),
+               data: list[str] = typer.Option(..., help="preference pairs, as `trainer run dpo --data` takes them"),
+               val_fraction: float = typer.Option(0.05, help="the held-out share (as DPO used it)"),
+               all_pairs: bool = typer.Option(False, "--all", help="score every pair, not only the held-out ones"),
+               beta: float = typer.Option(0.1)) -> None:
+    """DPO preference accuracy on held-out pairs (implicit reward vs the reference, and raw log-probs)."""
+    from evals import preference as pref_eval
+
+    d, loaded = _load(run)
+    r = pref_eval.evaluate(d, data, val_fraction=val_fraction, all_pairs=all_pairs, beta=beta, loaded=loaded)
+    _table(f"preference: {r['pairs']} {r['split']} pairs", ["reward accuracy", "log-prob accuracy", "reference"],
+           [(_pct(r.get("reward_accuracy")), _pct(r["logp_accuracy"]), r.get("reference") or r.get("note"))])
+    _saved(run, "preference", r)
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="a stage directory or a root with pretrain/ sft/ dpo/")) -> None:
+    """One self-contained HTML page (and a markdown twin) for a run: config, curves, evals, samples."""
+    from evals import report as report_mod
+
+    html_path, md_path = report_mod.write(run, log=lambda m: console.print(f"[yellow]{escape(m)}[/]"))
+    console.print(f"wrote {html_path} and {md_path}")
 
 
 def main() -> None:

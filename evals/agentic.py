@@ -1,0 +1,275 @@
+"""The agentic eval: held-out HumanEval problems as small repos, solved through the agent loop.
+
+Only the 41 held-out problems (factory.heldout.held_out(): the factory never trains on them).
+Each gives two tasks, in a fresh temp workspace:
+    stub    solution.py is the problem's prompt (signature + docstring) with a `raise
+            NotImplementedError` body: "implement it"
+    bugfix  solution.py is the canonical solution with one injected bug, and test_solution.py
+            (the problem's tests) fails: "fix the bug"
+The bug is one token swapped in the solution's body (`<` for `<=`, `+` for `-`, True for False,
+a number off by one, ...): the candidates are taken in source order starting at a place fixed by
+the task id, and the first that compiles and fails the tests (without hanging) is used, so the
+same problem always gets the same bug.
+
+The agent runs auto-approved (agent.session.Session, as `nanocode run --yes`), against any
+OpenAI-compatible endpoint. Success = the hidden tests pass afterwards: the problem's tests run
+in a subprocess with a timeout, in a fresh directory holding only the workspace's solution.py,
+so editing test_solution.py gains nothing. Also counted, over every tool call: syntactically
+valid calls (parsed, a known tool, the right arguments), tool errors (results starting
+`error:`), and recoveries (a tool error followed by a call that works).
+"""
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tokenize
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from agent.common import InputError
+from agent.spec import load_soul, load_tools, render_system_prompt, type_args
+from factory.heldout import held_out
+
+KINDS = ("stub", "bugfix")
+STUB_BODY = '    raise NotImplementedError("implement me")\n'
+TEST_TIMEOUT = 10.0   # seconds for the hidden tests of one task
+
+# token swaps for the bug injection: each keeps the code valid Python
+SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "+": "-", "-": "+",
+         "+=": "-=", "-=": "+=", "*": "+", "//": "%", "True": "False", "False": "True",
+         "and": "or", "or": "and", "min": "max", "max": "min"}
+
+
+@dataclass
+class AgentTask:
+    id: str                  # "HumanEval/4:bugfix"
+    kind: str                # stub | bugfix
+    problem: str             # HumanEval task id
+    entry_point: str
+    instruction: str         # what the user types
+    files: dict[str, str]    # the workspace
+    test: str                # the problem's test code (defines check)
+
+
+def _test_script(problem: dict) -> str:
+    return f"from solution import *\n\n{problem['test']}\n\ncheck({problem['entry_point']})\nprint('all tests passed')\n"
+
+
+def stub_task(p: dict) -> AgentTask:
+    prompt = p["prompt"] if p["prompt"].endswith("\n") else p["prompt"] + "\n"
+    return AgentTask(f"{p['task_id']}:stub", "stub", p["task_id"], p["entry_point"],
+                     f"implement `{p['entry_point']}` in solution.py: its docstring says what it must do. "
+                     "replace the `raise NotImplementedError` with a working body.",
+                     {"solution.py": prompt + STUB_BODY}, p["test"])
+
+
+def mutants(p: dict) -> list[str]:
+    """Every one-token swap in the canonical body, in source order from a start fixed by the id."""
+    prompt = p["prompt"] if p["prompt"].endswith("\n") else p["prompt"] + "\n"
+    source = prompt + p["canonical_solution"]
+    first_body_line = prompt.count("\n") + 1
+    lines = source.splitlines(keepends=True)
+    out = []
+    for t in tokenize.generate_tokens(io.StringIO(source).readline):
+        if t.start[0] < first_body_line or t.start[0] != t.end[0]:
+            continue
+        new = SWAPS.get(t.string) if t.type in (tokenize.OP, tokenize.NAME) else None
+        if t.type == tokenize.NUMBER and t.string.isdigit():
+            new = str(int(t.string) + 1)
+        if new is None:
+            continue
+        row, (c0, c1) = t.start[0] - 1, (t.start[1], t.end[1])
+        mutated = lines[:row] + [lines[row][:c0] + new + lines[row][c1:]] + lines[row + 1:]
+        text = "".join(mutated)
+        try:
+            compile(text, "solution.py", "exec")
+        except SyntaxError:
+            continue
+        out.append(text)
+    start = int(hashlib.sha256(p["task_id"].encode()).hexdigest()[:8], 16) % max(1, len(out))
+    return out[start:] + out[:start]
+
+
+# runs in a subprocess: the first mutant (by index) that fails the tests without hanging
+_PICK = r"""
+import json, signal, sys
+job = json.load(sys.stdin)
+class Hang(Exception): pass
+def alarm(*_): raise Hang()
+signal.signal(signal.SIGALRM, alarm)
+for i, src in enumerate(job["sources"]):
+    ns = {}
+    signal.alarm(2)
+    try:
+        exec(compile(src, "solution.py", "exec"), ns)
+        exec(job["test"], ns)
+        ns["check"](ns[job["entry"]])
+        signal.alarm(0)
+    except Hang:
+        continue
+    except BaseException:
+        signal.alarm(0)
+        print(i)
+        break
+"""
+
+
+def bugfix_task(p: dict) -> AgentTask | None:
+    """None when no swap breaks the tests (then the problem has only its stub task)."""
+    sources = mutants(p)
+    if not sources:
+        return None
+    job = json.dumps({"sources": sources, "test": p["test"], "entry": p["entry_point"]})
+    with tempfile.TemporaryDirectory(prefix="nanocode-mutants-") as cwd:
+        try:
+            r = subprocess.run([sys.executable, "-c", _PICK], input=job, capture_output=True, text=True,
+                               timeout=60, cwd=cwd)
+        except subprocess.TimeoutExpired:
+            return None
+    if not r.stdout.strip():
+        return None
+    buggy = sources[int(r.stdout.split()[0])]
+    return AgentTask(f"{p['task_id']}:bugfix", "bugfix", p["task_id"], p["entry_point"],
+                     f"`python test_solution.py` fails: there is a bug in `{p['entry_point']}` in solution.py. "
+                     "find it and fix it.",
+                     {"solution.py": buggy, "test_solution.py": _test_script(p)}, p["test"])
+
+
+def build_tasks(kinds=KINDS, limit: int | None = None, problems: list[dict] | None = None) -> list[AgentTask]:
+    """Tasks in a fixed order (problem by problem, stub then bugfix), the first `limit` of them."""
+    for k in kinds:
+        if k not in KINDS:
+            raise InputError(f"unknown task kind {k!r}: choose from {', '.join(KINDS)}")
+    tasks = []
+    for p in problems if problems is not None else held_out():
+        for kind in KINDS:
+            if kind not in kinds or (limit is not None and len(tasks) >= limit):
+                continue
+            task = stub_task(p) if kind == "stub" else bugfix_task(p)
+            if task is not None:
+                tasks.append(task)
+    return tasks
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT) -> tuple[bool, str]:
+    """(passed, last line of the output) of the problem's tests against the workspace's solution.py."""
+    solution = workspace / "solution.py"
+    if not solution.is_file():
+        return False, "solution.py is gone"
+    with tempfile.TemporaryDirectory(prefix="nanocode-hidden-") as d:
+        shutil.copy(solution, Path(d) / "solution.py")
+        (Path(d) / "hidden_test.py").write_text(
+            _test_script({"test": task.test, "entry_point": task.entry_point}), encoding="utf-8")
+        try:
+            r = subprocess.run([sys.executable, "hidden_test.py"], cwd=d, capture_output=True, text=True,
+                               timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return False, f"timed out after {timeout:g}s"
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    return r.returncode == 0, lines[-1][:200] if lines else ""
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    valid: int = 0
+    tool_errors: int = 0
+    recoveries: int = 0
+    _after_error: bool = field(default=False, repr=False)
+
+    def on_call(self, call: dict, spec) -> None:
+        self.calls += 1
+        self.valid += type_args(call, spec)[1] is None
+
+    def on_result(self, text: str) -> None:
+        if text.startswith("error"):
+            self.tool_errors += 1
+            self._after_error = True
+        elif self._after_error:
+            self.recoveries += 1
+            self._after_error = False
+
+
+def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int = 20) -> dict:
+    from agent.chat import auto_approve
+    from agent.session import Session
+    from agent.tools import Tools
+
+    workspace = Path(tempfile.mkdtemp(prefix="nanocode-agentic-"))
+    try:
+        for name, text in task.files.items():
+            (workspace / name).write_text(text, encoding="utf-8")
+        stats, errors = CallStats(), []
+
+        def on_event(kind, payload):
+            if kind == "call":
+                stats.on_call(payload, spec)
+            elif kind == "result":
+                stats.on_result(payload[1])
+            elif kind in ("error", "context_full"):
+                errors.append(str(payload))
+
+        session = Session(backend, Tools(workspace, spec), system_prompt, auto_approve(True), on_event,
+                          source="evals agentic", max_steps=max_steps)
+        t0 = time.perf_counter()
+        status = session.send(task.instruction)
+        passed, detail = hidden_tests(task, workspace)
+        stats_d = {k: v for k, v in asdict(stats).items() if not k.startswith("_")}
+        return {"id": task.id, "kind": task.kind, "problem": task.problem, "passed": passed, "status": status,
+                "test_output": detail, **stats_d, "server_errors": errors,
+                "seconds": time.perf_counter() - t0,
+                "messages": [m for m in session.messages if m["role"] != "system"]}
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def summarize(rows: list[dict]) -> dict:
+    n = len(rows)
+    calls = sum(r["calls"] for r in rows)
+    errors = sum(r["tool_errors"] for r in rows)
+    out = {"tasks": n, "passed": sum(r["passed"] for r in rows),
+           "pass_rate": sum(r["passed"] for r in rows) / n if n else None,
+           "calls": calls, "calls_per_task": calls / n if n else None,
+           "valid_call_rate": sum(r["valid"] for r in rows) / calls if calls else None,
+           "tool_errors": errors, "recoveries": sum(r["recoveries"] for r in rows),
+           "recovery_rate": sum(r["recoveries"] for r in rows) / errors if errors else None,
+           "statuses": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}}
+    for kind in KINDS:
+        sub = [r for r in rows if r["kind"] == kind]
+        if sub:
+            out[f"pass_rate_{kind}"] = sum(r["passed"] for r in sub) / len(sub)
+    return out
+
+
+def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = None, limit: int | None = None,
+             kinds=KINDS, soul=None, tools=None, max_steps: int = 20, max_tokens: int | None = 1024,
+             log=lambda *_: None) -> dict:
+    from agent.backend import OpenAIBackend
+
+    soul_, spec = load_soul(soul), load_tools(tools)
+    system_prompt = render_system_prompt(soul_, spec)
+    backend = OpenAIBackend(base_url, model=model, api_key=api_key, max_tokens=max_tokens)
+    backend.check()
+    t0 = time.perf_counter()
+    tasks = build_tasks(kinds, limit)
+    build_s = time.perf_counter() - t0
+    if not tasks:
+        raise InputError("no tasks to run (--limit 0?)")
+    rows, t0 = [], time.perf_counter()
+    for task in tasks:
+        rows.append(run_task(task, backend, spec, system_prompt, max_steps))
+        r = rows[-1]
+        log(f"{task.id}: {'pass' if r['passed'] else 'fail'} ({r['status']}, {r['calls']} calls)")
+    seconds = time.perf_counter() - t0
+    return {"kind": "agentic", "model": backend.model, "base_url": backend.base_url, "limit": limit,
+            "kinds": list(kinds), "max_steps": max_steps, "summary": summarize(rows),
+            "seconds": seconds, "build_seconds": build_s, "tasks_per_s": len(rows) / seconds,
+            "tasks": rows}
