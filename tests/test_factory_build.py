@@ -98,7 +98,7 @@ def test_offline_build_makes_real_rows_and_pairs_and_rebuilds_for_free(tmp_path)
     assert pq.read_table(tmp_path / "out" / "sft.parquet").num_rows == 149
     pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == s2["pairs"] and isinstance(pairs[0]["chosen"], list)
-    assert len(files) == 7 and json.loads((tmp_path / "out" / "manifest.json").read_text())["version"] == 2
+    assert len(files) == 14 and json.loads((tmp_path / "out" / "manifest.json").read_text())["version"] == 2  # + the Hub layout
     for bad in (lambda: diff(store, 1, 9), lambda: export(store, 9, tmp_path / "nope"), lambda: show(store, 0)):
         with pytest.raises(InputError, match=r"no version \d+ in .*\(versions: 1, 2\)"):
             bad()
