@@ -7,7 +7,7 @@ rejects with that stage and reason) and returns the counts for the build summary
                  the agentic eval's set): at least OVERLAP of the smaller side's word 8-grams
                  are shared with that problem's prompt (signature + docstring)
   dedup          the prompt repeats an earlier one exactly (after case and whitespace folding),
-                 or nearly: MinHash over word 5-gram shingles, LSH banding for candidates,
+                 or nearly: MinHash over word 3-gram shingles, LSH banding for candidates,
                  kept only if the estimated Jaccard similarity is at least NEAR
 
 The prompt is what the model is given: the instruction plus the starting files. The first row
@@ -21,10 +21,11 @@ from collections import defaultdict
 
 import numpy as np
 
-SHINGLE = 5       # words per shingle for near-duplicate detection
+SHINGLE = 3       # words per shingle: short prompts need short shingles (one changed word
+                  # spoils SHINGLE of them)
 PERMS = 128       # MinHash permutations
 BANDS = 32        # LSH bands of PERMS // BANDS rows: candidates from about Jaccard 0.5 up
-NEAR = 0.8        # estimated Jaccard at or above which two prompts are near-duplicates
+NEAR = 0.75       # estimated Jaccard at or above which two prompts are near-duplicates
 NGRAM = 8         # words per n-gram for decontamination
 OVERLAP = 0.5     # share of shared 8-grams (of the smaller side) that marks contamination
 
