@@ -1,0 +1,468 @@
+"""Scenario specs (scenarios/*.yaml) -> long multi-step tool rollouts.
+
+A spec names a task, its language and domain, the starting files, the change that solves it
+(`edits`, applied for real) and the events the rollout must hit: a Read of a missing file, a
+Grep with no match, the user refusing a Bash call or an Edit, a stale Edit, a failing then
+passing test run... The format is in scenarios/README.md; `load_spec` checks it and every
+problem is one InputError naming the file and the field.
+
+`expand` is the offline rollout: explore (events, Grep, Reads) -> reproduce (tests fail) ->
+fix (refusals, edits) -> verify (tests pass) -> the spec's summary. Every tool result is the
+real output of agent.tools.Tools in a temp copy of the files; a refused call is answered with
+agent.session.refused(reason), what the terminal agent records. An event that does not happen
+for real (the Grep matched, the tests passed before the fix) is a Skip: the spec is wrong.
+
+With a model, the generator writes the rollout from the spec (prompts/scenario.j2); `ground`
+then re-runs its calls so the tool results are real whatever the model wrote.
+"""
+
+import hashlib
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from agent.common import InputError
+from agent.session import refused
+from agent.spec import REPO_ROOT, render_system_prompt
+from agent.tools import Tools
+from factory.convert import Skip
+
+LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
+             "ruby", "kotlin", "yaml", "json", "toml", "markdown", "html", "css", "dockerfile", "make"}
+REQUIRED = {"task": str, "language": str, "domain": str, "files": dict, "edits": list}
+OPTIONAL = {"id": str, "search": str, "read": list, "test": str, "events": list, "summary": str}
+EDIT_KEYS = {"file_path", "new_string"}, {"old_string", "why"}
+# event -> (required args, optional args); `why` is the thinking line before the call
+EVENTS = {
+    "read_missing": ({"file_path"}, {"why"}),                # Read a file that is not there
+    "grep_no_match": ({"pattern"}, {"path", "glob", "why"}),  # a search that finds nothing
+    "bash": ({"command"}, {"why"}),                           # a look-around command
+    "command_fails": ({"command"}, {"why"}),                  # a command that exits non-zero
+    "tests_fail_then_pass": (set(), {"why"}),                 # `test` fails before the edits
+    "refuse_bash": ({"command", "reason"}, {"why"}),          # the user says no to a command
+    "refuse_edit": ({"file_path", "new_string", "reason"}, {"old_string", "why"}),
+    "edit_mismatch": ({"file_path", "old_string"}, {"why"}),  # an Edit whose old_string is stale
+}
+PHASE = {"read_missing": 0, "grep_no_match": 0, "bash": 0, "command_fails": 0,
+         "tests_fail_then_pass": 1, "refuse_bash": 2, "refuse_edit": 2, "edit_mismatch": 2}
+
+
+@dataclass
+class Scenario:
+    id: str
+    path: str
+    task: str
+    language: str
+    domain: str
+    files: dict
+    edits: list
+    search: str | None = None
+    read: list = field(default_factory=list)
+    test: str | None = None
+    events: list = field(default_factory=list)   # [(name, args)] in spec order
+    summary: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("id", "task", "language", "domain", "files", "search", "read",
+                                          "edits", "test", "summary") if getattr(self, k) not in (None, [])}
+        d["events"] = [name if not args else {name: args} for name, args in self.events]
+        return d
+
+
+# ------------------------------------------------------------------------------ the format
+
+def _bad_path(p) -> bool:
+    return not isinstance(p, str) or not p or p.startswith(("/", "~")) or ".." in Path(p).parts
+
+
+def _args(where: str, name: str, args, known: tuple) -> dict:
+    required, optional = known
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InputError(f"{where}: {name} takes a mapping of arguments, got {type(args).__name__}")
+    missing = sorted(required - set(args))
+    if missing:
+        raise InputError(f"{where}: {name} needs {', '.join(missing)}")
+    unknown = sorted(set(args) - required - optional)
+    if unknown:
+        raise InputError(f"{where}: {name} has unknown field(s) {', '.join(map(str, unknown))} "
+                         f"(its fields: {', '.join(sorted(required | optional))})")
+    for k, v in args.items():
+        if not isinstance(v, str) or (k != "new_string" and not v.strip()):
+            raise InputError(f"{where}.{k}: must be non-empty text")
+    return dict(args)
+
+
+def parse_spec(data, path: str, default_id: str = "") -> Scenario:
+    """A parsed YAML document -> Scenario, or InputError naming `path` and the field."""
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a scenario spec must be a YAML mapping")
+    unknown = sorted(set(map(str, data)) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise InputError(f"{path}: unknown field(s) {', '.join(unknown)} "
+                         f"(fields: {', '.join(sorted(REQUIRED))}; optional {', '.join(sorted(OPTIONAL))})")
+    for key, kind in {**REQUIRED, **OPTIONAL}.items():
+        if key in data and not isinstance(data[key], kind):
+            raise InputError(f"{path}: {key} must be {'text' if kind is str else 'a ' + kind.__name__}, "
+                             f"got {type(data[key]).__name__}")
+        if key in REQUIRED and not data.get(key):
+            raise InputError(f"{path}: {key} is required")
+    for key in ("task", "domain", "language"):
+        if not data[key].strip():
+            raise InputError(f"{path}: {key} is empty")
+    if data["language"] not in LANGUAGES:
+        raise InputError(f"{path}: language {data['language']!r} is not one of {', '.join(sorted(LANGUAGES))}")
+    sid = data.get("id") or default_id
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", sid or ""):
+        raise InputError(f"{path}: id {sid!r} must be lowercase letters, digits, '.', '_' or '-'")
+    files = data["files"]
+    for p, text in files.items():
+        if _bad_path(p):
+            raise InputError(f"{path}: files: {p!r} must be a relative path inside the workspace")
+        if not isinstance(text, str):
+            raise InputError(f"{path}: files.{p}: contents must be text, got {type(text).__name__}")
+    state = dict(files)  # the edits run on paper first: a wrong old_string is caught here
+    edits = []
+    for i, e in enumerate(data["edits"]):
+        where = f"{path}: edits[{i}]"
+        e = _args(where, "an edit", e, EDIT_KEYS)
+        if _bad_path(e["file_path"]):
+            raise InputError(f"{where}.file_path: {e['file_path']!r} must be a relative path")
+        _apply(state, e, where)
+        edits.append(e)
+    read = data.get("read", [])
+    for i, p in enumerate(read):
+        if p not in files:
+            raise InputError(f"{path}: read[{i}]: {p!r} is not one of the starting files")
+    if data.get("search") is not None:
+        _regex(data["search"], f"{path}: search")
+    events = []
+    for i, ev in enumerate(data.get("events", [])):
+        where = f"{path}: events[{i}]"
+        if isinstance(ev, str):
+            name, args = ev, None
+        elif isinstance(ev, dict) and len(ev) == 1:
+            (name, args), = ev.items()
+        else:
+            raise InputError(f"{where}: an event is a name or a one-key mapping {{name: {{args}}}}")
+        if name not in EVENTS:
+            raise InputError(f"{where}: unknown event {name!r} (events: {', '.join(sorted(EVENTS))})")
+        args = _args(f"{where}.{name}", name, args, EVENTS[name])
+        if name == "read_missing" and args["file_path"] in files:
+            raise InputError(f"{where}.read_missing.file_path: {args['file_path']!r} is a starting file")
+        if name == "grep_no_match":
+            _regex(args["pattern"], f"{where}.grep_no_match.pattern")
+        if name == "tests_fail_then_pass" and not data.get("test"):
+            raise InputError(f"{where}: tests_fail_then_pass needs the spec's `test` command")
+        events.append((name, args))
+    return Scenario(id=sid, path=path, task=_unwrap(data["task"]), language=data["language"],
+                    domain=data["domain"].strip(), files=dict(files), edits=edits, search=data.get("search"),
+                    read=list(read), test=data.get("test"), events=events,
+                    summary=_unwrap(data.get("summary") or "") or None)
+
+
+def _unwrap(text: str) -> str:
+    """Prose hard-wrapped in YAML as written by people: single newlines become spaces
+    (blank lines and fenced code stay), so a reply reads like one the agent would write."""
+    if "```" in text:
+        return text.strip()
+    return re.sub(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)", " ", text.strip())
+
+
+def _regex(pattern: str, where: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise InputError(f"{where}: invalid regular expression {pattern!r}: {e}") from None
+
+
+def _apply(state: dict, e: dict, where: str) -> None:
+    p, old = e["file_path"], e.get("old_string")
+    if old is None:
+        if p in state:
+            raise InputError(f"{where}: creates {p!r}, which already exists (give old_string to change it)")
+        state[p] = e["new_string"]
+        return
+    text = state.get(p)
+    if text is None:
+        raise InputError(f"{where}.file_path: {p!r} is neither a starting file nor created by an earlier edit")
+    n = text.count(old)
+    if n != 1:
+        raise InputError(f"{where}.old_string: occurs {n} times in {p!r} (must be exactly once)")
+    state[p] = text.replace(old, e["new_string"], 1)
+
+
+def load_spec(path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such scenario file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read it ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}: bad YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    return parse_spec(data, str(path), default_id=path.stem)
+
+
+def spec_files(where: str | Path, glob: str = "*.yaml") -> list[Path]:
+    """The spec files under a directory (recursive) or a glob; InputError if there are none."""
+    base = Path(where)
+    if not base.is_absolute() and not base.exists():
+        base = REPO_ROOT / base  # repo-relative defaults work from any directory
+    files = sorted(base.rglob(glob)) if base.is_dir() else sorted(base.parent.glob(base.name))
+    if not files:
+        raise InputError(f"scenarios {where}: no spec files ({glob}) found")
+    return files
+
+
+# ------------------------------------------------------------------------------ the source
+
+@dataclass
+class ScenarioSource:
+    """The specs under `dir` matching `glob` (recursive). A spec that fails validation is not
+    fatal: it becomes a seed the converter rejects, with the error as the reason."""
+    dir: str = "scenarios"
+    glob: str = "*.yaml"
+    label: str = "scenarios"
+
+    def __post_init__(self):
+        self.name, self.columns = self.label, {"dir": self.dir, "glob": self.glob}
+
+    @property
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for p in spec_files(self.dir, self.glob):
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+        return h.hexdigest()
+
+    def seeds(self) -> list[dict]:
+        out, seen = [], set()
+        for p in spec_files(self.dir, self.glob):
+            try:
+                spec, error = load_spec(p), None
+                sid = spec.id
+            except InputError as e:
+                spec, error, sid = None, str(e), p.stem
+            if sid in seen:
+                spec, error, sid = None, f"{p}: id {sid!r} is used by another spec", f"{sid}@{p}"
+            seen.add(sid)
+            out.append({"input_id": f"{self.name}:{sid}", "source": self.name, "source_id": sid,
+                        "instruction": spec.task if spec else "", "answer": "",
+                        "workspace": dict(spec.files) if spec else {}, "scenario": spec, "scenario_error": error})
+        return out
+
+
+# ------------------------------------------------------------------------------ the rollout
+
+def _pick(options: list[str], key: str) -> str:
+    """A stable choice: the same spec always reads the same, different specs vary."""
+    return options[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(options)]
+
+
+def _code(s: str) -> str:
+    s = " ".join(s.split())
+    return f"`{s if len(s) <= 60 else s[:57] + '...'}`"
+
+
+SAY = {
+    "search": ["let me find {x} first", "looking for {x}", "quick search for {x} before touching anything",
+               "where does {x} live? searching"],
+    "read": ["reading {x}", "let me see {x} in full", "opening {x}", "having a look at {x}"],
+    "reread": ["my copy of {x} was stale, reading it again", "re-reading {x} to get the exact text"],
+    "read_missing": ["checking {x} for context", "is there a {x}? it might explain the setup",
+                     "peeking at {x} first"],
+    "grep_no_match": ["does anything already use {x}?", "checking for an existing {x}", "searching for {x}"],
+    "bash": ["running {x} to get a picture", "quick look with {x}"],
+    "command_fails": ["trying {x}", "let me run {x}"],
+    "test_before": ["running the tests first to see it fail", "reproducing it with {x}",
+                    "let me watch the tests fail before changing anything"],
+    "test_after": ["running the tests again", "checking with {x}", "now the tests, {x}"],
+    "edit": ["fixing {x}", "now the change in {x}", "editing {x}", "on to {x}"],
+    "create": ["creating {x}", "adding {x}", "writing {x}"],
+    "refuse_bash": ["running {x} first", "i want to run {x} before the change"],
+    "refuse_edit": ["changing {x}", "editing {x}"],
+    "edit_mismatch": ["changing {x}", "editing {x}"],
+}
+ACK = {  # the next thinking line starts by reacting to what just happened
+    "read_missing": ["no such file, fine.", "not there, ok."],
+    "grep_no_match": ["nothing, so nothing else depends on it.", "no matches."],
+    "command_fails": ["that failed (exit {code}), moving on.", "no luck there (exit {code})."],
+    "test_before": ["reproduced, the tests fail.", "there's the failure."],
+    "refuse_bash": ["ok, skipping that.", "fair enough, no {x} then."],
+    "refuse_edit": ["got it, leaving that alone.", "ok, a different route then."],
+}
+
+
+class _Rollout:
+    def __init__(self, spec: Scenario, tools: Tools):
+        self.spec, self.tools, self.messages, self.ack = spec, tools, [], ""
+
+    def say(self, kind: str, x: str, why: str | None, n: int) -> str:
+        text = why or _pick(SAY[kind], f"{self.spec.id}/{kind}/{n}").format(x=x)
+        text, self.ack = (f"{self.ack} {text}" if self.ack else text), ""
+        return text
+
+    def call(self, text: str, name: str, args: dict, result: str | None = None) -> str:
+        call = {"name": name, "args": args}
+        if result is None:
+            result = self.tools.run(call)
+        self.messages.append({"role": "assistant", "content": text, "tool_calls": [call]})
+        self.messages.append({"role": "tool", "name": name, "content": result})
+        return result
+
+    def react(self, kind: str, n: int, **fmt) -> None:
+        self.ack = _pick(ACK[kind], f"{self.spec.id}/ack/{kind}/{n}").format(**fmt)
+
+
+def _fail(spec: Scenario, what: str) -> Skip:
+    return Skip("scenario", f"{spec.path}: {what}")
+
+
+def _code_of(result: str) -> str:
+    m = re.match(r"exit code: (-?\d+)", result)
+    return m[1] if m else "none"
+
+
+def expand(spec: Scenario, tools: Tools) -> list[dict]:
+    """The rollout's messages after the user turn, run for real in `tools`' workspace (which
+    must hold the starting files)."""
+    r = _Rollout(spec, tools)
+    ordered = sorted(enumerate(spec.events), key=lambda ie: (PHASE[ie[1][0]], ie[0]))
+    edited = list(dict.fromkeys(e["file_path"] for e in spec.edits if e["file_path"] in spec.files))
+    reads = spec.read or edited or sorted(spec.files)[:1]
+
+    def event(i, name, args):
+        where = f"events[{i}] {name}"
+        why = args.get("why")
+        if name == "read_missing":
+            res = r.call(r.say(name, _code(args["file_path"]), why, i), "Read", {"file_path": args["file_path"]})
+            if not res.startswith("error:"):
+                raise _fail(spec, f"{where}: {args['file_path']!r} was read without an error")
+            r.react(name, i)
+        elif name == "grep_no_match":
+            call = {k: args[k] for k in ("pattern", "path", "glob") if k in args}
+            res = r.call(r.say(name, _code(args["pattern"]), why, i), "Grep", call)
+            if res != "no matches":
+                raise _fail(spec, f"{where}: wanted `no matches`, got: {res.splitlines()[0][:120]}")
+            r.react(name, i)
+        elif name in ("bash", "command_fails"):
+            res = r.call(r.say(name, _code(args["command"]), why, i), "Bash", {"command": args["command"]})
+            if name == "command_fails":
+                if res.startswith("exit code: 0"):
+                    raise _fail(spec, f"{where}: {args['command']!r} exited 0")
+                r.react(name, i, code=_code_of(res))
+        elif name == "tests_fail_then_pass":
+            res = r.call(r.say("test_before", _code(spec.test), why, i), "Bash", {"command": spec.test})
+            if res.startswith("exit code: 0"):
+                raise _fail(spec, f"{where}: the tests passed before the edits ({spec.test!r})")
+            r.react("test_before", i)
+        elif name == "refuse_bash":
+            r.call(r.say(name, _code(args["command"]), why, i), "Bash", {"command": args["command"]},
+                   refused(args["reason"]))
+            r.react(name, i, x=_code(args["command"]))
+        elif name == "refuse_edit":
+            call = {k: args[k] for k in ("file_path", "old_string", "new_string") if k in args}
+            r.call(r.say(name, _code(args["file_path"]), why, i), "Edit", call, refused(args["reason"]))
+            r.react(name, i)
+        elif name == "edit_mismatch":
+            res = r.call(r.say(name, _code(args["file_path"]), why, i), "Edit",
+                         {"file_path": args["file_path"], "old_string": args["old_string"],
+                          "new_string": args["old_string"] + "\n"})
+            if not res.startswith("error:"):
+                raise _fail(spec, f"{where}: the stale old_string applied: it must not be in {args['file_path']!r}")
+            r.call(r.say("reread", _code(args["file_path"]), None, i), "Read", {"file_path": args["file_path"]})
+
+    for i, (name, args) in ordered:
+        if PHASE[name] == 0:
+            event(i, name, args)
+    if spec.search:
+        r.call(r.say("search", _code(spec.search), None, 0), "Grep", {"pattern": spec.search})
+    for n, p in enumerate(reads):
+        res = r.call(r.say("read", _code(p), None, n), "Read", {"file_path": p})
+        if res.startswith("error:"):
+            raise _fail(spec, f"read[{n}]: {res}")
+    for i, (name, args) in ordered:
+        if PHASE[name] > 0:
+            event(i, name, args)
+    for n, e in enumerate(spec.edits):
+        call = {k: e[k] for k in ("file_path", "old_string", "new_string") if k in e}
+        kind = "edit" if "old_string" in e else "create"
+        res = r.call(r.say(kind, _code(e["file_path"]), e.get("why"), n), "Edit", call)
+        if res.startswith("error:"):
+            raise _fail(spec, f"edits[{n}]: {res}")
+    if spec.test:
+        res = r.call(r.say("test_after", _code(spec.test), None, 0), "Bash", {"command": spec.test})
+        if not res.startswith("exit code: 0"):
+            raise _fail(spec, f"the tests fail after the edits ({spec.test!r}):\n{res[:600]}")
+    r.messages.append({"role": "assistant", "content": spec.summary or _summary(spec)})
+    return r.messages
+
+
+def _summary(spec: Scenario) -> str:
+    changed = sorted({e["file_path"] for e in spec.edits})
+    text = "done: changed " + ", ".join(f"`{p}`" for p in changed) + "."
+    return text + (f" {_code(spec.test)} passes now." if spec.test else "")
+
+
+def workspace_tools(root: str, files: dict, spec) -> Tools:
+    """Tools on `root` holding `files`, written the way the agent would (Edit creates)."""
+    tools = Tools(root, spec)
+    for p, text in files.items():
+        full = Path(tools.root, p)
+        full.parent.mkdir(parents=True, exist_ok=True)
+        full.write_text(text, encoding="utf-8")
+    return tools
+
+
+@dataclass
+class ScenarioConverter:
+    system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
+
+    def convert(self, seed: dict, soul, spec) -> dict:
+        if seed.get("scenario_error"):
+            raise Skip("scenario", seed["scenario_error"])
+        scenario = seed.get("scenario")
+        if not isinstance(scenario, Scenario):
+            raise Skip("convert", "not a scenario input (the scenario converter reads the scenarios source)")
+        with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
+            messages = [{"role": "user", "content": scenario.task},
+                        *expand(scenario, workspace_tools(root, scenario.files, spec))]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": render_system_prompt(soul, spec)})
+        # with a model, the generator writes from the spec (prompts/scenario.j2) and `ground`
+        # makes its tool results real
+        return {"messages": messages, "workspace": dict(scenario.files), "prompt": "scenario",
+                "scenario": scenario.to_dict(), "ground": lambda m: ground(m, scenario.files, spec)}
+
+
+CONVERTERS = {"scenario": ScenarioConverter}
+
+
+def ground(messages: list[dict], files: dict, spec) -> list[dict]:
+    """A model-written rollout with every tool result replaced by the real one, run in order
+    in a fresh copy of `files`. A refusal the model wrote for a call that needs approval is
+    kept (the user's answer is not the tool's to give). Messages whose calls and results do
+    not line up are left as they are: the grammar critic reports them."""
+    out = json.loads(json.dumps(messages))
+    with tempfile.TemporaryDirectory(prefix="nanocode-ground-") as root:
+        tools, pending = workspace_tools(root, files, spec), []
+        for m in out:
+            if m.get("role") == "assistant":
+                pending = [c for c in m.get("tool_calls") or [] if isinstance(c, dict)]
+            elif m.get("role") == "tool" and pending:
+                call = pending.pop(0)
+                said = m.get("content") or ""
+                if said.startswith("the user refused") and tools.needs_approval(str(call.get("name"))):
+                    continue
+                m["content"], m["name"] = tools.run(call), call.get("name")
+    return out
