@@ -91,7 +91,7 @@ def plan(config, backend: BackendConfig):
     notes += [f"critic {c['name']}" for c, s in zip(critics, stages.critics) if not s.needs_model]
     effective = {"source": config.source, "converter": converter, "generator": generator,
                  "critics": critics, "reviser": reviser, "pairs": pairs,
-                 "max_rounds": config.max_rounds, "replay": replay, "backend": backend.fingerprint()}
+                 "max_rounds": config.max_rounds, "dedup": config.dedup, "replay": replay, "backend": backend.fingerprint()}
     return stages, effective, notes
 
 
@@ -118,7 +118,7 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
     seeds = source.seeds()
     if limit is not None:
         seeds = seeds[:limit]
-    screened = screen(seeds)  # dedup + decontamination: marked seeds become rejects
+    screened = screen(seeds, dedup=config.dedup)  # dedup + decontamination: marked seeds become rejects
     inputs_sha = _sha([source.sha256, source.columns, limit])
     # the seed file's path is not identity (its bytes are, in inputs_sha256): a build run from
     # another directory is still up to date

@@ -33,6 +33,7 @@ class BuildConfig:
     backend: dict = field(default_factory=lambda: {"name": "offline"})
     max_rounds: int = 4    # attempts per input: the first draft plus revisions
     chunk_size: int = 16   # inputs per committed Parquet part: what a kill can cost at most
+    dedup: bool = True     # drop exact and near-duplicate prompts (decontamination always runs)
     path: str = "<defaults>"
 
     def to_dict(self) -> dict:
@@ -68,6 +69,8 @@ def load_config(path=None) -> BuildConfig:
         value = getattr(config, key)
         if type(value) is not int or value < 1:
             raise InputError(f"{path}: {key} must be a positive integer, got {value!r}")
+    if not isinstance(config.dedup, bool):
+        raise InputError(f"{path}: dedup must be true or false, got {config.dedup!r}")
     if not isinstance(config.critics, list):
         raise InputError(f"{path}: critics must be a list of stages")
     return config

@@ -95,8 +95,8 @@ class Contamination:
         return (best[1], best[0]) if best and best[0] >= OVERLAP else None
 
 
-def screen(seeds: list[dict], contamination: Contamination | None = None) -> dict:
-    """Mark contaminated and duplicate seeds (in place); returns the counts."""
+def screen(seeds: list[dict], contamination: Contamination | None = None, dedup: bool = True) -> dict:
+    """Mark contaminated and (with `dedup`) duplicate seeds, in place; returns the counts."""
     contamination = contamination or Contamination()
     counts = {"decontaminated": 0, "exact duplicates": 0, "near duplicates": 0}
     live = [s for s in seeds if not s.get("skip")]
@@ -107,6 +107,8 @@ def screen(seeds: list[dict], contamination: Contamination | None = None) -> dic
             tid, share = found
             seed["skip"] = ["decontaminate", f"overlaps held-out {tid} ({share:.0%} of {NGRAM}-word n-grams)"]
             counts["decontaminated"] += 1
+    if not dedup:
+        return {"decontaminated": counts["decontaminated"]}
     exact, buckets, sigs, cache = {}, defaultdict(list), {}, {}
     rows = PERMS // BANDS
     for seed in (s for s in live if not s.get("skip")):

@@ -122,6 +122,8 @@ def test_dedup_and_decontamination_mark_rows_with_reasons():
     assert seeds[2]["skip"][0] == "dedup" and seeds[2]["skip"][1].startswith("near duplicate of a:1")
     assert "skip" not in seeds[0] and "skip" not in seeds[3]
     assert seeds[4]["skip"][0] == "decontaminate" and held_out()[5]["task_id"] in seeds[4]["skip"][1]
+    again = [seed_row("a", str(n), base, "x") for n in range(3)]
+    assert screen(again, dedup=False) == {"decontaminated": 0} and not any("skip" in s for s in again)
     # MinHash estimates track the real similarity; unrelated prompts are far apart
     assert (signature(base) == signature(seeds[2]["instruction"])).mean() >= NEAR
     assert (signature(base) == signature(seeds[3]["instruction"])).mean() < 0.2
