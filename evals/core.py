@@ -19,6 +19,7 @@ named in the result.
 """
 
 import csv
+import functools
 import json
 import random
 import time
@@ -164,24 +165,31 @@ def spans(token_seqs: list[list[int]], kind: str) -> tuple[list[list[int]], list
 # ----------------------------------------------------------------------------- scoring
 
 
+@functools.cache
+def _losses_fn(cfg):
+    """One jitted (losses, argmax) function per model shape, shared by every Scorer."""
+    from trainer import model
+
+    def run(p, ids):
+        logits = model.forward(p, ids, cfg)
+        targets = jnp.roll(ids, -1, axis=1)
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return jax.nn.logsumexp(logits, axis=-1) - picked, logits.argmax(-1)
+
+    return jax.jit(run)
+
+
 class Scorer:
     """Per-position losses and greedy predictions of a model, in a few padded shapes."""
 
     def __init__(self, params, cfg, tok):
-        from trainer import model
-
         self.params, self.cfg, self.tok = params, cfg, tok
-
-        def run(p, ids):
-            logits = model.forward(p, ids, cfg)
-            targets = jnp.roll(ids, -1, axis=1)
-            picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-            return jax.nn.logsumexp(logits, axis=-1) - picked, logits.argmax(-1)
-
-        self.fn = jax.jit(run)
+        self.fn = _losses_fn(cfg)
 
     def __call__(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        rows = 1 << (len(seqs) - 1).bit_length()      # padded shapes: powers of two, few compiles
+        # padded shapes, so few compiles: rows a power of two from 4 (most tasks have 2-4
+        # choices), widths a power of two from 64
+        rows = max(4, 1 << (len(seqs) - 1).bit_length())
         width = max(64, 1 << (max(map(len, seqs)) - 1).bit_length())
         ids = np.full((rows, width), self.tok.bos_id, np.int32)
         for i, s in enumerate(seqs):

@@ -1,0 +1,324 @@
+"""evals/: bpb, CORE, the agentic eval, SOUL adherence, preference accuracy and the run report,
+on a tiny real run (pretrain + DPO, trained in-process) and loopback OpenAI-compatible servers."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from agent.common import InputError
+from agent.spec import load_soul
+from evals import agentic, bpb, core, preference, report, runs, soul
+from factory.heldout import humaneval_problems, is_held_out
+from tests import fake_model
+from tests.conftest import BIN, REPO
+from tests.scripted_server import ScriptedServer
+from trainer import cli as trainer_cli, configs, corpus, model, train
+from trainer.tokenizer import Tokenizer
+
+BUNDLE = REPO / "tests/fixtures/core"
+SMALL_TOOLS = REPO / "tests/fixtures/spec/tools_small.yaml"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """ROOT/run/{pretrain,dpo}: a d1 model (seq 512) pretrained 3 steps, then 2 DPO steps; pairs and
+    conversations beside it."""
+    root = tmp_path_factory.mktemp("evals")
+    corpus.build_local(root / "corpus", max_chars=600_000, val_fraction=0.1)
+    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=300_000), vocab_size=512)
+    tok.save(root / "tok")
+    cfg = configs.get_config("d1", vocab_size=tok.vocab_size, seq_len=512, device_batch_size=2,
+                             total_batch_tokens=1024, num_steps=3, eval_every=2, eval_tokens=1024, sample_every=0)
+    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "run" / "pretrain"),
+                log=lambda *a: None)
+    pairs = [{"prompt": [{"role": "user", "content": f"where is parse defined? ({i})"}],
+              "chosen": [{"role": "assistant", "content": "it is in utils.py."}],
+              "rejected": [{"role": "assistant", "content": "Certainly! I would be happy to help you with that."}]}
+             for i in range(40)]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    convs = [{"messages": p["prompt"] + p["chosen"]} for p in pairs]
+    (root / "convs.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    trainer_cli._finetune("dpo", root / "run" / "pretrain", root / "run" / "dpo", [str(root / "pairs.jsonl")],
+                          dict(num_steps=2, device_batch_size=2, lr_scale=0.1), 0.25, 0, False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(root):
+    return train.load_model(root / "run" / "dpo")
+
+
+def last_val(stage_dir):
+    return [e for e in runs.read_metrics(stage_dir) if e["event"] == "val"][-1]
+
+
+# ----------------------------------------------------------------------------- runs and bpb
+
+
+def test_a_root_holds_stages_and_model_evals_use_the_last(root):
+    assert list(runs.stages(root / "run")) == ["pretrain", "dpo"]
+    assert runs.stages(root / "run" / "dpo") == {"dpo": root / "run" / "dpo"}
+    assert runs.model_dir(root / "run") == root / "run" / "dpo"
+    (root / "empty").mkdir(exist_ok=True)
+    with pytest.raises(InputError, match="no checkpoint to evaluate"):
+        runs.model_dir(root / "empty")
+
+
+def test_bpb_is_trainings_own_validation_number(root):
+    pre = root / "run" / "pretrain"
+    r = bpb.evaluate(pre, root / "corpus", max_tokens=1024, batch_size=2)
+    val = last_val(pre)
+    assert r["bpb"]["prose"] == pytest.approx(val["val_bpb_prose"], rel=1e-5)
+    assert r["bpb"]["code"] == pytest.approx(val["val_bpb_code"], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- CORE
+
+
+def test_the_fixture_bundle_loads_and_prompts_render_like_nanochat(tiny_tok):
+    tasks, problems = core.load_bundle(BUNDLE)
+    assert problems == [] and [(t.label, t.kind, t.num_fewshot, t.baseline) for t in tasks] == [
+        ("tiny_mc", "multiple_choice", 2, 0.25), ("tiny_schema", "schema", 0, 0.5), ("tiny_lm", "language_modeling", 1, 0.0)]
+    mc, schema, lm = tasks
+    shot = mc.data[1]
+    p = core.prompts(mc.data[0], mc.kind, mc.delimiter, [shot])
+    assert p[0] == f"{shot['query']}\nAnswer: json\n\n{mc.data[0]['query']}\nAnswer: def" and len(p) == 4
+    # schema: different contexts, one continuation, scored on the shared suffix
+    seqs = [[tiny_tok.bos_id] + tiny_tok.encode(x) for x in core.prompts(schema.data[0], schema.kind, " ", [])]
+    runs_, starts, ends = core.spans(seqs, schema.kind)
+    scored = {tuple(s[st:e]) for s, st, e in zip(seqs, starts, ends)}
+    assert len(scored) == 1 and tiny_tok.decode(list(scored.pop())).endswith(" there was nothing to read.")
+    assert core.prompts(lm.data[0], lm.kind, " ", []) == ["import os\nimport", "import os\nimport sys"]
+
+
+def test_core_picks_the_choice_with_the_lowest_mean_loss_under_the_model(loaded):
+    params, cfg, tok, _ = loaded
+    tasks, _ = core.load_bundle(BUNDLE)
+    mc = tasks[0]
+    item = mc.data[2]
+    got = core.score_example(core.Scorer(params, cfg, tok), item, mc.kind, mc.delimiter, [])
+    # independently: each choice's mean token loss, from the model's own token_losses
+    means = []
+    prefix = [tok.bos_id] + tok.encode(item["query"] + mc.delimiter)
+    for choice in item["choices"]:
+        ids = [tok.bos_id] + tok.encode(item["query"] + mc.delimiter + choice)
+        start = next(i for i in range(len(ids)) if i >= len(prefix) or ids[i] != prefix[i])
+        x, y = np.zeros((1, 64), np.int32), np.full((1, 64), -1, np.int32)  # one shape: one compile
+        x[0, :len(ids) - 1], y[0, start - 1:len(ids) - 1] = ids[:-1], ids[start:]
+        losses = np.asarray(model.token_losses(params, x, y, cfg))[0]
+        means.append(losses[start - 1:len(ids) - 1].mean())
+    np.testing.assert_allclose(got["losses"], means, rtol=1e-4)
+    assert got["pred"] == int(np.argmin(means)) and got["correct"] == (got["pred"] == item["gold"])
+
+
+@pytest.fixture(scope="module")
+def core_result(root, loaded):
+    return core.evaluate(root / "run" / "dpo", BUNDLE, loaded=loaded)
+
+
+def test_core_centers_each_task_and_averages(root, loaded, core_result):
+    r = core_result
+    assert [t["task"] for t in r["tasks"]] == ["tiny_mc", "tiny_schema", "tiny_lm"] and r["missing"] == []
+    for t in r["tasks"]:
+        assert t["centered"] == pytest.approx((t["accuracy"] - t["baseline"]) / (1 - t["baseline"]))
+    assert r["core"] == pytest.approx(np.mean([t["centered"] for t in r["tasks"]]))
+    assert core.evaluate(root / "run" / "dpo", BUNDLE, max_per_task=2, loaded=loaded)["tasks"][0]["examples"] == 2
+
+
+def test_a_bundle_with_missing_files_scores_what_it_has_and_names_the_rest(root, loaded, tmp_path):
+    shutil.copytree(BUNDLE, tmp_path / "eval_bundle")
+    (tmp_path / "eval_bundle/eval_data/tiny/lm.jsonl").unlink()
+    r = core.evaluate(root / "run" / "dpo", tmp_path, loaded=loaded)  # the zip's layout: DIR/eval_bundle
+    assert [t["task"] for t in r["tasks"]] == ["tiny_mc", "tiny_schema"]
+    assert r["missing"] == ["tiny_lm: data file eval_data/tiny/lm.jsonl is missing"]
+    (tmp_path / "eval_bundle/eval_meta_data.csv").unlink()
+    with pytest.raises(InputError, match="eval_meta_data.csv: missing"):
+        core.load_bundle(tmp_path)
+    with pytest.raises(InputError, match="no eval bundle at"):
+        core.load_bundle(tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------- agentic tasks
+
+
+def test_tasks_are_held_out_problems_with_a_stub_or_one_injected_bug():
+    tasks = agentic.build_tasks(limit=6)
+    assert [t.kind for t in tasks] == ["stub", "bugfix"] * 3
+    assert all(is_held_out(t.problem) for t in tasks)
+    assert [t.files for t in agentic.build_tasks(limit=6)] == [t.files for t in tasks]  # deterministic
+    problems = humaneval_problems()
+    for t in tasks:
+        p = problems[t.problem]
+        canonical = p["prompt"] + p["canonical_solution"]
+        if t.kind == "bugfix":
+            diff = [(a, b) for a, b in zip(canonical.splitlines(), t.files["solution.py"].splitlines()) if a != b]
+            assert len(diff) == 1 and len(canonical.splitlines()) == len(t.files["solution.py"].splitlines())
+            assert "test_solution.py" in t.files
+        else:
+            assert t.files["solution.py"].endswith(agentic.STUB_BODY)
+
+
+def test_hidden_tests_fail_the_given_code_and_pass_the_canonical_solution(tmp_path):
+    problems = humaneval_problems()
+    for t in agentic.build_tasks(limit=4):
+        (tmp_path / "solution.py").write_text(t.files["solution.py"])
+        assert agentic.hidden_tests(t, tmp_path)[0] is False
+        p = problems[t.problem]
+        (tmp_path / "solution.py").write_text(p["prompt"] + p["canonical_solution"])
+        assert agentic.hidden_tests(t, tmp_path) == (True, "all tests passed")
+    (tmp_path / "solution.py").write_text("def f():\n    while True: pass\n" + p["prompt"] + p["canonical_solution"]
+                                          + "\nf()\n")
+    assert agentic.hidden_tests(t, tmp_path, timeout=1) == (False, "timed out after 1s")
+
+
+def solver(body: dict) -> dict:
+    """A model that solves the task: a Read of a wrong file (a tool error), a Read that works (a
+    recovery), an Edit to the canonical solution, a Bash run of the tests, then a short reply."""
+    messages = body["messages"]
+    task = next(m["content"] for m in messages if m["role"] == "user")
+    entry = re.search(r"`(\w+)`(?: in solution.py)", task).group(1)
+    p = next(p for p in humaneval_problems().values() if p["entry_point"] == entry and is_held_out(p["task_id"]))
+    turn = sum(m["role"] == "assistant" for m in messages)
+    if turn == 0:
+        return {"text": "looking", "tool_calls": [{"name": "Read", "arguments": {"file_path": "nope.py"}}]}
+    if turn == 1:
+        return {"text": "reading it", "tool_calls": [{"name": "Read", "arguments": {"file_path": "solution.py"}}]}
+    if turn == 2:
+        current = re.sub(r"^ *\d+→", "", messages[-1]["content"], flags=re.M)
+        body_start = len(p["prompt"]) if current.startswith(p["prompt"]) else current.index(p["prompt"].rstrip())
+        return {"text": "fixing", "tool_calls": [{"name": "Edit", "arguments": {
+            "file_path": "solution.py", "old_string": current[body_start:].rstrip("\n") or current,
+            "new_string": p["canonical_solution"].rstrip("\n")}}]}
+    if turn == 3:
+        return {"text": "testing", "tool_calls": [{"name": "Bash", "arguments": {
+            "command": f"python -c 'import solution; print(solution.{entry})'"}}]}
+    return {"text": "done, it works now."}
+
+
+def test_a_model_that_solves_the_tasks_passes_them_all():
+    with ScriptedServer(respond=solver) as server:
+        r = agentic.evaluate(server.base_url, limit=4)
+    s = r["summary"]
+    assert [t["passed"] for t in r["tasks"]] == [True] * 4, [t["test_output"] for t in r["tasks"]]
+    assert s["pass_rate"] == 1.0 and s["pass_rate_stub"] == s["pass_rate_bugfix"] == 1.0
+    assert s["calls"] == 16 and s["calls_per_task"] == 4 and s["valid_call_rate"] == 1.0
+    assert s["tool_errors"] == 4 and s["recoveries"] == 4 and s["statuses"] == {"done": 4}
+    assert r["tasks_per_s"] > 0 and r["tasks"][0]["messages"][0]["role"] == "user"
+
+
+def test_garbage_fails_and_the_invalid_calls_are_counted(tmp_path):
+    def garbage(body):
+        if sum(m["role"] == "assistant" for m in body["messages"]) == 0:
+            return {"text": "@@ ##", "tool_calls": [{"name": "Edit", "arguments": "{not json"},
+                                                    {"name": "Launch", "arguments": {"x": 1}}]}
+        return {"text": "zzz"}
+
+    with ScriptedServer(respond=garbage) as server:
+        r = subprocess.run([str(BIN / "evals"), "agentic", "--base-url", server.base_url, "--limit", "2",
+                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "evals/agentic.json").read_text())
+    s = result["summary"]
+    assert s["pass_rate"] == 0 and s["calls"] == 4 and s["valid_call_rate"] == 0.0
+    assert s["tool_errors"] == 4 and s["recoveries"] == 0
+    assert "valid calls" in r.stdout and "0.0%" in r.stdout
+
+
+def test_the_agentic_eval_runs_a_real_checkpoint_through_the_server(root):
+    from trainer.server import serve_in_background
+
+    url, name = serve_in_background(root / "run" / "dpo")
+    r = agentic.evaluate(url, name, limit=1, tools=SMALL_TOOLS, max_tokens=32, max_steps=3)
+    [task] = r["tasks"]
+    # a 3-step model writes noise; what counts is that the loop ran to a status and was judged
+    assert task["status"] in ("done", "step_limit", "context_full", "error") and task["passed"] is False
+    assert r["model"] == "dpo" and r["summary"]["tasks"] == 1
+
+
+# ----------------------------------------------------------------------------- SOUL and preference
+
+
+def test_soul_rates_count_each_rule_over_the_replies():
+    rules = load_soul(None).rules
+    replies = [{"prompt": "a", "message": {"role": "assistant", "content": "done, the tests pass."}},
+               {"prompt": "b", "message": {"role": "assistant", "content": "Certainly! I Fixed It."}}]
+    r = soul.rates(replies, rules)
+    assert r["replies"] == 2 and r["all_pass_rate"] == 0.5
+    assert r["rules"]["lowercase_prose"] == {"replies": 2, "pass_rate": 0.5}
+    assert replies[1]["checks"]["lowercase_prose"]["ok"] is False
+
+
+def test_soul_eval_generates_replies_and_asks_an_optional_judge(root, loaded):
+    from factory.backends import BackendConfig
+
+    with ScriptedServer(respond=fake_model.respond) as server:
+        cfg = BackendConfig(name="openai", model="scripted", base_url=server.base_url)
+        r = soul.evaluate(root / "run" / "dpo", data=[str(root / "convs.jsonl")], limit=2, tools=SMALL_TOOLS,
+                          max_tokens=16, judge_cfg=cfg, loaded=loaded)
+    assert r["replies"] == 2 and len(r["samples"]) == 2 and 0 <= r["all_pass_rate"] <= 1
+    assert set(r["rules"]) >= {"lowercase_prose", "banned_phrases"}
+    assert r["judge"] == {"model": "scripted", "rated": 2, "unrated": 0, "mean_rating": 9.0}
+    assert "where is parse defined" in server.requests[0]["messages"][0]["content"]
+
+
+def test_preference_accuracy_is_dpos_own_validation_number(root, loaded):
+    dpo_dir = root / "run" / "dpo"
+    r = preference.evaluate(dpo_dir, [str(root / "pairs.jsonl")], val_fraction=0.25, loaded=loaded)
+    val = last_val(dpo_dir)
+    assert r["reference"] == str(root / "run" / "pretrain")
+    assert r["reward_accuracy"] == pytest.approx(val["val_rewards/accuracies"])
+    assert r["reward_margin"] == pytest.approx(val["val_rewards/margins"], rel=1e-4, abs=1e-7)
+    pre = preference.evaluate(root / "run" / "pretrain", [str(root / "pairs.jsonl")], val_fraction=0.25)
+    assert "reward_accuracy" not in pre and "did not start from another run" in pre["note"]
+    with pytest.raises(InputError, match="no held-out pairs"):
+        preference.evaluate(dpo_dir, [str(root / "pairs.jsonl")], val_fraction=0.0, loaded=loaded)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_the_report_renders_a_whole_run_and_names_what_is_missing(root, loaded, core_result):
+    run = root / "run"
+    runs.write_result(run, "core", core_result)
+    runs.write_result(run, "preference", preference.evaluate(run / "dpo", [str(root / "pairs.jsonl")],
+                                                             val_fraction=0.25, loaded=loaded))
+    with ScriptedServer(respond=solver) as server:
+        runs.write_result(run, "agentic", agentic.evaluate(server.base_url, limit=1))
+    (run / "evals/broken.json").write_text("{oops")
+    said = []
+    assert report.write(run, log=said.append) == (run / "report.html", run / "report.md")
+    assert f"missing: stage sft: no {run / 'sft'} directory" in said
+    page, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    assert page.count("data:image/png;base64,") >= 4  # loss and bpb of two stages, embedded
+    assert "src='http" not in page and "<link" not in page  # nothing fetched: opens offline
+    for text in ("tiny_mc", "CORE", "reward accuracy", "pass rate", "bytes/token", "jax", "→ Edit("):
+        assert text in md, text
+    assert "stage sft: no" in md and "evals/broken.json: unreadable" in md
+    assert (run / "report_files/pretrain_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_report_survives_bad_runs(root, tiny_tok, tmp_path):
+    # a stage with a checkpoint but another tokenizer beside it, and no evals at all
+    stage = tmp_path / "pretrain"
+    shutil.copytree(root / "run" / "pretrain", stage)
+    shutil.rmtree(stage / "tokenizer")
+    tiny_tok.save(stage / "tokenizer")
+    page, _ = report.build(stage)
+    assert any("not the tokenizer" in m for m in page.missing)
+    assert any(m.startswith("evals: no results") for m in page.missing)
+    # a stage that never got a checkpoint, and a root with nothing in it
+    (tmp_path / "bare" / "sft").mkdir(parents=True)
+    (tmp_path / "bare" / "sft" / "metrics.jsonl").write_text('{"step": 0, "event": "start", "stage": "sft"}\n{"ste')
+    page, _ = report.build(tmp_path / "bare")
+    assert any("sft:" in m and "checkpoint" in m for m in page.missing)
+    assert "stage" in report.to_markdown(page, "t")
+    (tmp_path / "nothing").mkdir()
+    page, _ = report.build(tmp_path / "nothing")
+    assert any("no stage directories" in m for m in page.missing)
+    r = subprocess.run([str(BIN / "evals"), "report", str(tmp_path / "absent")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: no such run directory: {tmp_path / 'absent'}"
