@@ -44,7 +44,7 @@ def hub(monkeypatch):
 def test_export_is_a_dataset_folder_with_sft_and_preference_splits(tmp_path):
     import datasets
 
-    summary = quiet_build()
+    summary = quiet_build(limit=40)  # the coding seeds and 12 HumanEval ones: both sources, a quick build
     store = Store(read_only=True)
     files = export(store, 1, tmp_path / "out")
     out = tmp_path / "out"
@@ -64,7 +64,7 @@ def test_export_is_a_dataset_folder_with_sft_and_preference_splits(tmp_path):
 
     card = (out / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
-    assert header["license"] == ["cc0-1.0", "mit"] and "text-generation" in header["task_categories"]
+    assert header["license"] == ["cc0-1.0", "mit"] and "text-generation" in header["task_categories"]  # per source
     assert [c["config_name"] for c in header["configs"]] == ["sft", "preference"]
     assert header["configs"][0]["data_files"][1] == {"split": "test", "path": "sft/test-*.parquet"}
     meta = store.version(1)
@@ -80,7 +80,7 @@ def test_export_is_a_dataset_folder_with_sft_and_preference_splits(tmp_path):
 
 
 def test_publish_uploads_the_export_in_one_commit_and_tags_it(tmp_path, hub):
-    quiet_build()
+    quiet_build(limit=12)
     store = Store(read_only=True)
     out = publish_version(store, 1, "me/nc-data", private=True)
     assert out["tag"] == "v1" and out["url"].endswith("/datasets/me/nc-data")
