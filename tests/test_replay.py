@@ -89,6 +89,17 @@ def test_a_refused_bash_call_is_not_run():
     assert (v.status, v.calls, v.messages[4]["content"]) == ("rewritten", 2, "    1→ran")
 
 
+def test_a_result_differing_only_in_the_temp_folder_is_kept():
+    import tempfile as tf
+
+    messages = rollout([{"name": "Bash", "args": {"command": "echo $PWD/utils.py"}}])
+    recorded = messages[2]["content"]
+    messages[2]["content"] = recorded.replace(messages[2]["content"].split("stdout:\n")[1].split("/utils.py")[0],
+                                              f"{tf.gettempdir()}/nanocode-convert-abc123")
+    v = ToolReplay().replay(messages, WORKSPACE, SPEC)
+    assert v.status == "ok" and v.messages == messages and "nanocode-convert-abc123" in v.messages[2]["content"]
+
+
 def test_malformed_rollouts_and_workspaces_reject():
     messages = rollout([READ])
     assert "have no result" in ToolReplay().replay(messages[:2] + messages[3:], WORKSPACE, SPEC).reason
