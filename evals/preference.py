@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from agent.common import InputError
 from trainer import conversations, dpo, model

@@ -15,7 +15,6 @@ import io
 import json
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
