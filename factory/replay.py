@@ -107,13 +107,14 @@ class ToolReplay:
 
 _TMP = "|".join(re.escape(d) for d in dict.fromkeys((tempfile.gettempdir(), os.path.realpath(tempfile.gettempdir()))))
 _TMP_DIR = re.compile(rf"(?:{_TMP})/[^/\s:'\"]+")
+_DURATION = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|s|sec|secs|seconds?)\b")  # "Ran 4 tests in 0.004s"
 
 
 def _masked(text: str) -> str:
-    """Temp-folder roots masked: a stack trace naming the workspace's absolute path (node,
-    pytest) differs on every run only there, and such a result is kept as recorded, so a
-    rebuild's rows keep their ids."""
-    return _TMP_DIR.sub("<tmp>", text)
+    """Temp-folder roots and durations masked: a stack trace naming the workspace's absolute
+    path (node, pytest) or a test runner's timing differs on every run only there, and such a
+    result is kept as recorded, so a rebuild's rows keep their ids."""
+    return _DURATION.sub("<t>", _TMP_DIR.sub("<tmp>", text))
 
 
 def _write_workspace(root: str, workspace: dict) -> None:

@@ -98,6 +98,9 @@ def test_a_result_differing_only_in_the_temp_folder_is_kept():
                                               f"{tf.gettempdir()}/nanocode-convert-abc123")
     v = ToolReplay().replay(messages, WORKSPACE, SPEC)
     assert v.status == "ok" and v.messages == messages and "nanocode-convert-abc123" in v.messages[2]["content"]
+    timed = rollout([{"name": "Bash", "args": {"command": "echo 'Ran 4 tests in 0.000s'"}}])
+    timed[2]["content"] = timed[2]["content"].replace("0.000s", "0.004s")  # a test runner's timing
+    assert ToolReplay().replay(timed, WORKSPACE, SPEC).status == "ok"
 
 
 def test_malformed_rollouts_and_workspaces_reject():
