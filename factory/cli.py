@@ -55,6 +55,44 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
                                     "concurrency": concurrency}, limit=limit, new=new, console=_console())
 
 
+scenarios_app = typer.Typer(no_args_is_help=True, help="Scenario specs (scenarios/*.yaml): check them, write new ones.")
+app.add_typer(scenarios_app, name="scenarios")
+
+
+@scenarios_app.command("check")
+def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories (default scenarios/).")) -> None:
+    """Validate specs and expand them offline (their events must happen, their tests pass)."""
+    from agent.common import InputError
+    from factory.scenarios import check_specs
+
+    bad = check_specs(paths or [Path("scenarios")], load_tools(None), say=print)
+    if bad:
+        raise InputError(f"{bad} spec(s) failed")
+
+
+@scenarios_app.command("generate")
+def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many specs to ask for."),
+                       out: Path = typer.Option(Path("scenarios/generated"), "--out", help="where kept specs go."),
+                       soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
+                       backend: Optional[str] = typer.Option(None, "--backend", help="openai | litellm | vllm (default openai)"),
+                       model: Optional[str] = typer.Option(None, "--model", help="model id for the backend."),
+                       base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL."),
+                       concurrency: int = typer.Option(4, "--concurrency", min=1, help="requests in flight.")) -> None:
+    """Write N new scenario specs with a model, few-shot from shipped ones; invalid ones are dropped."""
+    from agent.common import InputError
+    from factory.backends import BackendConfig
+    from factory.scenarios import generate
+
+    try:
+        cfg = BackendConfig(name=backend or "openai", model=model, base_url=base_url, concurrency=concurrency)
+    except ValueError as e:
+        raise InputError(f"scenarios generate: {e}") from None
+    if cfg.name == "offline":
+        raise InputError("scenarios generate needs a model backend (--base-url/--model)")
+    result = generate(n, cfg, out, load_soul(soul), load_tools(tools), say=print)
+    print(f"{len(result['kept'])} kept, {len(result['dropped'])} dropped")
+
+
 @app.command("ls")
 def ls() -> None:
     """List the versions in the store."""

@@ -86,7 +86,8 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
     base = {k: seed[k] for k in ("input_id", "source", "source_id")}
     attempts = []
     try:
-        draft = stages.converter.convert(seed, ctx.soul, ctx.spec)
+        # a source may bring its own converter (scenarios inside a mix of seed files)
+        draft = (seed.get("converter") or stages.converter).convert(seed, ctx.soul, ctx.spec)
         previous, problems = None, []
         for attempt in range(1, stages.max_rounds + 1):
             actx = dataclasses.replace(ctx, input_id=seed["input_id"], attempt=attempt)

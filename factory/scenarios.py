@@ -29,6 +29,7 @@ from agent.common import InputError
 from agent.session import refused
 from agent.spec import REPO_ROOT, render_system_prompt
 from agent.tools import Tools
+from factory.convert import CONVERTERS as ALL_CONVERTERS
 from factory.convert import Skip
 
 LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
@@ -229,14 +230,20 @@ def spec_files(where: str | Path, glob: str = "*.yaml") -> list[Path]:
 
 @dataclass
 class ScenarioSource:
-    """The specs under `dir` matching `glob` (recursive). A spec that fails validation is not
-    fatal: it becomes a seed the converter rejects, with the error as the reason."""
+    """The specs under `dir` matching `glob` (recursive), each converted by `converter` (a
+    stage entry; default the scenario converter) whatever the build's own converter is, so a
+    `mix` can hold seed files and scenarios. A spec that fails validation is not fatal: it
+    becomes a seed the converter rejects, with the error as the reason."""
     dir: str = "scenarios"
     glob: str = "*.yaml"
     label: str = "scenarios"
+    converter: dict = field(default_factory=lambda: {"name": "scenario"})
 
     def __post_init__(self):
+        from factory.config import make
+
         self.name, self.columns = self.label, {"dir": self.dir, "glob": self.glob}
+        self.stage = make("converter", ALL_CONVERTERS, self.converter, f"source {self.label}")
 
     @property
     def sha256(self) -> str:
@@ -257,8 +264,12 @@ class ScenarioSource:
                 spec, error, sid = None, f"{p}: id {sid!r} is used by another spec", f"{sid}@{p}"
             seen.add(sid)
             out.append({"input_id": f"{self.name}:{sid}", "source": self.name, "source_id": sid,
-                        "instruction": spec.task if spec else "", "answer": "",
-                        "workspace": dict(spec.files) if spec else {}, "scenario": spec, "scenario_error": error})
+                        "instruction": spec.task if spec else f"(invalid scenario {p})", "answer": "",
+                        "workspace": dict(spec.files) if spec else {}, "scenario": spec,
+                        "scenario_error": error, "converter": self.stage})
+        batch = [s["scenario"] for s in out if s["scenario"]]
+        for s in out:
+            s["batch"] = batch  # one list shared by all: the converter expands them together
         return out
 
 
@@ -424,9 +435,38 @@ def workspace_tools(root: str, files: dict, spec) -> Tools:
     return tools
 
 
+_EXPANDED: dict = {}  # (spec, tool spec) hash -> messages: a rebuild in the same process reruns nothing
+
+
+def _key(scenario: Scenario, tools) -> str:
+    return hashlib.sha256(json.dumps([scenario.to_dict(), tools.sha256], sort_keys=True).encode()).hexdigest()
+
+
+def _expand_one(scenario: Scenario, tools) -> list[dict] | Skip:
+    key = _key(scenario, tools)
+    if key not in _EXPANDED:
+        try:
+            with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
+                _EXPANDED[key] = expand(scenario, workspace_tools(root, scenario.files, tools))
+        except Skip as e:
+            return e  # not cached: a fixed tool or machine may make it pass next time
+    return _EXPANDED[key]
+
+
+def expand_all(scenarios: list, tools, workers: int = 4) -> None:
+    """Expand many specs at once: their Bash calls (test runs) wait on subprocesses, so a few
+    threads overlap them. Results land in the in-process memo `convert` reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [s for s in scenarios if _key(s, tools) not in _EXPANDED]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(lambda s: _expand_one(s, tools), todo))
+
+
 @dataclass
 class ScenarioConverter:
     system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
+    workers: int = 4            # specs expanded at once (their tool calls overlap)
 
     def convert(self, seed: dict, soul, spec) -> dict:
         if seed.get("scenario_error"):
@@ -434,9 +474,12 @@ class ScenarioConverter:
         scenario = seed.get("scenario")
         if not isinstance(scenario, Scenario):
             raise Skip("convert", "not a scenario input (the scenario converter reads the scenarios source)")
-        with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-            messages = [{"role": "user", "content": scenario.task},
-                        *expand(scenario, workspace_tools(root, scenario.files, spec))]
+        if seed.get("batch"):  # the first spec of a source expands them all, overlapping
+            expand_all(seed["batch"], spec, self.workers)
+        out = _expand_one(scenario, spec)
+        if isinstance(out, Skip):
+            raise out
+        messages = [{"role": "user", "content": scenario.task}, *json.loads(json.dumps(out))]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": render_system_prompt(soul, spec)})
         # with a model, the generator writes from the spec (prompts/scenario.j2) and `ground`
@@ -445,7 +488,7 @@ class ScenarioConverter:
                 "scenario": scenario.to_dict(), "ground": lambda m: ground(m, scenario.files, spec)}
 
 
-CONVERTERS = {"scenario": ScenarioConverter}
+ALL_CONVERTERS["scenario"] = ScenarioConverter  # registered where the build looks converters up
 
 
 def ground(messages: list[dict], files: dict, spec) -> list[dict]:
@@ -466,3 +509,109 @@ def ground(messages: list[dict], files: dict, spec) -> list[dict]:
                     continue
                 m["content"], m["name"] = tools.run(call), call.get("name")
     return out
+
+
+# ------------------------------------------------------------------------------ new specs
+
+EXAMPLES = ("py-slugify-accents", "js-query-plus-space", "sql-count-nulls")  # few-shot, varied on purpose
+_YAML_BLOCK = re.compile(r"```(?:ya?ml)?\s*\n(.*?)```", re.S)
+
+
+def spec_of_reply(text: str, where: str) -> Scenario:
+    """A model's reply (one YAML block, or bare YAML) -> a validated Scenario, or InputError."""
+    m = _YAML_BLOCK.search(text)
+    try:
+        data = yaml.safe_load(m[1] if m else text)
+    except yaml.YAMLError as e:
+        raise InputError(f"{where}: bad YAML: {getattr(e, 'problem', None) or e}") from None
+    return parse_spec(data, where, default_id="generated")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line text as `|` blocks: a written spec reads like the hand-written ones."""
+
+
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar(
+    "tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+
+
+def _slug(spec: Scenario, n: int) -> str:
+    words = re.findall(r"[a-z0-9]+", spec.task.lower())[:5]
+    return f"gen-{spec.language}-{'-'.join(words) or 'task'}-{n}"
+
+
+def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperature: float = 0.8,
+             say=print) -> dict:
+    """Ask the model for `n` new specs, few-shot from `examples` (spec ids under scenarios/);
+    keep the ones that validate AND expand for real (their events happen, their tests pass)
+    in `out_dir`, report and drop the rest. Calls go through the factory's request layer:
+    cached, retried, in the ledger (as version 0)."""
+    import asyncio
+
+    from factory.backends import Requester
+    from factory.store import Store
+    from factory.writers import Prompts
+
+    texts = [(REPO_ROOT / "scenarios" / f"{e}.yaml").read_text(encoding="utf-8") for e in examples]
+    prompts = Prompts(soul, tools)
+    out_dir = Path(out_dir)
+    kept, dropped = [], []
+    store = Store()
+    try:
+        requester = Requester(backend, store, 0)
+
+        async def one(i):
+            content = prompts.render("scenario_spec", examples=texts, languages=sorted(LANGUAGES),
+                                     events=EVENTS, n=i)
+            return await requester.chat([{"role": "user", "content": content}],
+                                        {"temperature": temperature, "max_tokens": 4096},
+                                        attempt=i, purpose="scenario_spec", input_id="scenarios:generate")
+
+        async def run():
+            return await asyncio.gather(*(one(i) for i in range(1, n + 1)), return_exceptions=True)
+
+        replies = asyncio.run(run())
+    finally:
+        store.close()
+    for i, reply in enumerate(replies, 1):
+        where = f"generated spec {i}"
+        try:
+            if isinstance(reply, Exception):
+                raise InputError(f"{where}: the backend failed ({reply})")
+            spec = spec_of_reply(reply, where)
+            if spec.id == "generated":
+                spec.id = _slug(spec, i)
+            with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
+                expand(spec, workspace_tools(root, spec.files, tools))
+        except InputError as e:
+            dropped.append(str(e))
+            say(f"dropped: {e}")
+            continue
+        except Skip as e:
+            dropped.append(f"{where}: {e.reason.removeprefix(where + ': ')}")
+            say(f"dropped: {dropped[-1]}")
+            continue
+        path = out_dir / f"{spec.id}.yaml"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.dump(spec.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100),
+                        encoding="utf-8")
+        kept.append(str(path))
+        say(f"kept: {path}")
+    return {"kept": kept, "dropped": dropped}
+
+
+def check_specs(paths, tools, say=print) -> int:
+    """`factory scenarios check`: validate and expand each spec; prints a line per spec and
+    returns how many failed."""
+    files = [f for p in map(Path, paths) for f in (spec_files(p) if p.is_dir() else [p])]
+    bad = 0
+    for f in files:
+        try:
+            spec = load_spec(f)
+            with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
+                n = len(expand(spec, workspace_tools(root, spec.files, tools)))
+            say(f"ok   {f} ({spec.language}, {spec.domain}, {n} messages)")
+        except (InputError, Skip) as e:
+            bad += 1
+            say(f"bad  {getattr(e, 'reason', None) or e}")
+    return bad

@@ -298,6 +298,10 @@ class MixSource:
 SOURCES = {"local": LocalSource, "tulu_personas_code": TuluPersonasCode, "self_oss_instruct": SelfOssInstruct,
            "evol_codealpaca": EvolCodeAlpaca, "smoltalk": SmolTalk, "mix": MixSource}
 
+from factory.scenarios import ScenarioSource  # noqa: E402  (scenario specs; imports nothing from here)
+
+SOURCES["scenarios"] = ScenarioSource
+
 
 # ---------------------------------------------------------------- the HumanEval seed file
 

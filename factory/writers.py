@@ -103,12 +103,16 @@ class LLMWriter:
     default_prompt = "generate"
 
     async def write(self, draft, previous, problems, ctx) -> list[dict]:
-        content = ctx.prompts.render(self.prompt or self.default_prompt, draft=draft["messages"],
-                                     previous=previous, problems=problems)
+        # a draft may name its own first-attempt prompt (a scenario: written from its spec)
+        own = draft.get("prompt") if self.default_prompt == "generate" else None
+        content = ctx.prompts.render(self.prompt or own or self.default_prompt, draft=draft["messages"],
+                                     previous=previous, problems=problems, scenario=draft.get("scenario"))
         text = await ctx.llm.chat([{"role": "user", "content": content}],
                                   {"temperature": self.temperature, "max_tokens": self.max_tokens},
                                   attempt=ctx.attempt, purpose=self.default_prompt, input_id=ctx.input_id)
-        return parse_rollout(text, draft)
+        messages = parse_rollout(text, draft)
+        # a draft that can re-run the calls (scenarios.ground) makes the model's tool results real
+        return draft["ground"](messages) if "ground" in draft else messages
 
 
 @dataclass
