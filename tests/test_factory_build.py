@@ -65,13 +65,13 @@ def sql(query, *params):
 def test_offline_build_makes_real_rows_and_pairs_and_rebuilds_for_free(tmp_path):
     s1 = quiet_build()
     # the default seed set: coding.jsonl (28) + seedable HumanEval (123), one of which
-    # (HumanEval/61) clones a held-out problem and is decontaminated
-    assert (s1["version"], s1["sft rows"], s1["rejects by stage"]) == (1, 149, {"convert": 1, "decontaminate": 1})
+    # (HumanEval/61) clones a held-out problem and is decontaminated; the 50 scenario specs
+    assert (s1["version"], s1["sft rows"], s1["rejects by stage"]) == (1, 199, {"convert": 1, "decontaminate": 1})
     assert s1["decontaminated"] == 1 and s1["exact duplicates"] == s1["near duplicates"] == 0
     assert s1["pairs"] >= 100 and s1["llm requests"] == 0 and "reviser rules" in s1["stages without a model"]
     # a user opening the file with plain duckdb sees the tables and views of the docstring
     rows = sql("SELECT id, messages, workspace, attempt, scores FROM sft WHERE version = 1")
-    assert len(rows) == 149
+    assert len(rows) == 199
     for rid, messages, workspace, attempt, scores in rows:
         messages = json.loads(messages)
         validate(messages)
@@ -84,18 +84,18 @@ def test_offline_build_makes_real_rows_and_pairs_and_rebuilds_for_free(tmp_path)
     assert sql("SELECT stage, reason FROM rejects ORDER BY stage") == [
         ("convert", "the answer has no fenced code block"),
         ("decontaminate", "overlaps held-out HumanEval/56 (100% of 8-word n-grams)")]
-    assert sql("SELECT count(*) FROM done_inputs WHERE version = 1") == [(151,)]
+    assert sql("SELECT count(*) FROM done_inputs WHERE version = 1") == [(201,)]
 
     assert quiet_build()["up_to_date"] and sql("SELECT count(*) FROM versions") == [(1,)]
     s2 = quiet_build(new=True)
-    assert s2["version"] == 2 and s2["sft rows"] == 149
+    assert s2["version"] == 2 and s2["sft rows"] == 199
     store = Store(read_only=True)
     table = diff(store, 1, 2)
-    assert [c._cells for c in table.columns][1:] == [["0", "0"], ["0", "0"], ["0", "0"], ["28", "123"]]  # a row per source
+    assert [c._cells for c in table.columns][1:] == [["0", "0", "0"], ["0", "0", "0"], ["0", "0", "0"], ["28", "123", "50"]]  # a row per source
     table, lines = show(store, 2)
     assert any("sample pair" in line for line in lines)
     files = export(store, 2, tmp_path / "out")
-    assert pq.read_table(tmp_path / "out" / "sft.parquet").num_rows == 149
+    assert pq.read_table(tmp_path / "out" / "sft.parquet").num_rows == 199
     pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == s2["pairs"] and isinstance(pairs[0]["chosen"], list)
     assert len(files) == 14 and json.loads((tmp_path / "out" / "manifest.json").read_text())["version"] == 2  # + the Hub layout
