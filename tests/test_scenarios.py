@@ -4,13 +4,11 @@ tool results are what agent/tools.py really gives; bad specs fail with the file 
 drops invalid ones; a build with a scenarios source rejects a bad spec with its reason."""
 
 import asyncio
-import json
 import os
 import re
 import subprocess
 import tempfile
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
@@ -21,8 +19,16 @@ from agent.spec import load_soul, load_tools
 from factory.convert import Skip
 from factory.critics import CRITICS
 from factory.loop import Context, critique
-from factory.scenarios import (EVENTS, ScenarioConverter, ScenarioSource, expand_all, load_spec, parse_spec,
-                               spec_files, workspace_tools)
+from factory.scenarios import (
+    EVENTS,
+    ScenarioConverter,
+    ScenarioSource,
+    expand_all,
+    load_spec,
+    parse_spec,
+    spec_files,
+    workspace_tools,
+)
 from tests.conftest import BIN, REPO
 from tests.scripted_server import ScriptedServer
 from trainer.template import validate
