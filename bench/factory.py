@@ -115,7 +115,7 @@ def store_cost(home: Path, repeats: int = 5) -> float:
     from factory.store import Store
 
     store = Store(home)
-    rows = {kind: store.read_rows("latest", kind) for kind in ("sft", "pairs")}
+    rows = {kind: store.read_rows(store.resolve("latest"), kind) for kind in ("sft", "pairs")}
     n = len(rows["sft"]) + len(rows["pairs"])
     start = time.perf_counter()
     for r in range(repeats):

@@ -63,7 +63,8 @@ def main():
     assert without_sum["replay pass rate"] == "not run", without_sum["replay pass rate"]
 
     os.environ["NANOCODE_HOME"] = str(tmp / "with")
-    rows = Store(read_only=True).read_rows("latest", "sft")
+    store = Store(read_only=True)
+    rows = store.read_rows(store.resolve("latest"), "sft")
     spec, replay = load_tools(), ToolReplay()
     calls = sum(len(m.get("tool_calls") or []) for r in rows for m in r["messages"])
     start = time.perf_counter()

@@ -229,9 +229,17 @@ def _dataset(page: Page, metas: dict) -> None:
         if not done:
             page.p(f"the factory store at {store.path} has no finished version.")
             return
-        v = done[-1]
-        page.p(f"factory store {store.path}: {len(done)} finished version(s). The checkpoints record a "
-               f"fingerprint of the rows they trained on, not the version, so this is the latest: v{v['version']}.")
+        used = sorted({int(src.split("@")[0].split(":")[1]) for _, fp in fps for src in fp.get("sources", [])
+                       if src.startswith("factory:")})
+        known = {v["version"]: v for v in done}
+        if used and used[-1] in known:
+            v = known[used[-1]]
+            page.p(f"factory store {store.path}: the runs trained on version(s) {', '.join(map(str, used))}; "
+                   f"v{v['version']}:")
+        else:
+            v = done[-1]
+            page.p(f"factory store {store.path}: {len(done)} finished version(s). The checkpoints name no factory "
+                   f"version they trained on, so this is the latest: v{v['version']}.")
         figures = store.figures(v["version"])
         page.table(["figure", "value"], [(k, json.dumps(val) if isinstance(val, dict) else val)
                                           for k, val in figures.items()])

@@ -202,21 +202,23 @@ class Store:
             self.db.register(name, pa.Table.from_pylist([], schema=SCHEMAS[kind]))
         return name
 
-    def read_rows(self, spec: str, kind: str) -> list[dict]:
-        """Every row of one finished version ("latest" or a number), JSON columns decoded:
-        how the trainer reads `factory:VERSION` data."""
+    def resolve(self, spec: str) -> int:
+        """A finished version's number from "latest", "3" or "v3"."""
         done = [r["version"] for r in self.versions() if r["status"] == "done"]
         if spec == "latest":
             if not done:
                 raise InputError(f"no finished factory version in {self.path}: run `factory build` first")
-            v = done[-1]
-        else:
-            try:
-                v = int(spec.lstrip("v"))
-            except ValueError:
-                raise InputError(f"factory:{spec}: expected a version number or 'latest'") from None
-            if self.version(v)["status"] != "done":
-                raise InputError(f"factory version {v} is not finished: build it to the end first")
+            return done[-1]
+        try:
+            v = int(spec.lstrip("v"))
+        except ValueError:
+            raise InputError(f"factory:{spec}: expected a version number or 'latest'") from None
+        if self.version(v)["status"] != "done":
+            raise InputError(f"factory version {v} is not finished: build it to the end first")
+        return v
+
+    def read_rows(self, v: int, kind: str) -> list[dict]:
+        """Every row of one version, JSON columns decoded: how the trainer reads `factory:VERSION`."""
         cur = self.db.execute(f"SELECT * FROM {self.relation(kind, v)} ORDER BY input_id, id")
         cols = [d[0] for d in cur.description]
         rows = [dict(zip(cols, r)) for r in cur.fetchall()]

@@ -157,6 +157,7 @@ def test_factory_versions_feed_sft_and_dpo(tiny_tok):
     summary = build(console=Console(file=open(os.devnull, "w")))
     convs = conversations.load(["factory:latest"], "conversations", val_fraction=0.1)
     pairs = conversations.load(["factory:1"], "pairs", val_fraction=0.1)
+    assert convs["sources"][0]["source"] == "factory:1"  # latest resolved: a run records what it read
     assert len(convs["train"]) + len(convs["val"]) == summary["sft rows"]
     assert len(pairs["train"]) + len(pairs["val"]) == summary["pairs"] and not pairs["dropped"]
     items, cut = sft.render_all(convs["train"], tiny_tok, 4096)

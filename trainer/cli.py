@@ -212,14 +212,13 @@ def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], override
     if jax.default_backend() == "cpu":
         base = dataclasses.replace(base, compute_dtype="float32", attention="xla")
     seq = overrides.get("seq_len") or base.seq_len
+    loaded = conversations.load(data, "conversations" if stage_name == "sft" else "pairs", val_fraction, seed)
     if stage_name == "sft":
-        prepared = sft.prepare(conversations.load(data, "conversations", val_fraction, seed), tok, seq, overflow,
-                               log=console.print)
+        prepared = sft.prepare(loaded, tok, seq, overflow, log=console.print)
         rows = sft.rows_per_epoch(prepared["train"], seq)
     else:
         val_convs = conversations.load(val_data, "conversations", 1.0, seed)["val"] if val_data else None
-        prepared = dpo.prepare(conversations.load(data, "pairs", val_fraction, seed), tok, seq, val_convs,
-                               log=console.print)
+        prepared = dpo.prepare(loaded, tok, seq, val_convs, log=console.print)
         rows = len(prepared["train"])
     cfg = sft.finetune_config(base, stage_name, n_devices=jax.device_count(), train_rows=rows, seed=seed,
                               **{k: v for k, v in overrides.items() if v is not None})
@@ -230,6 +229,8 @@ def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], override
         like = jax.eval_shape(lambda: model.init_params(cfg.model, jax.random.key(0)))
         ref = train.load_params(from_, like, tok)
         stage = dpo.dpo_stage(cfg, prepared, tok, batch, str(from_), ref, beta=beta, kind=loss, reference=reference)
+    # the sources by name (factory:latest resolved to its version) go into the checkpoint: reports name the data
+    stage.fingerprint["sources"] = [f"{s['source']}@{s['weight']:g}" for s in loaded["sources"]]
     train.train(cfg, train.RunPaths(corpus=None, tokenizer=tok_dir, out=out), resume=resume, log=console.print,
                 stage=stage)
 

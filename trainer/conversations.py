@@ -60,25 +60,28 @@ def _read_files(path: Path) -> list[dict]:
     return rows
 
 
-def _read_factory(version: str, kind: str) -> list[dict]:
+def _read_factory(version: str, kind: str) -> tuple[int, list[dict]]:
     from factory.store import Store  # the factory's store, read-only; the factory never imports us
 
     store = Store(read_only=True)
     try:
-        return store.read_rows(version, "sft" if kind == "conversations" else "pairs")
+        v = store.resolve(version)
+        return v, store.read_rows(v, "sft" if kind == "conversations" else "pairs")
     finally:
         store.close()
 
 
-def read_source(source: str, kind: str = "conversations") -> list[dict]:
-    """All rows of one source, as dicts."""
+def read_source(source: str, kind: str = "conversations") -> tuple[str, list[dict]]:
+    """All rows of one source, as dicts, and the source's name with `factory:latest` resolved to
+    the version it read (what a run records, so its report can name the data)."""
     if source.startswith("factory:"):
-        return _read_factory(source.split(":", 1)[1], kind)
+        v, rows = _read_factory(source.split(":", 1)[1], kind)
+        return f"factory:{v}", rows
     path = Path(source)
     if path.is_file():
         if path.suffix not in (".jsonl", ".json", ".parquet"):
             raise InputError(f"{path}: expected a .jsonl, .json or .parquet file")
-        return _read_files(path)
+        return source, _read_files(path)
     import datasets
 
     if path.is_dir():
@@ -91,7 +94,7 @@ def read_source(source: str, kind: str = "conversations") -> list[dict]:
             ds = datasets.load_dataset(name, config or None, split="train")
         except Exception as e:  # offline, missing, private: say which source and why
             raise InputError(f"could not load the dataset {source!r}: {str(e).splitlines()[0]}") from None
-    return list(ds)
+    return source, list(ds)
 
 
 def _messages(value, where: str) -> list[dict]:
@@ -130,7 +133,7 @@ def load(spec, kind: str = "conversations", val_fraction: float = 0.05, seed: in
     """
     out = {"train": [], "val": [], "dropped": {}, "sources": []}
     for source, weight in parse_spec(spec):
-        rows = read_source(source, kind)
+        source, rows = read_source(source, kind)
         kept = {"train": [], "val": []}
         for i, row in enumerate(rows):
             where = f"{source} row {i}"
