@@ -88,14 +88,18 @@ def completion(reply: dict) -> dict:
                       "total_tokens": tokens_in + tokens_out}}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 refuses connections from a concurrent client
+
+
 class ScriptedServer:
     def __init__(self, script=(), log_path=None, respond=None):
         self.script, self.respond = list(script), respond
         self.requests: list[dict] = []
         self.log_path = log_path
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self.port = self._httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._thread = None

@@ -196,7 +196,8 @@ def test_dpo_loss_is_log_2_when_policy_is_the_reference(tiny_tok):
 @pytest.fixture(scope="module")
 def dpo_run(base, sft_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("dpo") / "cached"
-    r = trainer("dpo", "--from", sft_run[0], "--data", base / "pairs.jsonl", "--out", out, "--steps", 20)
+    r = trainer("dpo", "--from", sft_run[0], "--data", base / "pairs.jsonl", "--out", out, "--steps", 20,
+                "--reference", "cached")
     assert r.returncode == 0, r.stdout + r.stderr
     return out
 
@@ -213,11 +214,12 @@ def test_dpo_run_learns_the_preference(dpo_run):
 
 
 def test_dpo_live_reference_follows_the_cached_curve(base, sft_run, dpo_run, tmp_path):
-    """The reference run inside every step gives the same losses as log-probs cached up front."""
+    """The reference run inside every step gives the same losses as log-probs cached up front. The
+    default (auto) picks live here: 20 steps see fewer pairs than the data holds."""
     out = tmp_path / "live"
     r = trainer("dpo", "--from", sft_run[0], "--data", base / "pairs.jsonl", "--out", out, "--steps", 20,
-                "--reference", "live", "--eval-every", 1000)
-    assert r.returncode == 0, r.stdout + r.stderr
+                "--eval-every", 1000)
+    assert r.returncode == 0 and "reference: live" in r.stdout, r.stdout + r.stderr
     live, cached = ([e["loss"] for e in events(run, "train")][:3] for run in (out, dpo_run))
     assert np.allclose(live, cached, rtol=1e-4), (live, cached)
 

@@ -197,7 +197,7 @@ def run_pretrain(
 
 
 def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], overrides: dict, val_fraction: float,
-              seed: int, resume: bool, overflow="drop", val_data=None, beta=0.1, loss="sigmoid", reference="cached"):
+              seed: int, resume: bool, overflow="drop", val_data=None, beta=0.1, loss="sigmoid", reference="auto"):
     """SFT or DPO, top to bottom: the base model and tokenizer of --from, the data, the config, the stage."""
     import dataclasses
 
@@ -228,6 +228,10 @@ def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], override
     else:
         like = jax.eval_shape(lambda: model.init_params(cfg.model, jax.random.key(0)))
         ref = train.load_params(from_, like, tok)
+        if reference == "auto":  # caching costs a forward per pair up front; live, one per pair seen
+            reference = "cached" if cfg.num_steps * batch >= len(prepared["train"]) else "live"
+            console.print(f"reference: {reference} ({cfg.num_steps * batch:,} pairs seen, {len(prepared['train']):,} "
+                          "in the data)")
         stage = dpo.dpo_stage(cfg, prepared, tok, batch, str(from_), ref, beta=beta, kind=loss, reference=reference)
     # the sources by name (factory:latest resolved to its version) go into the checkpoint: reports name the data
     stage.fingerprint["sources"] = [f"{s['source']}@{s['weight']:g}" for s in loaded["sources"]]
@@ -274,8 +278,9 @@ def run_dpo(
     val_data: list[str] = typer.Option(None, help="held-out conversations whose bpb shows SFT skills did not "
                                        "regress [default: the held-out pairs' prompt + chosen]"),
     beta: float = typer.Option(0.1), loss: str = typer.Option("sigmoid", help="sigmoid or ipo"),
-    reference: str = typer.Option("cached", help="cached: reference log-probs computed once before training; "
-                                  "live: the reference model runs in every step"),
+    reference: str = typer.Option("auto", help="cached: reference log-probs computed once before training; "
+                                  "live: the reference model runs in every step; auto: cached when the run sees "
+                                  "every pair at least once, else live"),
     from_: Path = _FINETUNE_OPTS["from_"], out: Path = _FINETUNE_OPTS["out"],
     steps: int = _FINETUNE_OPTS["steps"], seq_len: int = _FINETUNE_OPTS["seq_len"],
     device_batch_size: int = _FINETUNE_OPTS["device_batch_size"], lr_scale: float = _FINETUNE_OPTS["lr_scale"],
