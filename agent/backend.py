@@ -143,10 +143,11 @@ def parse_call(name, arguments) -> dict:
     (the session answers it with that error, so the model sees what went wrong). Args stay
     JSON scalars so the record validates and renders.
     """
-    call = {"name": name if isinstance(name, str) and name else "invalid", "args": {}}
-    if call["name"] == "invalid":
-        call["error"] = "tool call has no name"
-        return call
+    if not (isinstance(name, str) and name):
+        # kept in the history under a placeholder name, which parses on the way back (our server
+        # gets the session's whole history: refusing it would end the session)
+        return {"name": "invalid", "args": {}, "error": "tool call has no name"}
+    call = {"name": name, "args": {}}
     text = arguments if isinstance(arguments, str) else ""
     try:
         args = json.loads(text) if text.strip() else {}

@@ -162,6 +162,11 @@ def test_concurrent_requests_wait_their_turn_and_a_dropped_stream_frees_the_engi
 
 def test_openai_messages_convert_back_to_the_records_they_came_from():
     assert from_openai(to_openai(CALLS)) == CALLS
+    # a nameless call the session kept (under its placeholder name) goes back to the server as history
+    nameless = {k: v for k, v in parse_call(None, "{}").items() if k != "error"}
+    history = [CALLS[0], {"role": "assistant", "content": "", "tool_calls": [nameless]},
+               {"role": "tool", "name": "invalid", "content": "error: tool call has no name"}]
+    assert from_openai(to_openai(history)) == history
     parts = [{"role": "developer", "content": "s"},
              {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
     assert from_openai(parts) == [{"role": "system", "content": "s"}, {"role": "user", "content": "ab"}]
