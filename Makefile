@@ -13,13 +13,28 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+DEMO := $(NANOCODE_HOME)/runs/demo
+
+# corpus -> tokenizer -> pretrain d3 -> factory (offline) -> SFT -> DPO -> evals -> report
 demo: $(BIN)/.installed
 	$(BIN)/trainer data local --max-chars 30000000
 	$(BIN)/trainer tokenizer train --vocab-size 8192
 	$(BIN)/trainer tokenizer train --vocab-size 8192 --code-ratio 0:1 --out $(NANOCODE_HOME)/tokenizer-prose
 	$(BIN)/trainer tokenizer eval
-	rm -rf $(NANOCODE_HOME)/runs/demo
-	$(BIN)/trainer run pretrain --config d3 --steps 60 --eval-every 30 --sample-every 60 --out $(NANOCODE_HOME)/runs/demo
+	rm -rf $(DEMO)
+	$(BIN)/trainer run pretrain --config d3 --steps 60 --eval-every 30 --sample-every 60 --out $(DEMO)/pretrain
+	$(BIN)/factory build --soul soul/SOUL.md
+	$(BIN)/trainer run sft --from $(DEMO)/pretrain --data factory:latest --out $(DEMO)/sft \
+	  --seq-len 2048 --device-batch-size 2 --steps 16
+	$(BIN)/trainer run dpo --from $(DEMO)/sft --data factory:latest --out $(DEMO)/dpo \
+	  --seq-len 2048 --device-batch-size 2 --steps 8
+	$(BIN)/evals bpb $(DEMO)
+	$(BIN)/evals preference $(DEMO) --data factory:latest
+	$(BIN)/evals soul $(DEMO) --limit 8
+	$(BIN)/evals agentic $(DEMO) --limit 4 --max-steps 4 --max-tokens 256
+	$(BIN)/evals report $(DEMO)
+	@echo "report: $(DEMO)/report.html"
+	@echo "chat with the model: $(BIN)/nanocode chat --model $(DEMO)/dpo"
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
