@@ -76,8 +76,8 @@ def main() -> None:
     print(f"config: depth {args.depth}, d_model {cfg.model.d_model}, seq {args.seq_len}, vocab {args.vocab}, "
           f"{tokens} tokens/step, {args.dtype}, {model.param_count(cfg.model):,} params, "
           f"{model.flops_per_token(cfg.model):.3g} FLOPs/token")
-    print(f"| compile s | step ms (median) | tok/s | GFLOP/s | matmul peak GFLOP/s | MFU | vs nanochat tok/s (1,025) |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| compile s | step ms (median) | tok/s | GFLOP/s | matmul peak GFLOP/s | MFU | vs nanochat tok/s (1,025) |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {compile_s:.1f} | {dt * 1000:.0f} | {tokens / dt:,.0f} | {flops / 1e9:.1f} | {peak / 1e9:.0f} | "
           f"{flops / peak:.1%} | {tokens / dt / 1025:.2f}x |")
 
