@@ -47,9 +47,22 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
           base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (implies --backend openai)."),
           concurrency: Optional[int] = typer.Option(None, "--concurrency", help="LLM requests in flight."),
           limit: Optional[int] = typer.Option(None, "--limit", min=0, help="only the first N inputs."),
-          new: bool = typer.Option(False, "--new", help="a new version even if an identical one is done (cached calls).")) -> None:
+          new: bool = typer.Option(False, "--new", help="a new version even if an identical one is done (cached calls)."),
+          from_version: Optional[int] = typer.Option(None, "--from", help="derive from this version (with --exclude-marked)."),
+          exclude_marked: bool = typer.Option(False, "--exclude-marked", help="with --from V: a new version = V minus the rows marked in `factory view --curate`.")) -> None:
     """Build a dataset version: convert, generate, critique, revise; resumes an interrupted build."""
     from factory.build import build as run_build
+
+    if from_version is not None or exclude_marked:
+        from agent.common import InputError
+        from factory.curate import derive
+
+        if from_version is None or not exclude_marked:
+            raise InputError("--from V and --exclude-marked go together (a new version = V minus its marked rows)")
+        if any(x is not None for x in (soul, tools, config, backend, model, base_url, limit)) or new:
+            raise InputError("--from V --exclude-marked copies V's rows: it takes no SOUL, tools, config, backend or --limit")
+        derive(from_version, console=_console())
+        return
 
     run_build(soul, tools, config, {"name": backend, "model": model, "base_url": base_url,
                                     "concurrency": concurrency}, limit=limit, new=new, console=_console())
@@ -122,7 +135,12 @@ def diff(v1: int, v2: int) -> None:
     from factory.store import Store
     from factory.versions import diff as diff_versions
 
-    _console().print(diff_versions(Store(read_only=True), v1, v2))
+    from factory.curate import diff_lines
+
+    store = Store(read_only=True)
+    _console().print(diff_versions(store, v1, v2))
+    for line in diff_lines(store, v1, v2):
+        print(line)
 
 
 TestFraction = typer.Option(0.1, "--test-fraction", min=0.0, max=0.99, help="share of inputs in the test split.")
@@ -153,6 +171,16 @@ def publish(version: int, repo: str = typer.Option(..., "--repo", help="the Hub 
     out = publish_version(Store(read_only=True), version, repo, private, revision, soul, tools, test_fraction)
     print(f"published version {version} to {out['url']}: commit {out['commit']}, tag {out['tag']}, "
           f"{len(out['files'])} files")
+
+
+@app.command()
+def view(version: Optional[int] = typer.Option(None, "--version", help="open this version's page first."),
+         port: int = typer.Option(8765, "--port", min=1, max=65535, help="port on 127.0.0.1."),
+         curate: bool = typer.Option(False, "--curate", help="allow marking rows excluded (writes the exclusions table).")) -> None:
+    """A local web page to inspect, compare and curate versions (read-only unless --curate)."""
+    from factory.view import serve
+
+    serve(version, port, curate)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@
                cost, outcome (ok|cached|retry|failed), error. A paid (ok) row commits with
                its cache entry (replies arriving together share one commit); the others are
                buffered, so a kill -9 may lose the last few retry/cached rows, never a paid one.
+  exclusions   rows marked out in `factory view --curate`: version, row_id (an sft id), input_id,
+               note, created; `factory build --from V --exclude-marked` makes a new version without them
   sft, pairs, rejects   views over all committed Parquet parts (filter on `version`)
 
 Parquet columns (JSON-valued ones are JSON text: `messages::JSON` in DuckDB):
@@ -66,6 +68,8 @@ CREATE TABLE IF NOT EXISTS llm_cache (key VARCHAR PRIMARY KEY, model VARCHAR, re
 CREATE TABLE IF NOT EXISTS ledger (version INTEGER, ts TIMESTAMP, input_id VARCHAR, purpose VARCHAR,
   attempt INTEGER, backend VARCHAR, model VARCHAR, key VARCHAR, tokens_in INTEGER, tokens_out INTEGER,
   latency_s DOUBLE, cost DOUBLE, outcome VARCHAR, error VARCHAR);
+CREATE TABLE IF NOT EXISTS exclusions (version INTEGER, row_id VARCHAR, input_id VARCHAR, note VARCHAR,
+  created TIMESTAMP, PRIMARY KEY (version, row_id));
 """
 
 
