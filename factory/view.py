@@ -8,6 +8,7 @@ server-side Jinja templates (factory/templates/), charts inline SVG, no JS.
 
 import itertools
 import json
+import socket
 from urllib.parse import urlencode
 
 import duckdb
@@ -199,6 +200,9 @@ def server(home=None, port: int = 8765, curate: bool = False):
     """A werkzeug server on 127.0.0.1:port (port 0: a free one); InputError if it is taken."""
     app = create_app(home, curate)
     try:
+        with socket.socket() as probe:  # werkzeug itself would print its own advice and sys.exit(1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
         return make_server("127.0.0.1", port, app, threaded=True)
     except OSError as e:
         raise InputError(f"cannot listen on 127.0.0.1:{port} ({e.strerror or e}): another program holds it; "

@@ -207,8 +207,9 @@ def charts(store: Store, v: int) -> dict[str, list[tuple[str, float]]]:
     bucket = " ".join(f"WHEN t < {hi} THEN '{lo}-{hi}'" for lo, hi in zip(edges, edges[1:]))
     cost = []
     if not missing_catalog(store):
-        cost = _hist(store, f"SELECT r.source, round(sum(l.cost), 6) FROM ledger l JOIN {rel} r USING (input_id) "
-                            f"WHERE l.version = ? GROUP BY 1 ORDER BY 1", v)
+        cost = _hist(store, f"SELECT r.source, coalesce(round(sum(l.cost), 6), 0.0) FROM {rel} r LEFT JOIN "
+                            f"(SELECT input_id, cost FROM ledger WHERE version = ?) l USING (input_id) "
+                            f"GROUP BY 1 ORDER BY 1", v)
     return {
         "pass rate by source": _hist(store, f"SELECT source, round(avg((status = 'passed')::INTEGER), 4) FROM {rel} "
                                             "GROUP BY 1 ORDER BY 1"),
