@@ -71,7 +71,7 @@ def main():
              "version page (charts)": f"/v/{v}"}
     for name, url in pages.items():
         assert client.get(url).status_code == 200, url
-        print(f"{name:32s} {_ms(lambda: client.get(url)):8.0f} ms")
+        print(f"{name:32s} {_ms(lambda url=url: client.get(url)):8.0f} ms")
 
     def naive():  # load the version, slice a page
         s = Store(tmp / "big", read_only=True)

@@ -131,7 +131,7 @@ def show(version: int, samples: int = typer.Option(1, "--samples", min=0, help="
 
 @app.command()
 def diff(v1: int, v2: int) -> None:
-    """Rows added, removed and changed between two versions, by source."""
+    """Rows added, removed and changed between two versions, by source; rows marked excluded."""
     from factory.store import Store
     from factory.versions import diff as diff_versions
 

@@ -68,7 +68,7 @@ def derive(v: int, console=None) -> dict:
         new = store.create_version({**{k: meta[k] for k in ("soul_sha256", "tools_sha256", "config_sha256",
                                                               "inputs_sha256", "code_version")},
                                     "fingerprint": fingerprint, "config": config})
-        marked = "(SELECT input_id FROM exclusions WHERE version = %d)" % v
+        marked = f"(SELECT input_id FROM exclusions WHERE version = {int(v)})"
         keep = {"sft": f"input_id NOT IN {marked}", "pairs": f"input_id NOT IN {marked}", "rejects": "true"}
         parts = []
         for kind in SCHEMAS:

@@ -12,7 +12,7 @@ import socket
 from urllib.parse import urlencode
 
 import duckdb
-from flask import Flask, abort, g, redirect, render_template, request, url_for
+from flask import Flask, g, redirect, render_template, request, url_for
 from werkzeug.serving import make_server
 
 from agent.common import InputError, nanocode_home

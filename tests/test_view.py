@@ -160,7 +160,7 @@ def test_browser_filter_pair_diff_mark_and_derive(home, browser, tmp_path, monke
         cells = {r.find_element(By.CSS_SELECTOR, "td a").text: r.find_element(By.CSS_SELECTOR, ".sft-count").text
                  for r in finds(By.CSS_SELECTOR, "tr.version-row")}
         assert cells["1"] == str(n_before) and cells[str(new["version"])] == str(n_before - 1)
-        assert f"v1 minus 1" in browser.page_source
+        assert "v1 minus 1" in browser.page_source
         store = Store(home, read_only=True)
         lines = diff_lines(store, 1, new["version"])
         store.db.close()
