@@ -21,6 +21,7 @@ framework would buy nothing, and it adds no dependency.
 
 import json
 import secrets
+import sys
 import threading
 import time
 import traceback
@@ -285,6 +286,12 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address, model: ModelServer, log=None):
         self.model, self.log = model, log
         super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address):
+        # a client that hangs up (a closed keep-alive connection, a cancelled stream) is routine:
+        # socketserver would print a traceback for it
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
