@@ -4,12 +4,15 @@
 The same prompt ids go to an Engine in this process, in turns with the HTTP requests. Per prompt,
 medians: requests/s (non-streaming, one after another: the server answers one at a time anyway),
 time to first token (streamed: the first content delta; direct: the first Token event) and the
-ratio of seconds per request, HTTP / direct.
+ratio of seconds per request, HTTP / direct. Then concurrency: N clients at once (the server
+batches what arrives together into one engine call) against the same N requests one after
+another, in requests/s and decoded tokens/s.
 
 Without --checkpoint it trains a throwaway run first (depth 4, seq 512, vocab 512, 2 steps): its
 replies are noise, which is fine for timing; every reply runs to max_tokens unless it hits a stop.
 
     .venv/bin/python bench/server.py [--checkpoint RUN] [--depth 4] [--max-tokens 32] [--requests 20]
+                                     [--clients 1,8,32]
 """
 
 import argparse
@@ -90,6 +93,17 @@ def measure(client, engine: Engine, messages, prompt, max_tokens: int, n: int) -
     return {"tokens": tokens[0], **{k: statistics.median(v) for k, v in times.items()}}
 
 
+def concurrent(client, messages, max_tokens: int, clients: int) -> float:
+    """Seconds for `clients` requests sent at once, each on its own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ask = dict(model="bench", messages=messages, temperature=0, max_tokens=max_tokens)
+    with ThreadPoolExecutor(clients) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(lambda _: client.chat.completions.create(**ask), range(clients)))
+        return time.perf_counter() - t0
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
@@ -103,6 +117,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4, help="of the throwaway run")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--clients", default="1,8,32", help="concurrent clients to compare")
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-server-")
@@ -115,7 +130,7 @@ def main() -> None:
     prompts = {"short chat": [{"role": "user", "content": "def add(a, b):"}],
                "agent system prompt + task": [{"role": "system", "content": system},
                                               {"role": "user", "content": "fix the failing test in calc.py"}]}
-    rows = []
+    rows, together = [], []
     try:
         for name, messages in prompts.items():
             prompt = template.render_prompt(messages, tok)
@@ -123,6 +138,11 @@ def main() -> None:
                 continue
             rows.append((name, len(prompt), measure(client, engine, messages, prompt, args.max_tokens,
                                                     args.requests)))
+        messages = prompts["short chat"]
+        for n in map(int, args.clients.split(",")):
+            concurrent(client, messages, args.max_tokens, n)  # warm the batch shapes
+            one_by_one = sum(concurrent(client, messages, args.max_tokens, 1) for _ in range(n))
+            together.append((n, one_by_one, min(concurrent(client, messages, args.max_tokens, n) for _ in range(2))))
     finally:
         proc.terminate()
         proc.wait()
@@ -135,6 +155,11 @@ def main() -> None:
     for name, n_prompt, m in rows:
         print(f"| {name} | {n_prompt} | {m['tokens']} | {1 / m['http']:.1f} | {1 / m['direct']:.1f} "
               f"| {m['http_first'] * 1e3:.1f} | {m['direct_first'] * 1e3:.1f} | {m['http'] / m['direct']:.2f}x |")
+    print("\n| clients | one after another req/s | at once req/s | at once tok/s | speed-up |")
+    print("|---|---|---|---|---|")
+    for n, serial, parallel in together:
+        print(f"| {n} | {n / serial:.1f} | {n / parallel:.1f} | {n * args.max_tokens / parallel:,.0f} | "
+              f"{serial / parallel:.1f}x |")
 
 if __name__ == "__main__":
     main()

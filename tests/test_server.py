@@ -14,8 +14,8 @@ from agent.backend import from_openai, is_context_error, parse_call, to_openai
 from tests.conftest import BIN, REPO
 from tests.tiny_run import train_tiny_run
 from trainer import template, train
-from trainer.engine import Engine
-from trainer.server import ModelServer, openai_calls
+from trainer.engine import Engine, Token
+from trainer.server import ModelServer, _Job, openai_calls
 
 SEQ_LEN = 512  # room for the system prompt of tools_small.yaml (~340 tokens) and a short reply
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "def add(a, b):"}]
@@ -99,7 +99,7 @@ def streamed(client, **kwargs):
 
 def test_models_lists_the_one_model(client, url):
     assert [m.id for m in client.models.list()] == ["run"]
-    assert httpx.get(url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
+    assert httpx.get(url.removesuffix("/v1") + "/health").json()["status"] == "ok"
 
 
 def test_greedy_reply_is_the_engines_decoding_of_the_rendered_prompt(client, local, greedy):
@@ -139,23 +139,44 @@ def test_max_tokens_and_the_end_of_the_context_give_finish_length(client, local)
     assert 0 < room <= 4 and r.choices[0].finish_reason == "length" and r.usage.completion_tokens <= room + 1
 
 
-def test_concurrent_requests_wait_their_turn_and_a_dropped_stream_frees_the_engine(client, url):
-    # a client that hangs up mid-stream must not leave the engine locked
+def test_concurrent_requests_share_a_batch_and_a_dropped_stream_frees_its_row(client, url):
+    # a client that hangs up mid-stream must not hold up the others
     with httpx.stream("POST", f"{url}/chat/completions", json={
             "model": "run", "messages": CHAT, "stream": True, "max_tokens": 40}) as r:
         next(r.iter_lines())
     expected = client.chat.completions.create(model="run", messages=CHAT, temperature=0, max_tokens=30)
-    results = [None] * 3
+    before = httpx.get(url.removesuffix("/v1") + "/health").json()
+    results = [None] * 4
 
     def ask(i):
         results[i] = streamed(client, messages=CHAT, temperature=0, max_tokens=30)[0]
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [expected.choices[0].message.content] * 3
+    after = httpx.get(url.removesuffix("/v1") + "/health").json()
+    assert results == [expected.choices[0].message.content] * 4
+    assert after["requests"] - before["requests"] == 4 and after["batches"] - before["batches"] < 4
+
+
+def test_a_batch_of_different_requests_gives_each_what_it_would_get_alone(local):
+    """Rows of one batch keep their own max_tokens, temperature and seed: batching changes no reply,
+    and a cancelled row ends alone."""
+    bodies = [{"messages": CHAT, "temperature": 0, "max_tokens": 12},
+              {"messages": CHAT, "temperature": 1.0, "seed": 3, "max_tokens": 20},
+              {"messages": [_user("hello there")], "temperature": 0.8, "top_k": 5, "seed": 9, "max_tokens": 7},
+              {"messages": CHAT, "temperature": 0, "max_tokens": 40}]
+    alone = [local.completion(local.parse(b))["choices"][0]["message"]["content"] for b in bodies[:3]]
+    jobs = [_Job(local.parse(b)) for b in bodies]
+    jobs[3].cancel()  # hung up before its batch started
+    local.run_batch(jobs)
+    events = [list(job.events.queue) for job in jobs]
+    together = [template.parse_assistant([e.id for e in ev if isinstance(e, Token)], local.tok)["content"]
+                for ev in events[:3]]
+    assert together == alone
+    assert [e.reason for e in events[3]] == ["cancelled"]
 
 
 # ---------------------------------------------------------------------------- tool calls

@@ -11,7 +11,8 @@ token after token never recompiles. Rows advance independently: each has its own
 a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
 
 Reasons a row ends: "stop" (a stop token), "length" (max_tokens sampled), "context_full" (the
-next token would not fit the model's context; `message` says so). Nothing raises mid-stream.
+next token would not fit the model's context; `message` says so), "cancelled" (the caller asked).
+Nothing raises mid-stream.
 """
 
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def chunk_length(n: int) -> int:
     return next((c for c in CHUNK_BUCKETS if c >= n), n)
 
 
-def sample_next(logits, key, temperature, top_k, top_p, mode: str):
+def sample_next(logits, keys, temperature, top_k, top_p, mode: str):
     """(B, V) fp32 logits -> (B,) ids. Per row: temperature 0 is greedy; top_k 0 and top_p 1 are
     off. `mode` (static) skips what no row needs: "greedy" draws no random numbers (on CPU the
     draw costs more than the argmax), only "filtered" sorts for top-k/top-p."""
@@ -81,16 +82,19 @@ def sample_next(logits, key, temperature, top_k, top_p, mode: str):
         n_keep = jnp.maximum(jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p[:, None], axis=-1), 1)
         keep &= scaled >= jnp.take_along_axis(desc, (n_keep - 1)[:, None], axis=-1)
         scaled = jnp.where(keep, scaled, -jnp.inf)
-    sampled = jax.random.categorical(key, scaled, axis=-1)
+    sampled = jax.vmap(jax.random.categorical)(keys, scaled)  # each row its own key
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
-def _step(params, kv, ids, pos, n, key, temperature, top_k, top_p, *, cfg: GPTConfig, mode: str):
-    """Feed ids (B, C) (the first n[b] real) at positions pos[b]...; sample each row's next id."""
+def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, cfg: GPTConfig, mode: str):
+    """Feed ids (B, C) (the first n[b] real) at positions pos[b]...; sample each row's next id.
+    Row b's k-th draw uses key(seeds[b]) folded with k (drawn[b]): a row's sample depends on its
+    seed alone, not on the batch it shares (the server batches requests that arrive together)."""
     h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n})
     last = h[jnp.arange(ids.shape[0]), jnp.maximum(n - 1, 0)]  # only the last real position's logits
     logits = model.logits_of(params, last, cfg)
-    return sample_next(logits, key, temperature, top_k, top_p, mode), (k, v)
+    keys = jax.vmap(lambda s, k: jax.random.fold_in(jax.random.key(s), k))(seeds, drawn)
+    return sample_next(logits, keys, temperature, top_k, top_p, mode), (k, v)
 
 
 class Engine:
@@ -107,20 +111,26 @@ class Engine:
         dtype = jnp.dtype(c.compute_dtype)
         return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
-    def generate(self, prompts: list[list[int]], max_tokens: int = 256, *, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: tuple[int, ...] | None = None,
-                 on_tool_calls: Callable[[int, dict], list[str] | None] | None = None) -> Iterator:
+    def generate(self, prompts: list[list[int]], max_tokens: int | list[int] = 256, *,
+                 temperature: float | list[float] = 0.0, top_k: int | list[int] = 0,
+                 top_p: float | list[float] = 1.0, seed: int | list[int] = 0, stop: tuple[int, ...] | None = None,
+                 on_tool_calls: Callable[[int, dict], list[str] | None] | None = None,
+                 cancelled: set[int] | None = None) -> Iterator:
         """Stream Token and Done events for a batch of prompts (token id lists, any lengths).
 
+        max_tokens and the sampling settings are one value for every row or a list, one per row.
         on_tool_calls(row, message) gets the parsed assistant message when a turn ends in tool
         calls and returns one result text per call (fed back as forced tokens, then a new
-        assistant turn starts), or None to end the row there.
+        assistant turn starts), or None to end the row there. A row whose index is added to
+        `cancelled` (by another thread, say) ends at the next step with Done(row, "cancelled").
         """
         stop = self.default_stop if stop is None else tuple(stop)
         B, seq_len = len(prompts), self.cfg.seq_len
-        longest = max(len(p) for p in prompts)
+        max_tokens, temperature, top_k, top_p, seed = (
+            list(v) if isinstance(v, (list, tuple)) else [v] * B for v in (max_tokens, temperature, top_k, top_p, seed))
+        longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
         # tool results arrive unannounced: give tool-using rows the whole context up front
-        S = seq_len if on_tool_calls else cache_length(longest + max_tokens, seq_len)
+        S = seq_len if on_tool_calls else cache_length(longest, seq_len)
         rows = [_Row(feed=list(p)) for p in prompts]
         for i, r in enumerate(rows):
             if not r.feed:
@@ -129,12 +139,19 @@ class Engine:
                 r.done = True
                 yield Done(i, "context_full", f"the prompt has {len(r.feed)} tokens; the context holds {S}")
         kv = self.new_cache(B, S)
-        key = jax.random.key(seed)
-        settings = (jnp.full(B, temperature, jnp.float32), jnp.full(B, top_k, jnp.int32),
-                    jnp.full(B, top_p, jnp.float32))
-        mode = "greedy" if temperature <= 0 else "filtered" if top_k > 0 or top_p < 1.0 else "sample"
-        step = 0
+        seeds = jnp.asarray(np.asarray(seed, np.int64) % (1 << 32), jnp.uint32)
+        settings = (jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32),
+                    jnp.asarray(top_p, jnp.float32))
+        sampling = [t > 0 for t in temperature]
+        mode = ("greedy" if not any(sampling) else "filtered" if any(
+            on and (k > 0 or p < 1.0) for on, k, p in zip(sampling, top_k, top_p)) else "sample")
         while not all(r.done for r in rows):
+            for i in sorted(cancelled or ()):
+                if i < B and not rows[i].done:
+                    rows[i].done = True
+                    yield Done(i, "cancelled")
+            if all(r.done for r in rows):
+                break
             C = chunk_length(max(len(r.feed) for r in rows if not r.done))
             ids = np.zeros((B, C), np.int32)
             n = np.zeros(B, np.int32)
@@ -143,9 +160,8 @@ class Engine:
                     ids[i, :len(r.feed)] = r.feed
                     n[i] = len(r.feed)
             pos = np.array([r.pos for r in rows], np.int32)
-            next_ids, kv = self.step(self.params, kv, ids, pos, n, jax.random.fold_in(key, step), *settings,
-                                     mode=mode)
-            step += 1
+            drawn = np.array([r.sampled for r in rows], np.int32)
+            next_ids, kv = self.step(self.params, kv, ids, pos, n, seeds, drawn, *settings, mode=mode)
             for i, t in enumerate(np.asarray(next_ids).tolist()):
                 r = rows[i]
                 if r.done:
@@ -154,7 +170,7 @@ class Engine:
                 r.feed, r.sampled = [t], r.sampled + 1
                 r.turn.append(t)
                 yield Token(i, t)
-                yield from self._after(i, r, t, stop, max_tokens, S, on_tool_calls)
+                yield from self._after(i, r, t, stop, max_tokens[i], S, on_tool_calls)
 
     def _after(self, i, r: _Row, t: int, stop, max_tokens: int, S: int, on_tool_calls):
         """What follows sampled token t of row i: go on, run its tool calls, or end the row."""

@@ -3,7 +3,7 @@
     trainer serve --checkpoint RUN [--port 8000]     # then any OpenAI client at http://127.0.0.1:8000/v1
 
     GET  /v1/models             the one model (its id: --model-name, default the run directory's name)
-    GET  /health                {"status": "ok"} once the model is loaded
+    GET  /health                {"status": "ok", "requests": N, "batches": M} once the model is loaded
     POST /v1/chat/completions   non-streaming, or SSE chunks ending `data: [DONE]` with "stream": true
 
 A request goes through the token template: OpenAI messages -> records (agent.backend.from_openai)
@@ -13,20 +13,23 @@ prompt (agent.spec.render_system_prompt), which clients send as the system messa
 model garbled goes out with its parse error as (non-JSON) arguments, so no client runs it.
 Also ignored: tool_choice, response_format, logprobs, penalties; `stop` and n > 1 are refused (400).
 
-One Engine answers one request at a time, behind a lock; concurrent requests wait their turn.
-Batching them into one generate() call (the engine decodes rows independently) is the next step.
-The stdlib http.server is enough for that: the engine is synchronous and serialized, so an async
-framework would buy nothing, and it adds no dependency.
+Requests are batched: one thread owns the Engine; it takes every request waiting (up to
+max_batch) into one generate() call, whose rows decode independently with their own max_tokens,
+sampling settings and seed (a seeded reply does not depend on its batch). Requests that arrive
+while a batch runs wait for the next one. A client that hangs up cancels its row only. The stdlib
+http.server is enough: handler threads just wait on their row's events, so an async framework
+would buy nothing, and it adds no dependency.
 """
 
 import json
+import queue
 import secrets
 import sys
 import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -78,12 +81,56 @@ def openai_calls(message: dict) -> list[dict]:
             for c in message.get("tool_calls", [])]
 
 
+@dataclass
+class _Job:
+    """One request's row in a batch: the batcher puts its Token/Done events (or an exception) on
+    `events`; cancel() ends the row, whether or not its batch has started."""
+    req: Request
+    events: queue.Queue = field(default_factory=queue.Queue)
+    row: int = -1
+    batch_cancelled: set | None = None   # the running batch's `cancelled` set, once batched
+    gone: bool = False
+
+    def cancel(self) -> None:
+        self.gone = True
+        if self.batch_cancelled is not None:
+            self.batch_cancelled.add(self.row)
+
+
 class ModelServer:
     """The engine, its tokenizer and the model's name; turns request bodies into replies."""
 
-    def __init__(self, params, cfg, tok, model_name: str):
+    def __init__(self, params, cfg, tok, model_name: str, max_batch: int = 32):
         self.engine, self.tok, self.seq_len, self.model_name = Engine(params, cfg, tok), tok, cfg.seq_len, model_name
-        self.lock = threading.Lock()  # one generation at a time (see the module docstring)
+        self.max_batch, self.jobs = max_batch, queue.Queue()
+        self.stats = {"requests": 0, "batches": 0}
+        threading.Thread(target=self._batches, daemon=True, name="nanocode-engine").start()
+
+    def _batches(self) -> None:
+        """The engine's thread: every waiting request (up to max_batch) into one generate() call."""
+        while True:
+            jobs = [self.jobs.get()]
+            while len(jobs) < self.max_batch and not self.jobs.empty():
+                jobs.append(self.jobs.get())
+            self.run_batch(jobs)
+
+    def run_batch(self, jobs: list[_Job]) -> None:
+        """One generate() call over the jobs' prompts; each job's events go to its own queue."""
+        cancelled: set[int] = set()
+        for i, job in enumerate(jobs):
+            job.row, job.batch_cancelled = i, cancelled
+        cancelled |= {i for i, job in enumerate(jobs) if job.gone}  # hung up while waiting
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(jobs)
+        settings = {k: [job.req.sampling[k] for job in jobs] for k in jobs[0].req.sampling}
+        try:
+            for event in self.engine.generate([job.req.prompt for job in jobs],
+                                              [job.req.max_tokens for job in jobs], cancelled=cancelled,
+                                              **settings):
+                jobs[event.row].events.put(event)
+        except Exception as e:  # a bug: every waiting handler answers 500, the thread lives on
+            for job in jobs:
+                job.events.put(e)
 
     @classmethod
     def from_run(cls, run, model_name: str | None = None) -> "ModelServer":
@@ -137,16 +184,23 @@ class ModelServer:
         a trailing U+FFFD (half a multi-byte character) waits for the bytes that complete it.
         """
         ids, shown, reason = [], "", "length"
-        with self.lock:
-            for event in self.engine.generate([req.prompt], req.max_tokens, **req.sampling):
+        job = _Job(req)
+        self.jobs.put(job)
+        try:
+            while True:
+                event = job.events.get()
+                if isinstance(event, Exception):
+                    raise event
                 if not isinstance(event, Token):
                     reason = event.reason
-                    continue
+                    break
                 ids.append(event.id)
                 content = template.parse_assistant(ids, self.tok)["content"].rstrip("\ufffd")
                 if len(content) > len(shown) and content.startswith(shown):
                     yield "text", content[len(shown):]
                     shown = content
+        finally:
+            job.cancel()  # a client gone mid-reply frees its row; after Done, nothing to free
         message = template.parse_assistant(ids, self.tok)
         if len(message["content"]) > len(shown):
             yield "text", message["content"][len(shown):]
@@ -219,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "/models":
             status, body = 200, self.server.model.models()
         elif route == "/health":
-            status, body = 200, {"status": "ok"}
+            status, body = 200, {"status": "ok", **self.server.model.stats}
         else:
             status, body = 404, ApiError(404, f"no route GET {self.path}").body()
         self._json(status, body)
