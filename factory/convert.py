@@ -236,4 +236,20 @@ class CodeDiff(CodeEdit):
     diff_only = True
 
 
-CONVERTERS = {"code_edit": CodeEdit, "code_diff": CodeDiff}
+@dataclass
+class Chat:
+    """General chat (SmolTalk and the like): the request and the answer as one plain exchange, no
+    tools. The critics and the reviser still hold it to the SOUL, so the model's voice is the same
+    whether or not a task touches files."""
+    system_prompt: bool = True
+
+    def convert(self, seed: dict, soul, spec) -> dict:
+        check_seed(seed)
+        messages = [{"role": "user", "content": seed["instruction"]},
+                    {"role": "assistant", "content": seed["answer"].strip()}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": render_system_prompt(soul, spec)})
+        return {"messages": messages, "workspace": dict(seed["workspace"])}
+
+
+CONVERTERS = {"code_edit": CodeEdit, "code_diff": CodeDiff, "chat": Chat}

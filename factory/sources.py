@@ -255,16 +255,26 @@ class EvolCodeAlpaca(HubSource):
 
 @dataclass
 class SmolTalk(HubSource):
-    """General chat: most rows hold no code, so code converters reject them ("no fenced code
-    block"); with a code converter only the coding conversations become rollouts."""
+    """General chat: its rows go through their own converter, `chat` by default (a plain exchange
+    held to the SOUL), whatever the build's converter is; `converter: code_edit` keeps only the
+    coding conversations, as rollouts."""
     dataset: str = "HuggingFaceTB/smoltalk"
     config: str | None = "all"
+    converter: dict | str = "chat"
     needs = ("messages",)
     default_label = "smoltalk"
 
+    def __post_init__(self):
+        super().__post_init__()
+        from factory.config import make
+        from factory.convert import CONVERTERS
+
+        self.stage = make("converter", CONVERTERS, self.converter, f"source {self.name}")
+        self.columns["converter"] = self.converter
+
     def map(self, record, n):
         instruction, answer = _first_turns(record["messages"])
-        return seed_row(self.name, _id(record, n, "id"), instruction, answer)
+        return {**seed_row(self.name, _id(record, n, "id"), instruction, answer), "converter": self.stage}
 
 
 @dataclass

@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from agent.common import InputError, nanocode_home
+from agent.soul_checks import check_message
 from agent.spec import load_soul, load_tools
 from agent.tools import Tools
 from factory.config import make
@@ -159,11 +160,15 @@ def test_bad_input_and_duplicates_across_sources_become_rejects_with_reasons(tmp
         "self-oss-instruct:105": "convert: the answer's code block is never closed (unbalanced ```)",
         "evol-codealpaca:2": rejects["evol-codealpaca:2"],
         "evol-codealpaca:3": "convert: the answer has no fenced code block",
-        "smoltalk:1": "convert: the answer has no fenced code block",
         "smoltalk:3": "source: the row has no instruction text",
         "bad:giant": "input: instruction + answer are 120026 chars (limit 60000)",
         "bad:binary": "input: binary content (control bytes) in the answer"}
     assert rejects["evol-codealpaca:2"].startswith("dedup: near duplicate of self-oss-instruct:101")
     assert set(sft) == {"tulu-personas-code:personas_code_a1", "tulu-personas-code:personas_code_b2",
-                        "self-oss-instruct:101", "self-oss-instruct:103", "evol-codealpaca:1", "smoltalk:2", "bad:crlf"}
+                        "self-oss-instruct:101", "self-oss-instruct:103", "evol-codealpaca:1", "smoltalk:1", "smoltalk:2",
+                        "bad:crlf"}
+    # general chat goes through its own `chat` converter: a plain exchange, held to the SOUL like the rest
+    for chat in (sft["smoltalk:1"], sft["smoltalk:2"]):
+        assert [m["role"] for m in chat] == ["system", "user", "assistant"] and "tool_calls" not in chat[-1]
+        assert all(c.ok for c in check_message(chat[-1], load_soul().rules))
     assert not any("\r" in json.dumps(m) for m in sft["bad:crlf"])
