@@ -86,11 +86,12 @@ def sample_next(logits, keys, temperature, top_k, top_p, mode: str):
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
-def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, cfg: GPTConfig, mode: str):
+def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, cfg: GPTConfig, mode: str,
+          fresh: bool):
     """Feed ids (B, C) (the first n[b] real) at positions pos[b]...; sample each row's next id.
     Row b's k-th draw uses key(seeds[b]) folded with k (drawn[b]): a row's sample depends on its
     seed alone, not on the batch it shares (the server batches requests that arrive together)."""
-    h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n})
+    h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n}, fresh=fresh)
     last = h[jnp.arange(ids.shape[0]), jnp.maximum(n - 1, 0)]  # only the last real position's logits
     logits = model.logits_of(params, last, cfg)
     keys = jax.vmap(lambda s, k: jax.random.fold_in(jax.random.key(s), k))(seeds, drawn)
@@ -100,7 +101,7 @@ def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, c
 class Engine:
     def __init__(self, params, cfg: GPTConfig, tok):
         self.params, self.cfg, self.tok = params, cfg, tok
-        self.step = jax.jit(partial(_step, cfg=cfg), static_argnames=("mode",), donate_argnums=(1,))
+        self.step = jax.jit(partial(_step, cfg=cfg), static_argnames=("mode", "fresh"), donate_argnums=(1,))
         sid = tok.special_id
         self.assistant_start, self.assistant_end = sid(template.ASSISTANT_START), sid(template.ASSISTANT_END)
         self.default_stop = (self.assistant_end, tok.bos_id)
@@ -161,7 +162,8 @@ class Engine:
                     n[i] = len(r.feed)
             pos = np.array([r.pos for r in rows], np.int32)
             drawn = np.array([r.sampled for r in rows], np.int32)
-            next_ids, kv = self.step(self.params, kv, ids, pos, n, seeds, drawn, *settings, mode=mode)
+            fresh = not pos.any()  # the prompts' prefill: nothing cached yet
+            next_ids, kv = self.step(self.params, kv, ids, pos, n, seeds, drawn, *settings, mode=mode, fresh=fresh)
             for i, t in enumerate(np.asarray(next_ids).tolist()):
                 r = rows[i]
                 if r.done:

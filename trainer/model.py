@@ -94,9 +94,12 @@ def apply_rope(x, cos, sin):
     return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
 
 
-def attention(x, w, cos, sin, cfg: GPTConfig, cache=None):
+def attention(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
     """Causal self-attention over x -> (y, None); with `cache` = (this layer's k, v, positions,
-    valid) the queries attend to the cached tokens and the new ones -> (y, (new k, new v))."""
+    valid) the queries attend to the cached tokens and the new ones -> (y, (new k, new v)).
+    `fresh` (static): every row starts at position 0 (a prompt's prefill), so the cache holds
+    nothing yet and plain causal attention over the chunk is exact (padding sits after each row's
+    real tokens, where causality hides it): the same kernel as training, flash attention on GPUs."""
     B, T, _ = x.shape
     q = (x @ w["wq"]).reshape(B, T, cfg.n_head, cfg.head_dim)
     k = (x @ w["wk"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
@@ -104,10 +107,10 @@ def attention(x, w, cos, sin, cfg: GPTConfig, cache=None):
     # RoPE before QK-norm, as nanochat; fewer kv heads than q heads is GQA, handled natively
     q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
     scale = QK_GAIN**2 / math.sqrt(cfg.head_dim)  # the 1.2 gain on q and k folded into the scale
-    if cache is None:
+    if cache is None or fresh:
         # "cudnn" is never picked automatically: ask for it
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, implementation=cfg.attention)
-        return y.reshape(B, T, -1) @ w["wo"], None
+        return y.reshape(B, T, -1) @ w["wo"], None if cache is None else (k.swapaxes(1, 2), v.swapaxes(1, 2))
     # decoding: attend to this layer's cache (B, Hkv, S, Dh), which holds each row's first
     # positions[:, 0] tokens, plus the T new tokens; return the new keys and values, which
     # hidden() writes into the cache once for all layers (in place: no copy of it per layer)
@@ -134,19 +137,20 @@ def mlp(x, w):
     return jnp.square(jax.nn.relu(x @ w["w_fc"])) @ w["w_proj"]
 
 
-def block(x, w, cos, sin, cfg: GPTConfig, cache=None):
+def block(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
     """One pre-norm transformer layer; `w` holds this layer's (unstacked) weights."""
-    y, cache = attention(rms_norm(x), w, cos, sin, cfg, cache)
+    y, cache = attention(rms_norm(x), w, cos, sin, cfg, cache, fresh)
     x = x + y
     return x + mlp(rms_norm(x), w), cache
 
 
-def hidden(params, ids, cfg: GPTConfig, cache=None):
+def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
     """(B, T) token ids -> (B, T, D) final normed hidden states, and the updated cache.
 
     Without `cache`, ids are whole sequences from position 0. With `cache` = {"k", "v": (L, B, Hkv,
     S, Dh), "pos": (B,) tokens already cached per row, "n": (B,) how many of this call's T ids
-    are real per row}, ids continue each row at its own position (prefill, decode, forced tokens).
+    are real per row}, ids continue each row at its own position (prefill, decode, forced tokens);
+    `fresh`: every row starts at 0 (see attention).
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     if cache is None:
@@ -162,7 +166,7 @@ def hidden(params, ids, cfg: GPTConfig, cache=None):
         w, resid_lambda, x0_lambda, kv = layer_params
         w = jax.tree.map(lambda a: a.astype(dtype), w)  # one layer's weights in bf16 at a time
         x = resid_lambda.astype(dtype) * x + x0_lambda.astype(dtype) * x0
-        return block(x, w, cos, sin, cfg, None if kv is None else (*kv, positions, valid))
+        return block(x, w, cos, sin, cfg, None if kv is None else (*kv, positions, valid), fresh)
 
     if cfg.remat:
         layer = jax.checkpoint(layer, prevent_cse=False)  # inside scan, CSE prevention is unneeded
