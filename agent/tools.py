@@ -153,13 +153,18 @@ class _Drain(threading.Thread):
 
 
 class Tools:
-    def __init__(self, root, spec: ToolSpec | None = None, limits: Limits | None = None):
+    def __init__(self, root, spec: ToolSpec | None = None, limits: Limits | None = None, bin_dirs=()):
+        """bin_dirs: folders put first on Bash's PATH (the factory runs rollouts with its own
+        Python, so `python` means the same interpreter on every machine)."""
         if not os.path.isdir(root):
             raise InputError(f"workspace {root} is not an existing directory")
         self.root = Path(os.path.realpath(root))
         self.spec = spec if spec is not None else load_tools()
         self.limits = limits or Limits()
         self._impl = {"Read": self._read, "Grep": self._grep, "Edit": self._edit, "Bash": self._bash}
+        self.env = {**os.environ, **QUIET_ENV}
+        if bin_dirs:
+            self.env["PATH"] = os.pathsep.join([*map(str, bin_dirs), os.environ.get("PATH", "")])
 
     def needs_approval(self, name: str) -> bool:
         tool = self.spec.get(name)
@@ -439,7 +444,7 @@ class Tools:
         # its own session, so one killpg reaches every child; no stdin to wait on
         proc = subprocess.Popen(["bash", "-c", command], cwd=self.root, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, env={**os.environ, **QUIET_ENV})
+                                start_new_session=True, env=self.env)
         drains = [_Drain(proc.stdout, keep), _Drain(proc.stderr, keep)]
         for d in drains:
             d.start()

@@ -25,8 +25,10 @@ giant text, a special token's spelling, an unclosed code fence) are rejected wit
 
 import difflib
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.spec import render_system_prompt
 from agent.tools import Tools
@@ -65,6 +67,14 @@ def _target(seed: dict, ext: str, ident: str | None) -> str:
             return m[1]
     stem = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", ident).lower() if ident else "solution"
     return f"{stem}.{ext}"
+
+
+def rollout_tools(root, spec, limits=None) -> Tools:
+    """The tool runtime every rollout is made and replayed with: Bash finds this Python first,
+    so `python -m unittest` in a scenario needs no `python` on the machine's PATH (Debian has
+    only python3), starts without a version manager's shim, and gives the same output at
+    conversion and at replay."""
+    return Tools(root, spec, limits, bin_dirs=(Path(sys.executable).parent,))
 
 
 def check_seed(seed: dict) -> None:
@@ -174,7 +184,7 @@ class CodeEdit:
         if modifies:
             workspace[target] = workspace.get(target) or _ends(original)  # pasted code becomes the file
         with tempfile.TemporaryDirectory(prefix="nanocode-convert-") as root:
-            tools = Tools(root, spec)
+            tools = rollout_tools(root, spec)
             for path, text in workspace.items():
                 result = tools.run({"name": "Edit", "args": {"file_path": path, "new_string": text}})
                 if result.startswith("error"):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from agent.session import refused
 from agent.tools import Limits, Tools
+from factory.convert import rollout_tools
 
 REFUSED = refused()  # every refusal result starts with this (a reason may follow)
 
@@ -59,7 +60,7 @@ class ToolReplay:
         with tempfile.TemporaryDirectory(prefix="nanocode-replay-") as root:
             try:
                 _write_workspace(root, workspace or {})
-                tools = Tools(root, spec, Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout))
+                tools = rollout_tools(root, spec, Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout))
                 return self._walk(messages, tools)
             except _Reject as e:
                 return Verdict("rejected", messages, reason=str(e))

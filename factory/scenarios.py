@@ -30,7 +30,7 @@ from agent.session import refused
 from agent.spec import REPO_ROOT, render_system_prompt
 from agent.tools import Tools
 from factory.convert import CONVERTERS as ALL_CONVERTERS
-from factory.convert import Skip
+from factory.convert import Skip, rollout_tools
 
 LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
              "ruby", "kotlin", "yaml", "json", "toml", "markdown", "html", "css", "dockerfile", "make"}
@@ -427,7 +427,7 @@ def _summary(spec: Scenario) -> str:
 
 def workspace_tools(root: str, files: dict, spec) -> Tools:
     """Tools on `root` holding `files`, written the way the agent would (Edit creates)."""
-    tools = Tools(root, spec)
+    tools = rollout_tools(root, spec)
     for p, text in files.items():
         full = Path(tools.root, p)
         full.parent.mkdir(parents=True, exist_ok=True)

@@ -126,3 +126,15 @@ def test_a_build_records_replay_outcomes_and_show_prints_the_rate(tmp_path):
     lines = show.stdout.splitlines()
     assert any("replay pass rate by source" in line and "coding 1.0, humaneval 1.0" in line for line in lines)
     assert any("replayed rows" in line and f"ok {summary['sft rows']}, rewritten 0, rejected 0" in line for line in lines)
+
+
+def test_rollouts_run_python_from_the_factorys_own_interpreter(tmp_path, monkeypatch):
+    """Scenario tests call `python`; plain Debian has only python3. Rollouts (made and replayed)
+    find the factory's own Python first, so they give the same result on any machine."""
+    import sys
+
+    from factory.convert import rollout_tools
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no pyenv shim, no venv
+    out = rollout_tools(tmp_path, SPEC).run({"name": "Bash", "args": {"command": "python -c 'import sys; print(sys.executable)'"}})
+    assert f"\n{sys.executable}\n" in out and "exit code: 0" in out, out
