@@ -69,6 +69,18 @@ def _target(seed: dict, ext: str, ident: str | None) -> str:
     return f"{stem}.{ext}"
 
 
+_SYSTEM: dict[tuple[str, str], str] = {}
+
+
+def system_message(soul, spec) -> dict:
+    """The agent's system prompt as the first message of a record: rendered once per (SOUL, tool
+    spec) pair, not per row (reading and compiling the template took ~4 ms of a row's ~10)."""
+    key = (soul.sha256, spec.sha256)
+    if key not in _SYSTEM:
+        _SYSTEM[key] = render_system_prompt(soul, spec)
+    return {"role": "system", "content": _SYSTEM[key]}
+
+
 def rollout_tools(root, spec, limits=None) -> Tools:
     """The tool runtime every rollout is made and replayed with: Bash finds this Python first,
     so `python -m unittest` in a scenario needs no `python` on the machine's PATH (Debian has
@@ -207,7 +219,7 @@ class CodeEdit:
             what = f"`{ident}`" if ident else "the code"
             messages.append({"role": "assistant", "content": after or f"done: {what} is in `{target}`."})
         if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": render_system_prompt(soul, spec)})
+            messages.insert(0, system_message(soul, spec))
         return {"messages": messages, "workspace": workspace}
 
     @staticmethod
@@ -258,7 +270,7 @@ class Chat:
         messages = [{"role": "user", "content": seed["instruction"]},
                     {"role": "assistant", "content": seed["answer"].strip()}]
         if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": render_system_prompt(soul, spec)})
+            messages.insert(0, system_message(soul, spec))
         return {"messages": messages, "workspace": dict(seed["workspace"])}
 
 

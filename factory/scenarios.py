@@ -27,10 +27,10 @@ import yaml
 
 from agent.common import InputError
 from agent.session import refused
-from agent.spec import REPO_ROOT, render_system_prompt
+from agent.spec import REPO_ROOT
 from agent.tools import Tools
 from factory.convert import CONVERTERS as ALL_CONVERTERS
-from factory.convert import Skip, rollout_tools
+from factory.convert import Skip, rollout_tools, system_message
 
 LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
              "ruby", "kotlin", "yaml", "json", "toml", "markdown", "html", "css", "dockerfile", "make"}
@@ -481,7 +481,7 @@ class ScenarioConverter:
             raise out
         messages = [{"role": "user", "content": scenario.task}, *json.loads(json.dumps(out))]
         if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": render_system_prompt(soul, spec)})
+            messages.insert(0, system_message(soul, spec))
         # with a model, the generator writes from the spec (prompts/scenario.j2) and `ground`
         # makes its tool results real
         return {"messages": messages, "workspace": dict(scenario.files), "prompt": "scenario",
