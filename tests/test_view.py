@@ -125,27 +125,37 @@ def test_browser_filter_pair_diff_mark_and_derive(home, browser, tmp_path, monke
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_port}"
     find, finds = browser.find_element, browser.find_elements
+
+    def follow(by, what):
+        """Click something that loads a page, and wait until the old page is gone (no stale reads)."""
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        old = find(By.TAG_NAME, "html")
+        find(by, what).click()
+        WebDriverWait(browser, 10).until(expected_conditions.staleness_of(old))
+
     try:
         browser.get(base + "/")
-        find(By.LINK_TEXT, "1").click()
+        follow(By.LINK_TEXT, "1")
         assert "pass rate by source" in browser.page_source and len(finds(By.CSS_SELECTOR, "figure svg")) == 5
         browser.get(base + "/v/1/rows")
         Select(find(By.ID, "status")).select_by_visible_text("rejected")
-        find(By.ID, "apply").click()
+        follow(By.ID, "apply")
         rows = finds(By.CSS_SELECTOR, "#rows tr.row")
         assert [r.get_attribute("class").split()[1] for r in rows] == ["rejected"]
         assert "no fenced code block" in rows[0].text
 
-        find(By.LINK_TEXT, "pairs").click()
-        find(By.CSS_SELECTOR, "a.open-pair").click()
+        follow(By.LINK_TEXT, "pairs")
+        follow(By.CSS_SELECTOR, "a.open-pair")
         assert finds(By.CSS_SELECTOR, "#diff del") and finds(By.CSS_SELECTOR, "#diff ins")
         assert find(By.ID, "decision").text and find(By.ID, "scores").text
 
-        find(By.PARTIAL_LINK_TEXT, "the chosen rollout as an sft row").click()
+        follow(By.PARTIAL_LINK_TEXT, "the chosen rollout as an sft row")
         assert finds(By.CSS_SELECTOR, ".card.call") and find(By.ID, "provenance")
         row_id = browser.current_url.rsplit("/", 1)[1]
         find(By.ID, "note").send_keys("too easy to teach anything")
-        find(By.ID, "exclude").click()
+        follow(By.ID, "exclude")
         assert find(By.ID, "excluded").text == "excluded"
 
         before = Store(home, read_only=True)
