@@ -35,17 +35,9 @@ def garbage(body):
 
 
 def tiny_run(root: Path, depth: int) -> Path:
-    from trainer import configs, corpus, train
-    from trainer.tokenizer import Tokenizer
+    from tests.tiny_run import train_tiny_run
 
-    corpus.build_local(root / "corpus", max_chars=600_000, val_fraction=0.1)
-    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=300_000), vocab_size=512)
-    tok.save(root / "tok")
-    cfg = configs.get_config(f"d{depth}", vocab_size=512, seq_len=512, device_batch_size=2, total_batch_tokens=1024,
-                             num_steps=3, eval_every=1000, eval_tokens=1024, sample_every=0)
-    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "run"),
-                log=lambda *a: None)
-    return root / "run"
+    return train_tiny_run(root, seq_len=512, steps=3, depth=depth, corpus_chars=600_000, tokenizer_chars=300_000)
 
 
 def row(name, r, extra=""):

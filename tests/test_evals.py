@@ -16,8 +16,8 @@ from factory.heldout import humaneval_problems, is_held_out
 from tests import fake_model
 from tests.conftest import BIN, REPO
 from tests.scripted_server import ScriptedServer
-from trainer import cli as trainer_cli, configs, corpus, model, train
-from trainer.tokenizer import Tokenizer
+from tests.tiny_run import train_tiny_run
+from trainer import cli as trainer_cli, model, train
 
 BUNDLE = REPO / "tests/fixtures/core"
 SMALL_TOOLS = REPO / "tests/fixtures/spec/tools_small.yaml"
@@ -28,13 +28,8 @@ def root(tmp_path_factory):
     """ROOT/run/{pretrain,dpo}: a d1 model (seq 512) pretrained 3 steps, then 2 DPO steps; pairs and
     conversations beside it."""
     root = tmp_path_factory.mktemp("evals")
-    corpus.build_local(root / "corpus", max_chars=600_000, val_fraction=0.1)
-    tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=300_000), vocab_size=512)
-    tok.save(root / "tok")
-    cfg = configs.get_config("d1", vocab_size=tok.vocab_size, seq_len=512, device_batch_size=2,
-                             total_batch_tokens=1024, num_steps=3, eval_every=2, eval_tokens=1024, sample_every=0)
-    train.train(cfg, train.RunPaths(corpus=root / "corpus", tokenizer=root / "tok", out=root / "run" / "pretrain"),
-                log=lambda *a: None)
+    train_tiny_run(root, seq_len=512, steps=3, corpus_chars=600_000, tokenizer_chars=300_000, eval_every=2,
+                   out="run/pretrain")
     pairs = [{"prompt": [{"role": "user", "content": f"where is parse defined? ({i})"}],
               "chosen": [{"role": "assistant", "content": "it is in utils.py."}],
               "rejected": [{"role": "assistant", "content": "Certainly! I would be happy to help you with that."}]}
