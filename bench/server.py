@@ -18,7 +18,6 @@ replies are noise, which is fine for timing; every reply runs to max_tokens unle
 import argparse
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import openai  # noqa: E402
 from agent.spec import load_soul, load_tools, render_system_prompt  # noqa: E402
 from trainer import template, train  # noqa: E402
 from trainer.engine import Engine, Token  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.tiny_run import train_tiny_run  # noqa: E402
 
 
@@ -44,9 +44,7 @@ def make_run(root: Path, depth: int) -> Path:
 
 
 def start_server(run: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "trainer"), "serve", "--checkpoint", str(run),
                              "--port", str(port), "--model-name", "bench"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -10,6 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # datasets/huggingface_hub read HF_HOME when first imported: keep their caches and locks out of ~/.cache
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nanocode-tests-hf-")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

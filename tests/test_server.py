@@ -1,7 +1,6 @@
 """The OpenAI-compatible server on a tiny real checkpoint, through `trainer serve` and the openai client."""
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -11,7 +10,7 @@ import openai
 import pytest
 
 from agent.backend import from_openai, is_context_error, parse_call, to_openai
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, REPO, free_port
 from tests.tiny_run import train_tiny_run
 from trainer import template, train
 from trainer.engine import Engine, Token
@@ -29,11 +28,6 @@ CALLS = [{"role": "system", "content": "s"}, {"role": "user", "content": "fix ca
          {"role": "user", "content": "go on"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -44,7 +38,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(run, request):
     """`trainer serve` (the real console script) on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN / "trainer"), "serve", "--checkpoint", str(run), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     request.getfixturevalue("greedy")  # load and run the checkpoint here while the server starts

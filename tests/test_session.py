@@ -2,7 +2,6 @@
 plus `nanocode run` and its bad-input exits as a user runs them."""
 
 import json
-import socket
 import subprocess
 
 import pytest
@@ -13,7 +12,7 @@ from agent.common import InputError
 from agent.session import INTERRUPTED, Decision, Session
 from agent.spec import load_tools
 from agent.tools import Tools
-from tests.conftest import BIN
+from tests.conftest import BIN, free_port
 from tests.scripted_server import ScriptedServer
 from trainer.template import record_id, validate
 
@@ -303,7 +302,7 @@ def test_backend_check_names_the_problem(server):
     backend.check()
     assert backend.model == "scripted" and backend.base_url == server.base_url
     with pytest.raises(InputError, match="cannot reach"):
-        OpenAIBackend(f"http://127.0.0.1:{_free_port()}/v1").check()
+        OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1").check()
 
 
 def test_backend_errors_are_typed(server):
@@ -317,11 +316,6 @@ def test_backend_errors_are_typed(server):
 
 
 # ------------------------------------------------------------------------ the command
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def nanocode(*args, timeout=60):
@@ -357,7 +351,7 @@ def test_run_without_yes_refuses_what_needs_approval(server, ws):
 @pytest.mark.parametrize("case", ["workspace", "unreachable", "no-url", "soul"])
 def test_bad_input_is_one_line_and_exit_2(case, server, ws, tmp_path):
     args = {"workspace": ["--workspace", tmp_path / "nope", "--base-url", server.base_url],
-            "unreachable": ["--workspace", ws, "--base-url", f"http://127.0.0.1:{_free_port()}/v1"],
+            "unreachable": ["--workspace", ws, "--base-url", f"http://127.0.0.1:{free_port()}/v1"],
             "no-url": ["--workspace", ws],
             "soul": ["--workspace", ws, "--soul", tmp_path / "missing.md", "--base-url", server.base_url],
             }[case]
