@@ -24,6 +24,7 @@ giant text, a special token's spelling, an unclosed code fence) are rejected wit
 """
 
 import difflib
+import os
 import re
 import sys
 import tempfile
@@ -87,6 +88,23 @@ def rollout_tools(root, spec, limits=None) -> Tools:
     only python3), starts without a version manager's shim, and gives the same output at
     conversion and at replay."""
     return Tools(root, spec, limits, bin_dirs=(Path(sys.executable).parent,))
+
+
+def workspace_tools(root, files: dict, spec, limits=None) -> Tools:
+    """rollout_tools on `root` holding `files` exactly as given (paths confined to root): how a
+    rollout starts at conversion, scenario expansion and replay alike, so all three see the same
+    bytes. A path leading out, or a value that is not text, raises ValueError."""
+    tools = rollout_tools(root, spec, limits)
+    base = str(tools.root)
+    for rel, text in files.items():
+        if not isinstance(rel, str) or not isinstance(text, str):
+            raise ValueError(f"workspace: {rel!r} must map a path to text")
+        target = os.path.realpath(os.path.join(base, rel))
+        if os.path.isabs(rel) or not target.startswith(base + os.sep):
+            raise ValueError(f"workspace file {rel!r} leads outside the workspace")
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_bytes(text.encode("utf-8"))
+    return tools
 
 
 def check_seed(seed: dict) -> None:
@@ -196,11 +214,10 @@ class CodeEdit:
         if modifies:
             workspace[target] = workspace.get(target) or _ends(original)  # pasted code becomes the file
         with tempfile.TemporaryDirectory(prefix="nanocode-convert-") as root:
-            tools = rollout_tools(root, spec)
-            for path, text in workspace.items():
-                result = tools.run({"name": "Edit", "args": {"file_path": path, "new_string": text}})
-                if result.startswith("error"):
-                    raise Skip("convert", f"workspace file {path!r}: {result}")
+            try:
+                tools = workspace_tools(root, workspace, spec)
+            except ValueError as e:
+                raise Skip("convert", str(e)) from None
             messages = [{"role": "user", "content": seed["instruction"]}]
 
             def step(remark, call):

@@ -22,11 +22,10 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.session import refused
 from agent.tools import Limits, Tools
-from factory.convert import rollout_tools
+from factory.convert import workspace_tools
 
 REFUSED = refused()  # every refusal result starts with this (a reason may follow)
 
@@ -59,8 +58,11 @@ class ToolReplay:
     def replay(self, messages: list[dict], workspace: dict, spec) -> Verdict:
         with tempfile.TemporaryDirectory(prefix="nanocode-replay-") as root:
             try:
-                _write_workspace(root, workspace or {})
-                tools = rollout_tools(root, spec, Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout))
+                tools = workspace_tools(root, workspace or {}, spec,
+                                        Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout))
+            except ValueError as e:  # a path leading out of the workspace, a file that is not text
+                return Verdict("rejected", messages, reason=str(e))
+            try:
                 return self._walk(messages, tools)
             except _Reject as e:
                 return Verdict("rejected", messages, reason=str(e))
@@ -116,19 +118,6 @@ def _masked(text: str) -> str:
     path (node, pytest) or a test runner's timing differs on every run only there, and such a
     result is kept as recorded, so a rebuild's rows keep their ids."""
     return _DURATION.sub("<t>", _TMP_DIR.sub("<tmp>", text))
-
-
-def _write_workspace(root: str, workspace: dict) -> None:
-    """The starting files, confined to root (a path leading out rejects the row)."""
-    base = os.path.realpath(root)
-    for rel, text in workspace.items():
-        if not isinstance(rel, str) or not isinstance(text, str):
-            raise _Reject(f"workspace: {rel!r} must map a path to text")
-        target = os.path.realpath(os.path.join(base, rel))
-        if os.path.isabs(rel) or not target.startswith(base + os.sep):
-            raise _Reject(f"workspace file {rel!r} leads outside the workspace")
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_bytes(text.encode("utf-8"))
 
 
 REPLAYS = {"tools": ToolReplay}

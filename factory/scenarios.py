@@ -30,7 +30,7 @@ from agent.session import refused
 from agent.spec import REPO_ROOT
 from agent.tools import Tools
 from factory.convert import CONVERTERS as ALL_CONVERTERS
-from factory.convert import Skip, rollout_tools, system_message
+from factory.convert import Skip, system_message, workspace_tools
 
 LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
              "ruby", "kotlin", "yaml", "json", "toml", "markdown", "html", "css", "dockerfile", "make"}
@@ -423,16 +423,6 @@ def _summary(spec: Scenario) -> str:
     changed = sorted({e["file_path"] for e in spec.edits})
     text = "done: changed " + ", ".join(f"`{p}`" for p in changed) + "."
     return text + (f" {_code(spec.test)} passes now." if spec.test else "")
-
-
-def workspace_tools(root: str, files: dict, spec) -> Tools:
-    """Tools on `root` holding `files`, written the way the agent would (Edit creates)."""
-    tools = rollout_tools(root, spec)
-    for p, text in files.items():
-        full = Path(tools.root, p)
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_text(text, encoding="utf-8")
-    return tools
 
 
 _EXPANDED: dict = {}  # (spec, tool spec) hash -> messages: a rebuild in the same process reruns nothing

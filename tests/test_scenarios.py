@@ -16,7 +16,7 @@ import yaml
 from agent.common import InputError
 from agent.session import refused
 from agent.spec import load_soul, load_tools
-from factory.convert import Skip
+from factory.convert import Skip, workspace_tools
 from factory.critics import CRITICS
 from factory.loop import Context, critique
 from factory.scenarios import (
@@ -27,7 +27,6 @@ from factory.scenarios import (
     load_spec,
     parse_spec,
     spec_files,
-    workspace_tools,
 )
 from tests.conftest import BIN, REPO
 from tests.scripted_server import ScriptedServer
