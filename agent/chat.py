@@ -4,15 +4,15 @@ Everything the model or the workspace says is printed as rich `Text`, never as m
 brackets in code cannot restyle the terminal. Model text is written as it arrives.
 """
 
-import json
 import re
 import time
 
 from rich.console import Console
 from rich.text import Text
 
-from agent.common import nanocode_home
 from agent.session import Decision, Session
+from nanocode.common import nanocode_home
+from nanocode.record import REFUSED, call_text
 
 try:
     import readline  # noqa: F401  line editing and history for input(), where available
@@ -40,16 +40,6 @@ def clean(text: str) -> str:
     return _CONTROL.sub(lambda m: "" if m[0] == "\r" else repr(m[0])[1:-1], text)
 
 
-def _short(value, width: int = 60) -> str:
-    """An argument value as JSON (strings quoted, newlines as \\n), cut to about `width`."""
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[:width - 2] + "…" + text[-1]
-
-
-def call_line(call: dict) -> str:
-    """`Read(file_path="a.py")`: one line, long values cut."""
-    args = ", ".join(f"{k}={_short(v)}" for k, v in (call.get("args") or {}).items())
-    return f"{call.get('name') or '?'}({args})"
 
 
 def diff_text(diff: str) -> Text:
@@ -92,7 +82,7 @@ class ChatUI:
         if kind == "assistant" and not payload.get("content") and not payload.get("tool_calls"):
             self.console.print(Text("(the model said nothing)", style="dim"))
         elif kind == "call":
-            self.console.print(Text("● ", style="cyan") + Text(clean(call_line(payload)), style="bold"))
+            self.console.print(Text("● ", style="cyan") + Text(clean(call_text(payload, 60)), style="bold"))
         elif kind == "running" and self.console.is_terminal and payload["name"] != "Edit":
             self._status = self.console.status(f"running {payload['name']}… (Ctrl-C stops it)")
             self._status.start()
@@ -105,7 +95,7 @@ class ChatUI:
 
     def _result(self, text: str) -> None:
         lines = text.splitlines() or [""]
-        style = "red" if text.startswith("error") or text.startswith("the user refused") else "dim"
+        style = "red" if text.startswith("error") or text.startswith(REFUSED) else "dim"
         shown = lines[:self.preview_lines]
         for i, line in enumerate(shown):
             self.console.print(Text(("  ⎿ " if i == 0 else "    ") + clean(line), style=style))

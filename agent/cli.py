@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from agent.common import InputError, run_cli
-from agent.spec import load_soul, load_tools, render_system_prompt
+from nanocode.common import InputError, run_cli
+from nanocode.spec import load_soul, load_tools, render_system_prompt
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 
@@ -56,16 +56,44 @@ def _session(base_url, model, api_key, workspace, soul, tools, approve, on_event
         if not model:
             raise InputError("no model to talk to: pass --model RUN_DIR (a trained run) or --base-url URL "
                              "(an OpenAI-compatible server)")
-        from trainer.server import serve_in_background  # jax: only when a local run is asked for
-
         if sys.stderr.isatty():  # restoring a big checkpoint takes a while; scripts get no noise
             print(f"loading {model} ...", file=sys.stderr, flush=True)
-        base_url, model = serve_in_background(model)
+        base_url, model = serve_run(model)
     backend = OpenAIBackend(base_url, model=model, api_key=api_key)
     backend.check()
     session = Session(backend, runtime, render_system_prompt(soul_, spec), approve, on_event,
                       soul_sha=soul_.sha256, tools_sha=spec.sha256, source=source)
     return session, backend, runtime
+
+
+def serve_run(run: str) -> tuple[str, str]:
+    """Serve a local run with `trainer serve --child` in a child process: (base URL, model name).
+
+    A process, not an import: the agent knows models only as OpenAI-compatible servers. The
+    child stops when our end of its stdin closes, which happens however this process ends.
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    errors = tempfile.TemporaryFile(mode="w+")
+    child = subprocess.Popen([sys.executable, "-m", "trainer.cli", "serve", "--checkpoint", run, "--child"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
+                             start_new_session=True)  # Ctrl-C in the chat must not reach the server
+    line = child.stdout.readline()
+    if not line:  # it failed before listening: its `error: ...` line is the reason
+        child.wait()
+        errors.seek(0)
+        said = [x for x in errors.read().splitlines() if x.strip()]
+        reason = next((x.removeprefix("error: ") for x in said if x.startswith("error: ")),
+                      said[-1] if said else f"exit status {child.returncode}")
+        raise InputError(f"--model {run}: {reason}")
+    _CHILDREN.append(child)  # keeps its stdin open for as long as we live
+    ready = json.loads(line)
+    return ready["url"], ready["model"]
+
+
+_CHILDREN: list = []
 
 
 _opts = dict(
@@ -89,7 +117,8 @@ def chat(base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _op
     """
     from rich.console import Console
 
-    from agent.chat import ChatUI, chat as chat_loop
+    from agent.chat import ChatUI
+    from agent.chat import chat as chat_loop
 
     ui = ChatUI(Console(highlight=False, soft_wrap=True))
     session, backend, runtime = _session(base_url, model, api_key, workspace, soul, tools,

@@ -7,7 +7,7 @@
 error result the model reads; a call that needs approval asks `approve(call, preview)` first;
 Edits are planned, previewed as a diff, then applied and kept for `undo`), and loops until the
 model answers without calls. `session.messages` is always a valid conversation record
-(trainer.template.validate passes) whatever happens in between: a Ctrl-C answers every call
+(nanocode.record.validate passes) whatever happens in between: a Ctrl-C answers every call
 still pending with INTERRUPTED, a full context drops the oldest turns and retries once.
 
 Events for the UI, `on_event(kind, payload)`:
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.backend import BackendError, ContextFull
-from agent.common import write_text_atomic
-from agent.spec import type_args
-from trainer.template import record_id
+from nanocode.common import write_text_atomic
+from nanocode.record import record_id, refused
+from nanocode.spec import type_args
 
 INTERRUPTED = "error: interrupted by the user"
 MAX_STEPS = 50            # model turns per send: a model stuck in a loop stops here
@@ -41,12 +41,6 @@ class Decision:
     allow: bool
     reason: str = ""      # why not: goes back to the model in the tool result
     always: bool = False  # allow this tool without asking for the rest of the session
-
-
-def refused(reason: str = "") -> str:
-    """The tool result for a call the user said no to."""
-    reason = " ".join(reason.split())
-    return f"the user refused this call: {reason}" if reason else "the user refused this call"
 
 
 class Session:

@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.common import InputError, atomic_path
-from agent.spec import ToolSpec, load_tools, type_args
+from nanocode.common import InputError, atomic_path
+from nanocode.spec import ToolSpec, load_tools, type_args
 
 SKIP_DIRS = {".git", ".hg", ".svn"}
 SNIFF = 8192            # bytes looked at for a NUL byte: binary files are refused or skipped

@@ -19,11 +19,11 @@ sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
 
-from agent.spec import load_soul, load_tools  # noqa: E402
 from factory.config import load_config, make  # noqa: E402
 from factory.convert import CONVERTERS, Skip  # noqa: E402
 from factory.dedup import Contamination, screen  # noqa: E402
 from factory.sources import SOURCES  # noqa: E402
+from nanocode.spec import load_soul, load_tools  # noqa: E402
 
 
 def best(fn, repeat):

@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
 
-from agent.spec import load_tools  # noqa: E402
 from factory.build import build  # noqa: E402
 from factory.replay import ToolReplay  # noqa: E402
 from factory.store import Store  # noqa: E402
+from nanocode.spec import load_tools  # noqa: E402
 
 
 def config(directory: Path, copies: int, replay: bool) -> Path:

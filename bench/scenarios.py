@@ -14,8 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.spec import load_soul, load_tools  # noqa: E402
 from factory import scenarios  # noqa: E402
+from nanocode.spec import load_soul, load_tools  # noqa: E402
 
 
 def main() -> None:

@@ -32,11 +32,11 @@ import httpx  # noqa: E402
 import jax  # noqa: E402
 import openai  # noqa: E402
 
-from agent.spec import load_soul, load_tools, render_system_prompt  # noqa: E402
-from trainer import template, train  # noqa: E402
-from trainer.engine import Engine, Token  # noqa: E402
+from nanocode.spec import load_soul, load_tools, render_system_prompt  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.tiny_run import train_tiny_run  # noqa: E402
+from trainer import template, train  # noqa: E402
+from trainer.engine import Engine, Token  # noqa: E402
 
 
 def make_run(root: Path, depth: int) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.common import nanocode_home  # noqa: E402
+from nanocode.common import nanocode_home  # noqa: E402
 
 
 def bench_texts(corpus_dir: Path, n_bytes: int, split: str = "train"):

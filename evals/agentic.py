@@ -31,9 +31,9 @@ import tokenize
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from agent.common import InputError
-from agent.spec import load_soul, load_tools, render_system_prompt, type_args
 from factory.heldout import held_out
+from nanocode.common import InputError
+from nanocode.spec import load_soul, load_tools, render_system_prompt, type_args
 
 KINDS = ("stub", "bugfix")
 STUB_BODY = '    raise NotImplementedError("implement me")\n'

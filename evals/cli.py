@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.common import InputError, run_cli
-from agent.soul_checks import check_reply
-from agent.spec import load_soul
+from nanocode.common import InputError, run_cli
+from nanocode.soul_checks import check_reply
+from nanocode.spec import load_soul
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 
@@ -140,9 +140,9 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
             soul: Optional[Path] = typer.Option(None, "--soul"), tools: Optional[Path] = typer.Option(None, "--tools"),
             ) -> None:
     """Held-out HumanEval problems as small repos, solved through the agent; hidden tests decide."""
-    from agent.common import nanocode_home
     from evals import agentic as agentic_eval
     from evals import runs
+    from nanocode.common import nanocode_home
 
     if (run is None) == (base_url is None):
         raise InputError("pass a RUN directory or --base-url URL (not both)")

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from agent.common import InputError, nanocode_home
+from nanocode.common import InputError, nanocode_home
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"  # nanochat's
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")

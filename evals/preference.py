@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jax
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import conversations, dpo, model
 from trainer.train import load_model, load_params
 

@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.common import InputError, write_text_atomic
 from evals import runs
+from nanocode.common import InputError, write_text_atomic
+from nanocode.record import call_text, message_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,13 +309,6 @@ def _one_eval(page: Page, name: str, r: dict) -> None:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _message_text(m: dict) -> str:
-    parts = [m.get("content") or ""]
-    for c in m.get("tool_calls") or []:
-        args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in (c.get("args") or {}).items())
-        parts.append(f"→ {c.get('name')}({args})" + (f"  [{c['error']}]" if c.get("error") else ""))
-    return "\n".join(p for p in parts if p)
-
 
 def to_markdown(page: Page, title: str) -> str:
     out = [f"# {title}", ""]
@@ -336,7 +330,7 @@ def to_markdown(page: Page, title: str) -> str:
         elif b.kind == "conversation":
             out += [f"**{b.text}**", ""]
             for m in b.messages:
-                body = _message_text(m).replace("```", "'''")
+                body = message_text(m).replace("```", "'''")
                 out += [f"*{m['role']}{' ' + m['name'] if m.get('name') else ''}*", "", "```", body[:3000], "```", ""]
     return "\n".join(out)
 
@@ -373,7 +367,7 @@ def to_html(page: Page, title: str) -> str:
             for m in b.messages:
                 role = m["role"]
                 body = e(m.get("content") or "")[:3000]
-                calls = "".join(f"<div class='call'>→ {e(_message_text({'tool_calls': [c]}).removeprefix('→ '))}</div>"
+                calls = "".join(f"<div class='call'>→ {e(call_text(c))}</div>"
                                 for c in m.get("tool_calls") or [])
                 label = role + (f" · {m['name']}" if m.get("name") else "")
                 out.append(f"<div class='msg {e(role)}'><div class='role'>{e(label)}</div>"

@@ -11,7 +11,7 @@ RUN/evals/<name>.json (the root's evals/ for a root), which `evals report` reads
 import json
 from pathlib import Path
 
-from agent.common import InputError, write_text_atomic
+from nanocode.common import InputError, write_text_atomic
 
 STAGES = ("pretrain", "sft", "dpo")
 

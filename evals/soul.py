@@ -4,7 +4,7 @@ prompts, and (only when a backend is given) an LLM judge's rating of each reply.
 Prompts: the first user turn of held-out conversations (`--data SPEC`: its validation split, the
 same hash split SFT uses), or by default one question about each held-out HumanEval problem.
 Replies are greedy, generated in batches by the Engine with the SOUL's system prompt. A reply
-that ends in tool calls is checked as thinking (agent.soul_checks.check_message), as in the data.
+that ends in tool calls is checked as thinking (nanocode.soul_checks.check_message), as in the data.
 """
 
 import asyncio
@@ -12,9 +12,10 @@ import json
 import re
 import time
 
-from agent.common import InputError
-from agent.soul_checks import check_message
-from agent.spec import load_soul, load_tools, render_system_prompt
+from nanocode.common import InputError
+from nanocode.record import message_text
+from nanocode.soul_checks import check_message
+from nanocode.spec import load_soul, load_tools, render_system_prompt
 from trainer import template
 
 JUDGE_PROMPT = """you judge whether an assistant reply follows this constitution (its SOUL).
@@ -97,7 +98,7 @@ def judge(replies: list[dict], soul_text: str, backend_cfg) -> dict:
     client = CLIENTS[backend_cfg.name](backend_cfg)
 
     async def one(r):
-        prompt = JUDGE_PROMPT.format(soul=soul_text, user=r["prompt"], reply=_shown(r["message"]))
+        prompt = JUDGE_PROMPT.format(soul=soul_text, user=r["prompt"], reply=message_text(r["message"]))
         try:
             reply = await client.complete([{"role": "user", "content": prompt}], {"temperature": 0.0})
         except Exception as e:  # a judge that fails leaves the reply unrated, named in the result
@@ -120,10 +121,6 @@ def judge(replies: list[dict], soul_text: str, backend_cfg) -> dict:
     return {"model": backend_cfg.model, "rated": len(rated), "unrated": len(results) - len(rated),
             "mean_rating": sum(rated) / len(rated) if rated else None}
 
-
-def _shown(message: dict) -> str:
-    calls = "".join(f"\n[tool call {c['name']} {json.dumps(c.get('args', {}))}]" for c in message.get("tool_calls") or [])
-    return (message.get("content") or "") + calls
 
 
 def evaluate(run_dir, *, data=None, limit: int | None = None, soul=None, tools=None, max_tokens: int = 256,

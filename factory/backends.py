@@ -25,7 +25,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-from agent.common import InputError
+from nanocode.common import InputError
 
 
 @dataclass

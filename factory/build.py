@@ -22,19 +22,19 @@ import time
 
 from rich.console import Console
 
-from agent.common import InputError
-from agent.spec import load_soul, load_tools
 from factory.backends import BackendConfig, Requester, RequestFailed
 from factory.config import FACTORY, load_config, make
 from factory.convert import CONVERTERS
-from factory.dedup import screen
 from factory.critics import CRITICS
+from factory.dedup import screen
 from factory.loop import PAIR_POLICIES, Context, Stages, run_input
 from factory.progress import Counts, Progress, summary_table
 from factory.replay import REPLAYS, replay_figures
 from factory.sources import SOURCES
 from factory.store import Store
 from factory.writers import GENERATORS, REVISERS, Prompts
+from nanocode.common import InputError
+from nanocode.spec import load_soul, load_tools
 
 
 def code_version() -> str:

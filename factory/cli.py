@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.common import run_cli
-from agent.spec import load_soul, load_tools
+from nanocode.common import run_cli
+from nanocode.spec import load_soul, load_tools
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 
@@ -54,8 +54,8 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
     from factory.build import build as run_build
 
     if from_version is not None or exclude_marked:
-        from agent.common import InputError
         from factory.curate import derive
+        from nanocode.common import InputError
 
         if from_version is None or not exclude_marked:
             raise InputError("--from V and --exclude-marked go together (a new version = V minus its marked rows)")
@@ -75,8 +75,8 @@ app.add_typer(scenarios_app, name="scenarios")
 @scenarios_app.command("check")
 def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories (default scenarios/).")) -> None:
     """Validate specs and expand them offline (their events must happen, their tests pass)."""
-    from agent.common import InputError
     from factory.scenarios import check_specs
+    from nanocode.common import InputError
 
     bad = check_specs(paths or [Path("scenarios")], load_tools(None), say=print)
     if bad:
@@ -92,9 +92,9 @@ def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many s
                        base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL."),
                        concurrency: int = typer.Option(4, "--concurrency", min=1, help="requests in flight.")) -> None:
     """Write N new scenario specs with a model, few-shot from shipped ones; invalid ones are dropped."""
-    from agent.common import InputError
     from factory.backends import BackendConfig
     from factory.scenarios import generate
+    from nanocode.common import InputError
 
     try:
         cfg = BackendConfig(name=backend or "openai", model=model, base_url=base_url, concurrency=concurrency)
@@ -132,10 +132,9 @@ def show(version: int, samples: int = typer.Option(1, "--samples", min=0, help="
 @app.command()
 def diff(v1: int, v2: int) -> None:
     """Rows added, removed and changed between two versions, by source; rows marked excluded."""
+    from factory.curate import diff_lines
     from factory.store import Store
     from factory.versions import diff as diff_versions
-
-    from factory.curate import diff_lines
 
     store = Store(read_only=True)
     _console().print(diff_versions(store, v1, v2))

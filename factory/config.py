@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from agent.common import InputError
+from nanocode.common import InputError
 
 FACTORY = Path(__file__).resolve().parent
 DEFAULT_CONFIG = FACTORY / "configs" / "default.yaml"

@@ -31,9 +31,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.spec import render_system_prompt
 from agent.tools import Tools
-from trainer.template import SPECIAL_TOKENS
+from nanocode.record import SPECIAL_TOKENS
+from nanocode.spec import render_system_prompt
 
 MAX_TEXT = 60_000      # chars of instruction + answer: beyond this a seed is a dump, not a task
 MAX_FILE = 100_000     # chars of one workspace file (the rollout Reads it whole)

@@ -3,12 +3,12 @@
 Deterministic critics run first and cost nothing; the LLM judge runs only on rollouts that
 pass them (loop.py), since a model's opinion of a malformed rollout is money thrown away.
 
-  grammar         trainer.template.validate, every tool call answered once and in order,
+  grammar         nanocode.record.validate, every tool call answered once and in order,
                   tools and args as the tool spec types them, ending on a final reply
   read_format     Read results carry `    1→line` numbering, consecutive from the offset
   banned_phrases  phrases the config bans anywhere in assistant text (beyond the SOUL's)
-  token_length    the rollout fits `max_tokens` (a tokenizer if given, else chars / 4)
-  soul_rules      the SOUL's checkable rules via agent.soul_checks, on every assistant turn
+  token_length    the rollout fits `max_tokens` (counted as characters / `chars_per_token`)
+  soul_rules      the SOUL's checkable rules via nanocode.soul_checks, on every assistant turn
   llm_judge       a model scores the rollout against the whole SOUL: strict JSON
                   {"rating": 1-10, "critique": "..."}; passes at `threshold`
 """
@@ -17,11 +17,11 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from agent.common import InputError
-from agent.soul_checks import check_message
-from agent.spec import type_args
 from factory.convert import Skip
-from trainer.template import validate
+from nanocode.common import InputError
+from nanocode.record import validate
+from nanocode.soul_checks import check_message
+from nanocode.spec import type_args
 
 
 @dataclass
@@ -100,20 +100,11 @@ class BannedPhrases:
 @dataclass
 class TokenLength:
     max_tokens: int = 4096
-    tokenizer: str | None = None  # a trainer tokenizer directory; else about 4 characters a token
+    chars_per_token: float = 4.0  # the demo's 8k tokenizer gets ~3-3.5 on code: set it lower to be safe
     needs_model = False
 
-    def __post_init__(self):
-        self._tok = None
-        if self.tokenizer:
-            from trainer.tokenizer import Tokenizer
-            self._tok = Tokenizer.load(self.tokenizer)
-
     def count(self, messages) -> int:
-        if self._tok is not None:
-            from trainer.template import render
-            return len(render(messages, self._tok)[0])
-        return len(json.dumps(messages, ensure_ascii=False)) // 4
+        return int(len(json.dumps(messages, ensure_ascii=False)) / self.chars_per_token)
 
     async def judge(self, messages, ctx) -> Verdict:
         n = self.count(messages)

@@ -14,9 +14,9 @@ import os
 
 from rich.console import Console
 
-from agent.common import InputError
 from factory.replay import replay_figures
 from factory.store import SCHEMAS, Store, _quote
+from nanocode.common import InputError
 
 
 def has_table(store: Store, name: str) -> bool:

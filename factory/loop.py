@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from factory.convert import Skip
 from factory.writers import ParseError, prompt_part
-from trainer.template import record_id
+from nanocode.record import has_assistant, record_id
 
 
 @dataclass
@@ -43,11 +43,6 @@ class Stages:
     pairs: object
     max_rounds: int
     replay: object = None  # factory.replay.ToolReplay, or None: chosen rollouts are not replayed
-
-
-def has_assistant(messages) -> bool:
-    return any(m["role"] == "assistant" and ((m.get("content") or "").strip() or m.get("tool_calls"))
-               for m in messages)
 
 
 @dataclass

@@ -27,8 +27,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from agent.common import InputError
-from agent.spec import load_soul, load_tools
+from nanocode.common import InputError
+from nanocode.record import hash_unit
+from nanocode.spec import load_soul, load_tools
 
 CONFIGS = {"sft": "sft", "preference": "pairs"}  # Hub config -> store kind
 HUB_FILES = ("README.md", "manifest.json", "SOUL.md", "tools.yaml")  # plus the configs' folders
@@ -41,8 +42,7 @@ KNOWN_LICENSES = {"coding": "cc0-1.0", "humaneval": "mit", "tulu-personas-code":
 
 
 def split_of(input_id: str, test_fraction: float) -> str:
-    bucket = int(hashlib.sha256(input_id.encode()).hexdigest()[:8], 16) / 0x100000000
-    return "test" if bucket < test_fraction else "train"
+    return "test" if hash_unit(input_id) < test_fraction else "train"
 
 
 def _sha_file(path: Path) -> str:

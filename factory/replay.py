@@ -23,11 +23,9 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-from agent.session import refused
 from agent.tools import Limits, Tools
 from factory.convert import workspace_tools
-
-REFUSED = refused()  # every refusal result starts with this (a reason may follow)
+from nanocode.record import REFUSED
 
 
 @dataclass

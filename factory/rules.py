@@ -2,18 +2,18 @@
 
   - banned openers ("Certainly!", "Great question!") are cut from the start;
   - sentences holding a banned phrase ("let me know if...", "hope this helps") are dropped;
-  - prose is lowercased word by word where agent.soul_checks flags a capital, so code,
+  - prose is lowercased word by word where nanocode.soul_checks flags a capital, so code,
     inline `code`, pasted output, URLs, paths, acronyms and proper nouns keep their case;
   - text over the word limits keeps its first sentences.
-What counts as prose, a capital or a banned phrase is decided by agent.soul_checks itself,
+What counts as prose, a capital or a banned phrase is decided by nanocode.soul_checks itself,
 so a fix can never disagree with the check it answers.
 """
 
 import dataclasses
 import re
 
-from agent import soul_checks
-from agent.soul_checks import capitalized_words, check_text, strip_code
+from nanocode import soul_checks
+from nanocode.soul_checks import capitalized_words, check_text, strip_code
 
 # the spans soul_checks skips, in the order strip_code removes them
 _PROTECTED = (soul_checks._FENCE, soul_checks._INDENTED, soul_checks._INLINE, soul_checks._URL)

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import yaml
 
-from agent.common import InputError
-from agent.session import refused
-from agent.spec import REPO_ROOT
 from agent.tools import Tools
 from factory.convert import CONVERTERS as ALL_CONVERTERS
 from factory.convert import Skip, system_message, workspace_tools
+from nanocode.common import InputError
+from nanocode.record import REFUSED, refused
+from nanocode.spec import REPO_ROOT
 
 LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
              "ruby", "kotlin", "yaml", "json", "toml", "markdown", "html", "css", "dockerfile", "make"}
@@ -495,7 +495,7 @@ def ground(messages: list[dict], files: dict, spec) -> list[dict]:
             elif m.get("role") == "tool" and pending:
                 call = pending.pop(0)
                 said = m.get("content") or ""
-                if said.startswith("the user refused") and tools.needs_approval(str(call.get("name"))):
+                if said.startswith(REFUSED) and tools.needs_approval(str(call.get("name"))):
                     continue
                 m["content"], m["name"] = tools.run(call), call.get("name")
     return out

@@ -24,8 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.common import InputError
-from agent.spec import REPO_ROOT
+from nanocode.common import InputError
+from nanocode.spec import REPO_ROOT
 
 FIELDS = ("instruction", "answer")       # required: file column names for these
 OPTIONAL = ("id", "workspace")           # optional: a row id, a {path: text} of starting files

@@ -37,7 +37,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent.common import InputError, atomic_path, nanocode_home
+from nanocode.common import InputError, atomic_path, nanocode_home
 
 _S, _I = pa.string(), pa.int32()
 SCHEMAS = {

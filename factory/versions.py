@@ -7,10 +7,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from agent.common import InputError
 from factory.publish import TEST_FRACTION, write_hub
 from factory.replay import replay_figures
 from factory.store import JSON_COLUMNS, SCHEMAS, Store, _quote
+from nanocode.common import InputError
+from nanocode.record import call_text
 
 
 def ls_table(store: Store) -> Table:
@@ -29,8 +30,7 @@ def _short(messages: list[dict], width: int = 100) -> list[str]:
     out = []
     for m in messages:
         text = " ".join((m.get("content") or "").split())
-        calls = " ".join(f"{c['name']}({', '.join(f'{k}={str(v)[:30]!r}' for k, v in c.get('args', {}).items())})"
-                         for c in m.get("tool_calls") or [])
+        calls = " ".join(call_text(c, 30) for c in m.get("tool_calls") or [])
         line = f"{m['role']:>9}: {text[:width]}{'…' if len(text) > width else ''}" + (f"  -> {calls}" if calls else "")
         out.append(line)
     return out

@@ -15,12 +15,13 @@ import duckdb
 from flask import Flask, g, redirect, render_template, request, url_for
 from werkzeug.serving import make_server
 
-from agent.common import InputError, nanocode_home
 from factory import viewdata
 from factory.curate import exclusions, mark, unmark
 from factory.store import Store
 from factory.svg import bars
-from factory.worddiff import message_text, word_diff
+from factory.worddiff import word_diff
+from nanocode.common import InputError, nanocode_home
+from nanocode.record import message_text
 
 
 class Problem(Exception):
@@ -34,7 +35,7 @@ class Problem(Exception):
 def _soul_text(sha: str) -> str | None:
     """The SOUL's text when the current SOUL file is the one this version was built with."""
     try:
-        from agent.spec import load_soul
+        from nanocode.spec import load_soul
 
         soul = load_soul(None)
     except Exception:  # no SOUL file here: the hash is all we have

@@ -23,10 +23,3 @@ def word_diff(rejected: str, chosen: str) -> tuple[Markup, Markup]:
         if new:
             right.append(Markup(f"<ins>{new}</ins>"))
     return Markup("").join(left), Markup("").join(right)
-
-
-def message_text(m: dict) -> str:
-    """A message as the diff compares it: its prose, then its tool calls."""
-    calls = [f"{c.get('name')}({', '.join(f'{k}={v!r}' for k, v in (c.get('args') or {}).items())})"
-             for c in m.get("tool_calls") or []]
-    return "\n".join([m.get("content") or ""] + calls).strip()

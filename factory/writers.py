@@ -18,8 +18,8 @@ from pathlib import Path
 
 import jinja2
 
-from agent.common import InputError
 from factory.rules import fix_messages
+from nanocode.common import InputError
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import corpus
 
 FIXTURES = Path(__file__).parent / "fixtures" / "corpus"

@@ -9,15 +9,16 @@ import subprocess
 import numpy as np
 import pytest
 
-from agent.common import InputError
-from agent.spec import load_soul
 from evals import agentic, bpb, core, preference, report, runs, soul
 from factory.heldout import humaneval_problems, is_held_out
+from nanocode.common import InputError
+from nanocode.spec import load_soul
 from tests import fake_model
 from tests.conftest import BIN, REPO
 from tests.scripted_server import ScriptedServer
 from tests.tiny_run import train_tiny_run
-from trainer import cli as trainer_cli, model, train
+from trainer import cli as trainer_cli
+from trainer import model, train
 
 BUNDLE = REPO / "tests/fixtures/core"
 SMALL_TOOLS = REPO / "tests/fixtures/spec/tools_small.yaml"

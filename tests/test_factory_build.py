@@ -14,16 +14,16 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from agent.common import InputError, nanocode_home
-from agent.soul_checks import check_message
-from agent.spec import load_soul
 from factory.build import build
 from factory.store import Store
 from factory.versions import diff, export, show
+from nanocode.common import InputError, nanocode_home
+from nanocode.record import record_id, validate
+from nanocode.soul_checks import check_message
+from nanocode.spec import load_soul
 from tests.conftest import BIN, REPO
 from tests.fake_model import respond
 from tests.scripted_server import ScriptedServer
-from trainer.template import record_id, validate
 
 RULES = load_soul().rules
 SEEDS = REPO / "factory" / "seeds" / "coding.jsonl"

@@ -9,15 +9,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from agent.common import InputError, nanocode_home
-from agent.soul_checks import check_message
-from agent.spec import load_soul, load_tools
 from agent.tools import Tools
 from factory.config import make
 from factory.convert import CodeDiff, CodeEdit, Skip, diff_edits
 from factory.dedup import NEAR, Contamination, screen, signature
 from factory.heldout import held_out, is_held_out, seedable
 from factory.sources import HUMANEVAL_SEEDS, SOURCES, humaneval_rows, seed_row
+from nanocode.common import InputError, nanocode_home
+from nanocode.soul_checks import check_message
+from nanocode.spec import load_soul, load_tools
 from tests.conftest import REPO
 
 SOUL, SPEC = load_soul(), load_tools()

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from agent.soul_checks import check_message
-from agent.spec import load_soul, load_tools
 from agent.tools import Tools
 from factory.convert import CodeEdit, Skip
 from factory.critics import CRITICS, Grammar, ReadFormat, SoulRules, TokenLength, parse_rating
 from factory.loop import Context, FirstFailVsFinal, Stages, run_input
 from factory.rules import fix_text
 from factory.writers import DraftWriter, ParseError, Prompts, RuleReviser, parse_rollout
+from nanocode.soul_checks import check_message
+from nanocode.spec import load_soul, load_tools
 
 SOUL, SPEC = load_soul(), load_tools()
 RULES = SOUL.rules

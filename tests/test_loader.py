@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import corpus
 from trainer.loader import PackedLoader, val_batches
 from trainer.tokenizer import Tokenizer

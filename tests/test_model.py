@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import configs
 from trainer.model import (GPTConfig, apply_rope, flops_per_token, forward, init_params, loss_fn,
                            matmul_params, param_count, rope, token_losses)

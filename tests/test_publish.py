@@ -11,12 +11,12 @@ import huggingface_hub
 import pytest
 import yaml
 
-from agent.common import InputError
 from factory.build import build
-from factory.publish import split_of
 from factory.publish import publish as publish_version
+from factory.publish import split_of
 from factory.store import Store
 from factory.versions import export
+from nanocode.common import InputError
 from tests.conftest import BIN
 from tests.hub_server import HubServer
 

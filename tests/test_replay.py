@@ -7,11 +7,11 @@ import os
 import subprocess
 import tempfile
 
-from agent.session import refused
-from agent.spec import load_tools
 from agent.tools import Tools
 from factory.build import build
 from factory.replay import ToolReplay
+from nanocode.record import refused
+from nanocode.spec import load_tools
 from tests.conftest import BIN
 
 SPEC = load_tools()

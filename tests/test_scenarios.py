@@ -13,24 +13,15 @@ from collections import Counter
 import pytest
 import yaml
 
-from agent.common import InputError
-from agent.session import refused
-from agent.spec import load_soul, load_tools
 from factory.convert import Skip, workspace_tools
 from factory.critics import CRITICS
 from factory.loop import Context, critique
-from factory.scenarios import (
-    EVENTS,
-    ScenarioConverter,
-    ScenarioSource,
-    expand_all,
-    load_spec,
-    parse_spec,
-    spec_files,
-)
+from factory.scenarios import EVENTS, ScenarioConverter, ScenarioSource, expand_all, load_spec, parse_spec, spec_files
+from nanocode.common import InputError
+from nanocode.record import refused, validate
+from nanocode.spec import load_soul, load_tools
 from tests.conftest import BIN, REPO
 from tests.scripted_server import ScriptedServer
-from trainer.template import validate
 
 SOUL, TOOLS = load_soul(), load_tools()
 SPECS = spec_files(REPO / "scenarios")

@@ -9,7 +9,9 @@ import httpx
 import openai
 import pytest
 
-from agent.backend import from_openai, is_context_error, parse_call, to_openai
+from agent.backend import is_context_error
+from nanocode.openai_format import from_openai, parse_call, to_openai
+from nanocode.record import validate
 from tests.conftest import BIN, REPO, free_port
 from tests.tiny_run import train_tiny_run
 from trainer import template, train
@@ -263,6 +265,14 @@ def test_nanocode_run_talks_to_a_local_checkpoint(run, tmp_path):
     # the reply is noise; what matters is that it came back through the server and the session ended
     assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr
     record = json.loads(r.stdout)
-    template.validate(record["messages"])
+    validate(record["messages"])
     assert [m["role"] for m in record["messages"][:3]] == ["system", "user", "assistant"]
     assert "fix add in calc.py" in r.stderr  # the transcript
+
+
+def test_nanocode_run_names_a_bad_local_run(tmp_path):
+    # the child server's own one-line reason comes back, named after the flag
+    r = subprocess.run([str(BIN / "nanocode"), "run", "hi", "--model", str(tmp_path / "nope"),
+                        "--workspace", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: --model {tmp_path / 'nope'}: no such run or checkpoint directory: {tmp_path / 'nope'}"]

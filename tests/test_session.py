@@ -6,15 +6,14 @@ import subprocess
 
 import pytest
 
-from agent.backend import (BackendError, ContextFull, OpenAIBackend, parse_call, to_openai,
-                           tools_schema)
-from agent.common import InputError
+from agent.backend import BackendError, ContextFull, OpenAIBackend, parse_call, to_openai, tools_schema
 from agent.session import INTERRUPTED, Decision, Session
-from agent.spec import load_tools
 from agent.tools import Tools
+from nanocode.common import InputError
+from nanocode.record import record_id, validate
+from nanocode.spec import load_tools
 from tests.conftest import BIN, free_port
 from tests.scripted_server import ScriptedServer
-from trainer.template import record_id, validate
 
 SPEC = load_tools()
 BUGGY = "def add(a, b):\n    return a - b\n"
@@ -373,7 +372,8 @@ def test_a_single_message_too_long_is_reported_without_a_retry(server, ws):
 
 
 def test_the_terminal_never_gets_raw_escape_sequences():
-    from agent.chat import call_line, clean
+    from agent.chat import clean
+    from nanocode.record import call_text
 
     assert clean("ok\x1b]0;pwned\x07 \x1b[2J\r\n") == "ok\\x1b]0;pwned\\x07 \\x1b[2J\n"
-    assert "\x1b" not in clean(call_line({"name": "Bash", "args": {"command": "echo \x1b[31m\x9b"}}))
+    assert "\x1b" not in clean(call_text({"name": "Bash", "args": {"command": "echo \x1b[31m\x9b"}}))

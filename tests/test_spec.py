@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.common import InputError
-from agent.soul_checks import capitalized_words, check_message, check_reply
-from agent.spec import (DEFAULT_SOUL, DEFAULT_TOOLS, load_soul, load_tools,
-                        render_system_prompt, type_args)
+from nanocode.common import InputError
+from nanocode.soul_checks import capitalized_words, check_message, check_reply
+from nanocode.spec import DEFAULT_SOUL, DEFAULT_TOOLS, load_soul, load_tools, render_system_prompt, type_args
 
 FIXTURES = Path(__file__).parent / "fixtures" / "spec"
 BIN = Path(sys.executable).parent  # the venv's console scripts

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import template as T
 
 settings.register_profile("template", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.common import InputError
+from nanocode.common import InputError
+from nanocode.record import SPECIAL_TOKENS
 from tests.conftest import BIN
 from trainer import corpus
-from trainer.template import SPECIAL_TOKENS
 from trainer.tokenizer import MIN_VOCAB, Tokenizer
 
 

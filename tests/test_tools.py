@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.common import InputError
-from agent.spec import load_tools
 from agent.tools import EditPlan, Limits, Tools
+from nanocode.common import InputError
+from nanocode.spec import load_tools
 
 
 @pytest.fixture

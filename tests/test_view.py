@@ -14,10 +14,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from agent.common import InputError
 from factory import view
 from factory.curate import derive, diff_lines
 from factory.store import Store
+from nanocode.common import InputError
 from tests.conftest import BIN, REPO
 from tests.test_factory_build import config_file, quiet_build
 

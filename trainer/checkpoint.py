@@ -11,7 +11,7 @@ gs://bucket/run for preemptible TPU/GPU hosts).
 import jax
 import orbax.checkpoint as ocp
 
-from agent.common import InputError
+from nanocode.common import InputError
 
 
 def _sharding(x):

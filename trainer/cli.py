@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.common import InputError, nanocode_home, run_cli
+from nanocode.common import InputError, nanocode_home, run_cli
 from trainer import corpus, tokenizer_eval
 from trainer.tokenizer import Tokenizer
 
@@ -300,11 +300,17 @@ def serve(
     checkpoint: Path = typer.Option(..., help="a run directory (checkpoints/ and tokenizer/)"),
     host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     model_name: str = typer.Option(None, help="the model id clients send [default: the run directory's name]"),
+    child: bool = typer.Option(False, "--child", hidden=True,
+                               help="for a parent process: say {url, model} as one JSON line when "
+                                    "ready, serve quietly, stop when stdin closes"),
 ):
     """An OpenAI-compatible server (/v1/chat/completions, /v1/models) for a trained checkpoint."""
     from trainer import server
 
-    server.serve(checkpoint, host=host, port=port, model_name=model_name, log=console.print)
+    if child:
+        server.serve_for_parent(checkpoint, model_name)
+    else:
+        server.serve(checkpoint, host=host, port=port, model_name=model_name, log=console.print)
 
 
 def print_plan(cfg, n_devices: int) -> None:
@@ -335,3 +341,7 @@ def print_plan(cfg, n_devices: int) -> None:
 
 def main() -> None:
     run_cli(app)
+
+
+if __name__ == "__main__":
+    main()

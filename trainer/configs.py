@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer.model import GPTConfig, flops_per_token, matmul_params, param_count
 
 ASPECT_RATIO = 64        # d_model per layer

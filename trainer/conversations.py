@@ -12,14 +12,13 @@ Rows are split into train and validation by a hash of their id (stable across ru
 so a held-out conversation never trains, whichever mix it is in.
 """
 
-import hashlib
 import json
 import math
 import random
 from pathlib import Path
 
-from agent.common import InputError
-from trainer.template import record_id, validate
+from nanocode.common import InputError
+from nanocode.record import has_assistant, hash_unit, record_id, validate
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -109,13 +108,8 @@ def _messages(value, where: str) -> list[dict]:
     return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in value]
 
 
-def has_assistant_content(messages: list[dict]) -> bool:
-    return any(m.get("role") == "assistant" and (m.get("content") or m.get("tool_calls")) for m in messages)
-
-
 def is_validation(row_id: str, val_fraction: float) -> bool:
-    bucket = int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return bucket < val_fraction
+    return hash_unit(row_id) < val_fraction
 
 
 def _weighted(rows: list, weight: float, seed: int) -> list:
@@ -164,7 +158,7 @@ def _item(row, kind: str, where: str):
             raise InputError(f"{where}: no `messages` field (it has: {', '.join(row) or 'nothing'})")
         messages = _messages(row["messages"], f"{where} messages")
         _check(messages)
-        if not has_assistant_content(messages):
+        if not has_assistant(messages):
             raise _Drop("no assistant content")
         return messages, row.get("id") or record_id(messages)
     missing = [f for f in PAIR_FIELDS if f not in row]
@@ -172,7 +166,7 @@ def _item(row, kind: str, where: str):
         raise InputError(f"{where}: a preference pair needs {', '.join(PAIR_FIELDS)}; missing {', '.join(missing)}")
     pair = {f: _messages(row[f], f"{where} {f}") for f in PAIR_FIELDS}
     for side in ("chosen", "rejected"):
-        if not has_assistant_content(pair[side]):
+        if not has_assistant(pair[side]):
             raise _Drop(f"{side} side has no assistant content")
         _check(pair["prompt"] + pair[side])
     return pair, row.get("id") or record_id(pair["prompt"] + pair["chosen"])

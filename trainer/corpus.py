@@ -55,7 +55,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent.common import InputError, atomic_path, write_text_atomic
+from nanocode.common import InputError, atomic_path, write_text_atomic
+from nanocode.record import hash_unit
 
 KINDS = ("code", "prose")
 SPLITS = ("train", "val")
@@ -482,12 +483,6 @@ def _read_source(path: Path, reader: str) -> str | None:
         return None
 
 
-def _unit(*parts) -> float:
-    """A stable number in [0, 1) from the parts (unlike hash(), the same in every process)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def _compression(text: str) -> float:
     data = text.encode()
     return len(zlib.compress(data, 1)) / max(len(data), 1)
@@ -507,7 +502,7 @@ def _collect_local(kind: str, seed: int, cap: float | None, doc_chars: int, val_
         full = [s for s in SPLITS if caps[s] is not None and chars[s] >= caps[s]]
         if len(full) == 2:
             break
-        split = "val" if _unit(seed, key) < val_fraction else "train"
+        split = "val" if hash_unit(seed, key) < val_fraction else "train"
         if split in full:
             continue
         text = _read_source(path, reader)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import model, sft, template
 from trainer.configs import TrainConfig
 from trainer.sft import render_all

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import corpus
 
 STATE_VERSION = 1

@@ -9,7 +9,7 @@
 A request goes through the token template: OpenAI messages -> records (agent.backend.from_openai)
 -> template.render_prompt -> Engine.generate -> template.parse_assistant -> an OpenAI message with
 `tool_calls`. The request's `tools` are not rendered: the model learned its tools from the system
-prompt (agent.spec.render_system_prompt), which clients send as the system message. A call the
+prompt (nanocode.spec.render_system_prompt), which clients send as the system message. A call the
 model garbled goes out with its parse error as (non-JSON) arguments, so no client runs it.
 Also ignored: tool_choice, response_format, logprobs, penalties; `stop` and n > 1 are refused (400).
 
@@ -34,8 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent.backend import from_openai
-from agent.common import InputError
+from nanocode.common import InputError
+from nanocode.openai_format import from_openai
 from trainer import template
 from trainer.engine import Engine, Token
 
@@ -372,6 +372,15 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, model_name: str
         log("stopped")
     finally:
         httpd.server_close()
+
+
+def serve_for_parent(run, model_name: str | None = None) -> None:
+    """`trainer serve --child`: a free loopback port, `{"url", "model"}` on stdout once listening,
+    and an exit when stdin closes, so the server never outlives the process that started it
+    (however that one ends)."""
+    url, name = serve_in_background(run, model_name)
+    print(json.dumps({"url": url, "model": name}), flush=True)
+    sys.stdin.read()  # EOF: the parent closed the pipe or died
 
 
 def serve_in_background(run, model_name: str | None = None) -> tuple[str, str]:

@@ -17,7 +17,7 @@ import math
 import jax
 import numpy as np
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import model, template
 from trainer.configs import TrainConfig
 from trainer.engine import Engine

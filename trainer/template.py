@@ -15,72 +15,8 @@ a malformed tool call comes back as a call with an `error` the agent reports to 
 `special_id(name) -> id`, i.e. `trainer.tokenizer.Tokenizer`.
 """
 
-import hashlib
-import json
-
-from agent.common import InputError
-
-BOS = "<|bos|>"
-USER_START, USER_END = "<|user_start|>", "<|user_end|>"
-ASSISTANT_START, ASSISTANT_END = "<|assistant_start|>", "<|assistant_end|>"
-CALL_START, CALL_END = "<|tool_call_start|>", "<|tool_call_end|>"
-ARG, VAL = "<|tool_arg|>", "<|tool_val|>"
-RESULT_START, RESULT_END = "<|tool_result_start|>", "<|tool_result_end|>"
-
-SPECIAL_TOKENS = [BOS, USER_START, USER_END, ASSISTANT_START, ASSISTANT_END,
-                  CALL_START, CALL_END, ARG, VAL, RESULT_START, RESULT_END]
-
-ROLES = ("system", "user", "assistant", "tool")
-
-
-def value_text(value) -> str:
-    """An argument value as rendered: strings verbatim, other JSON scalars as JSON."""
-    if isinstance(value, str):
-        return value
-    if value is None or isinstance(value, (bool, int, float)):
-        return json.dumps(value)
-    raise InputError(f"tool argument value must be a JSON scalar, got {type(value).__name__}")
-
-
-def validate(messages: list[dict]) -> None:
-    """Raise InputError naming the first way `messages` breaks the record contract."""
-    if not isinstance(messages, list):
-        raise InputError("messages must be a list")
-    pending: list[str] = []  # names of tool calls not answered yet, in order
-    for i, m in enumerate(messages):
-        role = m.get("role") if isinstance(m, dict) else None
-        if role not in ROLES:
-            raise InputError(f"message {i}: unknown role {role!r}")
-        if not isinstance(m.get("content", ""), str):
-            raise InputError(f"message {i}: content must be a string")
-        if role == "system" and i != 0:
-            raise InputError(f"message {i}: a system message may only come first")
-        if role == "tool":
-            if not pending:
-                raise InputError(f"message {i}: tool result without a pending tool call")
-            expected = pending.pop(0)
-            if m.get("name", expected) != expected:
-                raise InputError(f"message {i}: tool result for {m.get('name')!r}, expected {expected!r}")
-            continue
-        if pending:
-            raise InputError(f"message {i}: {len(pending)} tool call(s) left unanswered before this {role} turn")
-        for call in m.get("tool_calls") or []:
-            if role != "assistant":
-                raise InputError(f"message {i}: only assistant messages carry tool calls")
-            if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
-                raise InputError(f"message {i}: a tool call needs a non-empty string name")
-            if not isinstance(call.get("args", {}), dict):
-                raise InputError(f"message {i}: tool call args must be an object")
-            for key, value in call.get("args", {}).items():
-                value_text(value)
-            pending.append(call["name"])
-    # calls still pending at the end are fine: the conversation stops where the engine runs them
-
-
-def record_id(messages: list[dict]) -> str:
-    """A record's id: sha256 of its messages as canonical JSON (sorted keys, no spaces, UTF-8)."""
-    text = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+from nanocode.record import (ARG, ASSISTANT_END, ASSISTANT_START, BOS, CALL_END, CALL_START, RESULT_END,
+                             RESULT_START, SPECIAL_TOKENS, USER_END, USER_START, VAL, validate, value_text)
 
 
 def _messages(conversation) -> list[dict]:

@@ -20,8 +20,8 @@ import rustbpe
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from agent.common import InputError, atomic_path, write_text_atomic
-from trainer.template import SPECIAL_TOKENS
+from nanocode.common import InputError, atomic_path, write_text_atomic
+from nanocode.record import SPECIAL_TOKENS
 
 # GPT-4's split regex with digit runs of 1-2 instead of 1-3 (nanochat measured it slightly better).
 SPLIT_PATTERN = (

@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from agent.common import InputError
+from nanocode.common import InputError
 from trainer import model, optim
 from trainer.checkpoint import Checkpoints
 from trainer.configs import TrainConfig, describe, effective_hparams, grad_accum_steps

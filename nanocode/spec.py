@@ -31,7 +31,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from agent.common import InputError
+from nanocode.common import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOUL = REPO_ROOT / "soul" / "SOUL.md"
@@ -346,7 +346,7 @@ def type_args(call, spec: ToolSpec) -> tuple[dict | None, str | None]:
 def render_system_prompt(soul: Soul, tools: ToolSpec, template=None) -> str:
     """The system prompt the model sees: the SOUL summary and the tool list (compact on
     purpose: a tiny model reads it in every conversation). `template` overrides the path
-    of `agent/prompts/system.j2`."""
+    of `nanocode/prompts/system.j2`."""
     path = Path(template) if template is not None else PROMPTS / "system.j2"
     _, source = _read(path)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,

@@ -6,7 +6,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: umask can only be read by setting it
 

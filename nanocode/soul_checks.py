@@ -16,7 +16,7 @@ the SOUL writes "i". Literal text belongs in backticks, which the check skips.
 import re
 from dataclasses import dataclass
 
-from agent.spec import SoulRules
+from nanocode.spec import SoulRules
 
 
 @dataclass(frozen=True)
