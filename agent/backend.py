@@ -2,7 +2,7 @@
 
 A backend has `label` (shown in the banner), `check()` (raise InputError with one line if it
 cannot serve) and `stream(messages, spec)`, which yields `("text", delta)` while the reply is
-generated and finally `("message", assistant_message)` in the record format of DESIGN.md
+generated and finally `("message", assistant_message)` in the record format of docs/DESIGN.md
 (`{"role": "assistant", "content", "tool_calls": [{"name", "args"}]}`). It raises `ContextFull`
 when the conversation no longer fits and `BackendError` for any other failure mid-session.
 

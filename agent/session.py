@@ -254,7 +254,7 @@ class Session:
         self._notes = []
 
     def record(self) -> dict:
-        """The session as a conversation record (DESIGN.md).
+        """The session as a conversation record (docs/DESIGN.md).
 
         `workspace` holds each file the session Read or Edited, as it was when the session first
         touched it (files over SNAPSHOT_MAX bytes or not UTF-8 are left out). Files that only

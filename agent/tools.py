@@ -1,4 +1,4 @@
-"""The tool runtime: Read, Grep, Edit and Bash as DESIGN.md specifies, typed by the tool spec.
+"""The tool runtime: Read, Grep, Edit and Bash as docs/DESIGN.md specifies, typed by the tool spec.
 
 Shared by the terminal agent and the factory's replay check. `Tools.run(call)` never raises
 (KeyboardInterrupt aside): every failure is a result starting `error: ` that the model reads.

@@ -178,7 +178,7 @@ def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT
 
 
 @dataclass
-class CallStats:
+class ToolCallStats:
     calls: int = 0
     valid: int = 0
     tool_errors: int = 0
@@ -207,7 +207,7 @@ def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int 
     try:
         for name, text in task.files.items():
             (workspace / name).write_text(text, encoding="utf-8")
-        stats, errors = CallStats(), []
+        stats, errors = ToolCallStats(), []
 
         def on_event(kind, payload):
             if kind == "call":

@@ -23,7 +23,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__d
 
 @app.callback()
 def _group() -> None:
-    # a callback keeps `evals soul-check` a subcommand while it is the app's only one
+    # a callback keeps each command a subcommand whatever their number
     pass
 
 

@@ -146,19 +146,23 @@ class LLMJudge:
     needs_model = True
     default_prompt = "critic"
 
-    async def judge(self, messages, ctx) -> Verdict:
+    async def rate(self, messages, ctx) -> tuple[int, str]:
+        """(rating 1-10, critique) of a conversation: the one SOUL judge, also `evals soul`'s.
+        Raises Skip when the judge gives no valid verdict in `tries` asks."""
         request = [{"role": "user", "content": ctx.prompts.render(self.prompt or self.default_prompt, rollout=messages)}]
         error = None
         for n in range(self.tries):
             text = await ctx.llm.chat(request, {"temperature": self.temperature, "max_tokens": self.max_tokens},
                                       attempt=ctx.attempt * 100 + n, purpose="critic", input_id=ctx.input_id)
             try:
-                rating, critique = parse_rating(text)
-                break
+                return parse_rating(text)
             except (ValueError, AttributeError) as e:
                 error = e
-        else:  # the rollout is not at fault: drop the input rather than revise it
-            raise Skip("critic", f"the critic gave no valid verdict in {self.tries} tries: {error}")
+        # the rollout is not at fault: drop the input rather than revise it
+        raise Skip("critic", f"the critic gave no valid verdict in {self.tries} tries: {error}")
+
+    async def judge(self, messages, ctx) -> Verdict:
+        rating, critique = await self.rate(messages, ctx)
         ok = rating >= self.threshold
         problems = [] if ok else [f"the critic rated it {rating}/10 (needs {self.threshold}): {critique}"]
         return Verdict("llm_judge", ok, float(rating), problems)

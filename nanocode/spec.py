@@ -18,7 +18,7 @@ args: [{name, type: string|int|bool, required, description}]}; see the file's he
 
 Both hashes are sha256 of the exact file bytes: every dataset version records them.
 
-The defaults are found relative to this package (`agent/../soul/`), which works because the
+The defaults are found relative to this package (`nanocode/../soul/`), which works because the
 project is installed editable (`pip install -e .`); a wheel install would not carry `soul/`,
 so pass `--soul/--tools` there. Every problem is an `InputError` of one line naming the file.
 """

@@ -12,7 +12,7 @@ import pytest
 from evals import agentic, bpb, core, preference, report, runs, soul
 from factory.heldout import humaneval_problems, is_held_out
 from nanocode.common import InputError
-from nanocode.spec import load_soul
+from nanocode.spec import load_soul, load_tools
 from tests import fake_model
 from tests.conftest import BIN, REPO
 from tests.scripted_server import ScriptedServer
@@ -255,10 +255,15 @@ def test_soul_eval_generates_replies_and_asks_an_optional_judge(root, loaded):
         cfg = BackendConfig(name="openai", model="scripted", base_url=server.base_url)
         r = soul.evaluate(root / "run" / "dpo", data=[str(root / "convs.jsonl")], limit=2, tools=SMALL_TOOLS,
                           max_tokens=16, judge_cfg=cfg, loaded=loaded)
+        asked = len(server.requests)
+        # the factory's judge and request layer: the same replies again come from its cache
+        again = soul.judge(r["samples"], load_soul(None), load_tools(SMALL_TOOLS), cfg)
+        assert again == r["judge"] and len(server.requests) == asked
     assert r["replies"] == 2 and len(r["samples"]) == 2 and 0 <= r["all_pass_rate"] <= 1
     assert set(r["rules"]) >= {"lowercase_prose", "banned_phrases"}
     assert r["judge"] == {"model": "scripted", "rated": 2, "unrated": 0, "mean_rating": 9.0}
     assert "where is parse defined" in server.requests[0]["messages"][0]["content"]
+    assert "Rate how well the assistant" in server.requests[0]["messages"][0]["content"]  # critic.j2
 
 
 def test_preference_accuracy_is_dpos_own_validation_number(root, loaded):

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nanocode import record as R
 from nanocode.common import InputError
 from trainer import template as T
 
@@ -45,7 +46,7 @@ def as_parsed(messages):
         if m["role"] == "assistant":
             m["content"] = m.get("content") or ""
             if m.get("tool_calls"):
-                m["tool_calls"] = [{"name": c["name"], "args": {k: T.value_text(v) for k, v in c["args"].items()}}
+                m["tool_calls"] = [{"name": c["name"], "args": {k: R.value_text(v) for k, v in c["args"].items()}}
                                    for c in m["tool_calls"]]
         out.append(m)
     return out
@@ -118,7 +119,7 @@ def test_parsing_any_id_stream_never_raises(tiny_tok, data):
     ids = data.draw(st.lists(st.one_of(st.integers(0, tiny_tok.vocab_size - 1), specials), max_size=120))
     for parsed in (T.parse(ids, tiny_tok), [T.parse_assistant(ids, tiny_tok)]):
         for m in parsed:
-            assert m["role"] in T.ROLES and isinstance(m["content"], str)
+            assert m["role"] in R.ROLES and isinstance(m["content"], str)
             for c in m.get("tool_calls", []):
                 assert isinstance(c["name"], str) and isinstance(c["args"], dict)
 
