@@ -12,6 +12,7 @@ is served in-process by `trainer.server` and reached through it too, so there is
 The record <-> OpenAI translation it uses lives in `nanocode.openai_format` (the server uses it too).
 """
 
+import json
 from collections.abc import Iterator
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -82,7 +83,7 @@ class OpenAIBackend:
         import openai
 
         try:
-            served = [m.id for m in self.client.models.list()]
+            raw = self.client.models.with_raw_response.list()  # raw: a non-JSON body must not crash us
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
             reason = _one_line(cause) or "connection failed"
@@ -92,6 +93,10 @@ class OpenAIBackend:
                 return
             raise InputError(f"cannot use {self.base_url}: GET /models answered "
                              f"{e.status_code}: {_error_message(e)[0]}") from None
+        served = _model_ids(raw.http_response)
+        if served is None:
+            raise InputError(f"{self.base_url} is not an OpenAI-compatible API: GET /models answered "
+                             f"{_what_came(raw.http_response)}")
         if self.model is None:
             if not served:
                 raise InputError(f"{self.base_url} serves no models; name one with --model")
@@ -116,6 +121,11 @@ class OpenAIBackend:
         except openai.APIConnectionError as e:
             raise BackendError(f"lost the server at {self.base_url}: {_one_line(e.__cause__ or e)}") from None
         content, calls = [], {}  # calls: stream index -> {"name": str, "arguments": [str]}
+        if "text/event-stream" not in response.response.headers.get("content-type", ""):
+            what = _what_came(response.response)  # an HTML page or a JSON body: no event would come
+            response.close()
+            raise BackendError(f"the model server at {self.base_url} did not stream: POST /chat/completions "
+                               f"answered {what}")
         try:
             for chunk in response:
                 for choice in chunk.choices or []:  # usage-only chunks have no choices
@@ -142,6 +152,22 @@ class OpenAIBackend:
             message["tool_calls"] = [parse_call(c["name"], "".join(c["arguments"]))
                                      for _, c in sorted(calls.items())]
         yield "message", message
+
+
+def _model_ids(response) -> list[str] | None:
+    """The ids of an OpenAI `GET /models` body, or None when the body is not that."""
+    try:
+        data = json.loads(response.text).get("data")
+        return [m["id"] for m in data]
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
+
+
+def _what_came(response) -> str:
+    """`200 with text/html: '<html>...'`: enough to see what answered instead of an API."""
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    body = " ".join(response.read().decode("utf-8", "replace").split())
+    return f"{response.status_code} with {kind}: {body[:80]!r}"
 
 
 def _one_line(e) -> str:

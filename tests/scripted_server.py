@@ -17,6 +17,8 @@ Fault injection (the factory's retry tests):
     {"latency": 0.05, ...}             wait before answering (any reply): slow servers, timeouts
     {"empty": true}                    a 200 whose body has no choices
     {"body_error": "overloaded"}       a 200 whose body is an error object
+    {"html": true}                     a 200 with an HTML page (a proxy or web server, not an API);
+                                       ScriptedServer(html_models=True) answers GET /models so too
     {"text": "...", "finish": "length"} a reply cut off by the token limit
     {"text": "...", "usage": [in, out]} token counts for the usage field
 When the script runs out, the server asks `respond(body)` for the reply if one was given
@@ -94,8 +96,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class ScriptedServer:
-    def __init__(self, script=(), log_path=None, respond=None):
-        self.script, self.respond = list(script), respond
+    def __init__(self, script=(), log_path=None, respond=None, html_models=False):
+        self.script, self.respond, self.html_models = list(script), respond, html_models
         self.requests: list[dict] = []
         self.log_path = log_path
         self._lock = threading.Lock()
@@ -135,8 +137,18 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _html(self) -> None:
+                data = b"<html><body><h1>Welcome to nginx!</h1></body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_GET(self):
-                if self.path.rstrip("/").endswith("/models"):
+                if server.html_models:
+                    self._html()
+                elif self.path.rstrip("/").endswith("/models"):
                     self._json(200, {"object": "list", "data": [
                         {"id": MODEL, "object": "model", "created": 0, "owned_by": "tests"}]})
                 else:
@@ -153,6 +165,8 @@ class ScriptedServer:
                                                       "type": "server_error"}})
                 if reply.get("latency"):
                     time.sleep(reply["latency"])
+                if reply.get("html"):
+                    return self._html()
                 if "status" in reply:
                     retry = [("Retry-After", str(reply["retry_after"]))] if "retry_after" in reply else []
                     return self._json(reply["status"], {"error": {"message": f"injected {reply['status']}",
