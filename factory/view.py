@@ -6,8 +6,10 @@ excluded opens it read-write for that one insert (the `exclusions` table). Pages
 server-side Jinja templates (factory/templates/), charts inline SVG, no JS.
 """
 
+import hmac
 import itertools
 import json
+import secrets
 import socket
 from urllib.parse import urlencode
 
@@ -45,8 +47,10 @@ def _soul_text(sha: str) -> str | None:
 
 def create_app(home=None, curate: bool = False) -> Flask:
     app = Flask(__name__)
-    app.config.update(HOME=home, CURATE=curate)
-    app.jinja_env.globals.update(curate=curate, json=json, page_query=lambda n: urlencode(
+    # a marking POST must carry this server's token: another site open in the same browser can
+    # send the form, but cannot read a page of ours to learn the token
+    app.config.update(HOME=home, CURATE=curate, TOKEN=secrets.token_urlsafe(32))
+    app.jinja_env.globals.update(curate=curate, json=json, token=app.config["TOKEN"], page_query=lambda n: urlencode(
         {**{k: v for k, v in request.args.items() if v and k != "page"}, "page": n}))
 
     def store() -> Store:
@@ -157,6 +161,12 @@ def create_app(home=None, curate: bool = False) -> Flask:
     def curating(v: int):
         if not app.config["CURATE"]:
             raise Problem(403, "read-only", "this viewer is read-only: start it with `factory view --curate` to mark rows")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") != request.host_url.rstrip("/"):
+            raise Problem(403, "another site", f"a page at {origin} tried to mark rows here: refused")
+        if not hmac.compare_digest(request.form.get("token", ""), app.config["TOKEN"]):
+            raise Problem(403, "no token", "this form did not come from this viewer (its token is missing or "
+                                           "stale: reload the page)")
         version(v)
         g.pop("store").db.close()  # DuckDB allows one read-write or many read-only openers
         try:

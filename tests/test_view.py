@@ -180,3 +180,25 @@ def test_browser_filter_pair_diff_mark_and_derive(home, browser, tmp_path, monke
         srv.shutdown()
         srv.server_close()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_marking_needs_this_servers_token_and_origin(home, tmp_path):
+    # another site open in the same browser can post the form, but cannot know the token
+    shutil.copytree(home, tmp_path / "home")
+    client = view.create_app(tmp_path / "home", curate=True).test_client()
+    row_id = client.get("/v/1/rows").get_data(as_text=True).split('href="/v/1/row/')[1].split('"')[0]
+    page = client.get(f"/v/1/row/{row_id}").get_data(as_text=True)
+    token = page.split('name="token" value="')[1].split('"')[0]
+    form = {"row_id": row_id, "note": "x"}
+    no_token = client.post("/v/1/exclude", data=form)
+    assert no_token.status_code == 403 and "did not come from this viewer" in no_token.get_data(as_text=True)
+    elsewhere = client.post("/v/1/exclude", data={**form, "token": token}, headers={"Origin": "http://evil.example"})
+    assert elsewhere.status_code == 403 and "http://evil.example" in elsewhere.get_data(as_text=True)
+    store = Store(tmp_path / "home", read_only=True)
+    assert store.one("SELECT count(*) FROM exclusions")[0] == 0  # neither marked anything
+    store.close()
+    ok = client.post("/v/1/exclude", data={**form, "token": token}, headers={"Origin": "http://localhost"})
+    assert ok.status_code == 303
+    store = Store(tmp_path / "home", read_only=True)
+    assert store.one("SELECT count(*) FROM exclusions")[0] == 1
+    store.close()
