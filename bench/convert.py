@@ -20,8 +20,9 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 
 from factory.config import load_config, make  # noqa: E402
-from factory.convert import CONVERTERS, Skip  # noqa: E402
+from factory.convert import CONVERTERS  # noqa: E402
 from factory.dedup import Contamination, screen  # noqa: E402
+from factory.loop import Skip  # noqa: E402
 from factory.sources import SOURCES  # noqa: E402
 from nanocode.spec import load_soul, load_tools  # noqa: E402
 
@@ -50,8 +51,8 @@ def main():
             for c in range(40) for s in seeds]
     t_many, many_counts = best(lambda: screen([dict(s) for s in many], index), 1)
     converter = CONVERTERS["code_edit"](system_prompt=True)
+    screen(seeds, index)  # the marked seeds are rejects before any converter sees them
     kept = [s for s in seeds if not s.get("skip")]
-    screen(kept, index)
 
     def convert_all():
         done = 0

@@ -1,35 +1,38 @@
 """`factory build`: config + SOUL + tool spec + seeds -> one immutable, numbered store version.
 
-Identity: a build's fingerprint hashes the SOUL, the tool spec, the data-relevant config
-(stages and their settings, the backend's kind and model; not concurrency, timeouts, retries,
-URLs or keys), the inputs (file bytes, column mapping, --limit) and the code version
-(package version + hash of factory/*.py and prompts). Then:
+`build()` takes the config as a path or a config.BuildConfig. Identity: a build's fingerprint
+hashes the SOUL, the tool spec, the data-relevant config (stages and their settings, the
+backend's kind and model; not concurrency, timeouts, retries, URLs or keys), the inputs (file
+bytes, column mapping, --limit) and the code version (package version + hash of factory/*.py,
+prompts and the modules of your own `module:Class` stages). Then:
   - a finished version with this fingerprint: "up to date", nothing runs, no LLM call
     (`--new` makes a new version anyway; its LLM calls are all served by the cache);
   - an unfinished one (killed, or backend failures): resumed, skipping the inputs its
     committed chunks hold;
   - none: a new version.
 Offline (no backend), stages that need a model fall back: the generator hands on the
-converter's draft, the reviser is the rule reviser, the LLM judge is skipped. The summary
-says which stages ran without a model.
+converter's draft, the reviser is the rule reviser, a critic that needs one (the LLM judge) is
+skipped. The summary says which stages ran without a model.
 """
 
 import asyncio
 import hashlib
 import importlib.metadata
 import json
+import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 
 from factory.backends import BackendConfig, Requester, RequestFailed
-from factory.config import FACTORY, load_config, make
+from factory.config import FACTORY, BuildConfig, construct, load_config, make, stage_entry
 from factory.convert import CONVERTERS
 from factory.critics import CRITICS
 from factory.dedup import screen
-from factory.loop import PAIR_POLICIES, Context, Stages, run_input
+from factory.loop import Context, Stages, entry_key, run_input
 from factory.progress import Counts, Progress, summary_table
-from factory.replay import REPLAYS, replay_figures
+from factory.replay import ToolReplay, replay_figures
 from factory.sources import SOURCES
 from factory.store import Store
 from factory.writers import GENERATORS, REVISERS, Prompts
@@ -37,9 +40,14 @@ from nanocode.common import InputError
 from nanocode.spec import load_soul, load_tools
 
 
-def code_version() -> str:
+OFFLINE_WORKERS = 4  # inputs at once without a model: conversion and replay overlap their Bash runs
+
+
+def code_version(stages=()) -> str:
     h = hashlib.sha256()
-    for path in sorted(FACTORY.glob("*.py")) + sorted((FACTORY / "prompts").glob("*.j2")):
+    own = {sys.modules[type(s).__module__] for s in stages if not type(s).__module__.startswith("factory.")}
+    files = sorted(FACTORY.glob("*.py")) + sorted((FACTORY / "prompts").glob("*.j2"))
+    for path in files + sorted(Path(m.__file__) for m in own if getattr(m, "__file__", None)):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     try:
         package = importlib.metadata.version("nanocode")
@@ -52,46 +60,35 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _entry(kind: str, entry, where: str) -> dict:
-    """A stage entry as a mapping (`critic: grammar` is short for `{name: grammar}`)."""
-    if isinstance(entry, str):
-        return {"name": entry}
-    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-        return dict(entry)
-    raise InputError(f"{where}: {kind} must be a mapping with a 'name'")
-
-
 def plan(config, backend: BackendConfig):
-    """Build every stage the config names (InputError on unknown names or settings), with the
-    offline fallbacks; returns (stages, the effective config, notes on stages without a model)."""
-    where = config.path
-    converter, pairs = _entry("converter", config.converter, where), _entry("pair policy", config.pairs, where)
-    generator, reviser = _entry("generator", config.generator, where), _entry("reviser", config.reviser, where)
-    critics = [_entry("critic", c, where) for c in config.critics]
-    replay = None if config.replay is None else _entry("replay", config.replay, where)
+    """Build every stage the config names (InputError on unknown names or settings). Offline, a
+    stage that needs a model falls back (the generator to the converter's draft, the reviser to
+    the rules) or, a critic, is skipped. Returns (stages, the effective config, notes on stages
+    without a model)."""
+    where, offline = config.path, backend.name == "offline"
+    converter = stage_entry("converter", config.converter, where)
     notes = [f"converter {converter['name']}"]
-    if backend.name == "offline":
-        if generator["name"] == "llm":
-            generator = {"name": "converter"}
-        if reviser["name"] == "llm":
-            reviser = {"name": "rules"}
-        if any(c["name"] == "llm_judge" for c in critics):
-            notes.append("llm_judge skipped (no model)")
-        critics = [c for c in critics if c["name"] != "llm_judge"]
-    stages = Stages(converter=make("converter", CONVERTERS, converter, where),
-                    generator=make("generator", GENERATORS, generator, where),
-                    critics=[make("critic", CRITICS, c, where) for c in critics],
-                    reviser=make("reviser", REVISERS, reviser, where),
-                    pairs=make("pair policy", PAIR_POLICIES, pairs, where),
-                    max_rounds=config.max_rounds,
-                    replay=None if replay is None else make("replay", REPLAYS, replay, where))
-    names = {"generator": generator["name"], "reviser": reviser["name"]}
-    notes += [f"{kind} {names[kind]}" for kind, s in (("generator", stages.generator), ("reviser", stages.reviser))
-              if not s.needs_model]
-    notes += [f"critic {c['name']}" for c, s in zip(critics, stages.critics) if not s.needs_model]
-    effective = {"source": config.source, "converter": converter, "generator": generator,
-                 "critics": critics, "reviser": reviser, "pairs": pairs,
-                 "max_rounds": config.max_rounds, "dedup": config.dedup, "replay": replay, "backend": backend.fingerprint()}
+    critics = [stage_entry("critic", c, where) for c in config.critics]
+    critics = [(c, make("critic", CRITICS, c, where)) for c in critics]
+    if offline:
+        notes += [f"{c['name']} skipped (no model)" for c, s in critics if s.needs_model]
+        critics = [(c, s) for c, s in critics if not s.needs_model]
+    writers = {}
+    for kind, registry, fallback in (("generator", GENERATORS, "converter"), ("reviser", REVISERS, "rules")):
+        entry = stage_entry(kind, getattr(config, kind), where)
+        writer = make(kind, registry, entry, where)
+        if offline and writer.needs_model:
+            entry, writer = {"name": fallback}, registry[fallback]()
+        if not writer.needs_model:
+            notes.append(f"{kind} {entry['name']}")
+        writers[kind] = entry, writer
+    notes += [f"critic {c['name']}" for c, s in critics if not s.needs_model]
+    stages = Stages(converter=make("converter", CONVERTERS, converter, where), generator=writers["generator"][1],
+                    critics=[s for _, s in critics], reviser=writers["reviser"][1], max_rounds=config.max_rounds,
+                    replay=None if config.replay is None else construct("replay", ToolReplay, config.replay, where))
+    effective = {"source": config.source, "converter": converter, "generator": writers["generator"][0],
+                 "critics": [c for c, _ in critics], "reviser": writers["reviser"][0], "max_rounds": config.max_rounds,
+                 "dedup": config.dedup, "replay": config.replay, "backend": backend.fingerprint()}
     return stages, effective, notes
 
 
@@ -107,31 +104,37 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
           console=None) -> dict:
     """Make (or resume, or find up to date) a version; returns its summary."""
     console = console or Console(highlight=False)
-    soul, spec, config = load_soul(soul), load_tools(tools), load_config(config)
+    soul, spec = load_soul(soul), load_tools(tools)
+    config = config if isinstance(config, BuildConfig) else load_config(config)
     settings = {**(config.backend if isinstance(config.backend, dict) else {"name": config.backend}),
                 **{k: v for k, v in (backend_overrides or {}).items() if v is not None}}
     if (settings.get("base_url") or settings.get("model")) and settings.get("name", "offline") == "offline":
         settings["name"] = "openai"  # a server or model alone means an OpenAI-compatible server
-    backend = _backend(settings, config.path)
+    backend = construct("backend", BackendConfig, settings, config.path)
     stages, effective, notes = plan(config, backend)
     source = make("source", SOURCES, config.source, config.path)
     seeds = source.seeds()
     if limit is not None:
         seeds = seeds[:limit]
     screened = screen(seeds, dedup=config.dedup)  # dedup + decontamination: marked seeds become rejects
+    own = {entry_key(s["converter"]): (s["converter"], s["source"]) for s in seeds if "converter" in s}
+    stages.converters = {key: make("converter", CONVERTERS, entry, f"source {label}")
+                         for key, (entry, label) in own.items()}  # a source's own converter (scenarios, smoltalk)
     inputs_sha = _sha([source.sha256, source.columns, limit])
     # the seed file's path is not identity (its bytes are, in inputs_sha256): a build run from
     # another directory is still up to date
-    where_free = {**effective, "source": {k: v for k, v in _entry("source", config.source, config.path).items()
+    where_free = {**effective, "source": {k: v for k, v in stage_entry("source", config.source, config.path).items()
                                           if k != "path"}}
+    used = [source, stages.converter, stages.generator, stages.reviser, *stages.critics, *stages.converters.values()]
     meta = {"soul_sha256": soul.sha256, "tools_sha256": spec.sha256, "config_sha256": _sha(where_free),
-            "inputs_sha256": inputs_sha, "code_version": code_version(), "config": effective}
+            "inputs_sha256": inputs_sha, "code_version": code_version(used), "config": effective}
     meta["fingerprint"] = _sha({k: meta[k] for k in ("soul_sha256", "tools_sha256", "config_sha256",
                                                      "inputs_sha256", "code_version")})
     prompts = Prompts(soul, spec)
     for stage in [stages.generator, stages.reviser, *stages.critics]:
-        if stage.needs_model:  # template errors surface now, not mid-build
-            prompts.template(stage.prompt or stage.default_prompt)
+        template = getattr(stage, "prompt", None) or getattr(stage, "default_prompt", None)
+        if stage.needs_model and template:  # template errors surface now, not mid-build
+            prompts.template(template)
 
     store = Store()
     try:
@@ -153,7 +156,8 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
         start = time.monotonic()
         with Progress(console, v, counts, requester.stats if requester else None) as progress:
             error = asyncio.run(_run(todo, stages, ctx, store, v, config.chunk_size, counts, progress,
-                                     workers=1 if requester is None else 2 * (backend.max_concurrency or backend.concurrency)))
+                                     workers=OFFLINE_WORKERS if requester is None
+                                     else 2 * (backend.max_concurrency or backend.concurrency)))
             progress.update(force=True)
         summary = {"version": v, **store.figures(v), **replay_figures(store, v), "seconds": round(time.monotonic() - start, 2),
                    "stages without a model": ", ".join(notes) or "none", "models": ctx.models, **screened}
@@ -165,13 +169,6 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
         return summary
     finally:
         store.close()
-
-
-def _backend(settings: dict, where: str) -> BackendConfig:
-    try:
-        return BackendConfig(**settings)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{where}: backend: {e}") from None
 
 
 async def _run(todo, stages, ctx, store, v, chunk_size, counts, progress, workers) -> str | None:

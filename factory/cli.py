@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nanocode.common import run_cli
+from nanocode.common import InputError, run_cli
 from nanocode.spec import load_soul, load_tools
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
@@ -55,7 +55,6 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
 
     if from_version is not None or exclude_marked:
         from factory.curate import derive
-        from nanocode.common import InputError
 
         if from_version is None or not exclude_marked:
             raise InputError("--from V and --exclude-marked go together (a new version = V minus its marked rows)")
@@ -76,7 +75,6 @@ app.add_typer(scenarios_app, name="scenarios")
 def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories (default scenarios/).")) -> None:
     """Validate specs and expand them offline (their events must happen, their tests pass)."""
     from factory.scenarios import check_specs
-    from nanocode.common import InputError
 
     bad = check_specs(paths or [Path("scenarios")], load_tools(None), say=print)
     if bad:
@@ -93,13 +91,11 @@ def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many s
                        concurrency: int = typer.Option(4, "--concurrency", min=1, help="requests in flight.")) -> None:
     """Write N new scenario specs with a model, few-shot from shipped ones; invalid ones are dropped."""
     from factory.backends import BackendConfig
+    from factory.config import construct
     from factory.scenarios import generate
-    from nanocode.common import InputError
 
-    try:
-        cfg = BackendConfig(name=backend or "openai", model=model, base_url=base_url, concurrency=concurrency)
-    except ValueError as e:
-        raise InputError(f"scenarios generate: {e}") from None
+    cfg = construct("backend", BackendConfig, {"name": backend or "openai", "model": model, "base_url": base_url,
+                                               "concurrency": concurrency}, "scenarios generate")
     if cfg.name == "offline":
         raise InputError("scenarios generate needs a model backend (--base-url/--model)")
     result = generate(n, cfg, out, load_soul(soul), load_tools(tools), say=print)

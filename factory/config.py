@@ -1,14 +1,14 @@
 """The build config: a YAML file (default factory/configs/default.yaml) read into dataclasses.
 
-Every stage is an entry `{name: ..., <its settings>}` looked up in its module's registry
-(`make`), so swapping a source, converter, critic, reviser, pair policy or backend is a
-config edit or a flag. Unknown names and unknown keys are errors: a typo must never switch a
-stage off silently. All problems are one-line InputErrors naming the file.
+Every stage is an entry `{name: ..., <its settings>}` that `make` builds: a name from its
+module's registry (SOURCES, CONVERTERS, GENERATORS, CRITICS, REVISERS) or `module:Class`, a
+class of your own. So swapping a source, converter, critic, reviser or backend, or adding your
+own, is a config edit or a flag. Unknown names and unknown keys are errors: a typo must never
+switch a stage off silently. All problems are one-line InputErrors naming the file.
 """
 
 import dataclasses
-import hashlib
-import json
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,22 +27,25 @@ class BuildConfig:
     generator: dict = field(default_factory=lambda: {"name": "llm"})
     critics: list = field(default_factory=lambda: [{"name": "grammar"}, {"name": "soul_rules"}])
     reviser: dict = field(default_factory=lambda: {"name": "llm"})
-    pairs: dict = field(default_factory=lambda: {"name": "first_fail_vs_final"})
-    # run every chosen rollout's tool calls for real (factory/replay.py); null: no replay
-    replay: dict | None = field(default_factory=lambda: {"name": "tools"})
+    # run every chosen rollout's tool calls for real: factory/replay.py's settings; None: no replay
+    replay: dict | None = field(default_factory=dict)
     backend: dict = field(default_factory=lambda: {"name": "offline"})
     max_rounds: int = 4    # attempts per input: the first draft plus revisions
     chunk_size: int = 16   # inputs per committed Parquet part: what a kill can cost at most
     dedup: bool = True     # drop exact and near-duplicate prompts (decontamination always runs)
     path: str = "<defaults>"
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("path")
-        return d
-
-    def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+    def __post_init__(self):
+        for key in ("max_rounds", "chunk_size"):
+            value = getattr(self, key)
+            if type(value) is not int or value < 1:
+                raise InputError(f"{self.path}: {key} must be a positive integer, got {value!r}")
+        if not isinstance(self.dedup, bool):
+            raise InputError(f"{self.path}: dedup must be true or false, got {self.dedup!r}")
+        if not isinstance(self.critics, list):
+            raise InputError(f"{self.path}: critics must be a list of stages")
+        if self.replay is not None and not isinstance(self.replay, dict):
+            raise InputError(f"{self.path}: replay must be a mapping of its settings, or null")
 
 
 def load_config(path=None) -> BuildConfig:
@@ -64,35 +67,48 @@ def load_config(path=None) -> BuildConfig:
     if unknown:
         raise InputError(f"{path}: unknown key(s): {', '.join(map(str, unknown))} "
                          f"(known: {', '.join(sorted(known))})")
-    config = BuildConfig(**data, path=str(path))
-    for key in ("max_rounds", "chunk_size"):
-        value = getattr(config, key)
-        if type(value) is not int or value < 1:
-            raise InputError(f"{path}: {key} must be a positive integer, got {value!r}")
-    if not isinstance(config.dedup, bool):
-        raise InputError(f"{path}: dedup must be true or false, got {config.dedup!r}")
-    if not isinstance(config.critics, list):
-        raise InputError(f"{path}: critics must be a list of stages")
-    return config
+    return BuildConfig(**data, path=str(path))
 
 
-def make(kind: str, registry: dict, entry, where: str = "config", **extra):
-    """Build the stage `entry` names ({name, settings...} or just the name) from `registry`
-    (name -> dataclass); its settings must be fields of that dataclass."""
+def stage_entry(kind: str, entry, where: str) -> dict:
+    """A stage entry as a mapping (`critic: grammar` is short for `{name: grammar}`)."""
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise InputError(f"{where}: {kind} must be a mapping with a 'name'")
-    cls = registry.get(entry["name"])
+    return dict(entry)
+
+
+def make(kind: str, registry: dict, entry, where: str = "config"):
+    """Build the stage `entry` names: a class from `registry` (name -> class) or `module:Class`,
+    given the entry's other keys as settings (a dataclass's fields, or its keyword arguments)."""
+    entry = stage_entry(kind, entry, where)
+    name = entry.pop("name")
+    cls = registry.get(name)
+    if cls is None and ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except ImportError as e:
+            raise InputError(f"{where}: {kind} {name!r}: cannot import {module} ({e})") from None
+        except AttributeError:
+            raise InputError(f"{where}: {kind} {name!r}: {module} has no {attr}") from None
     if cls is None:
-        raise InputError(f"{where}: unknown {kind} {entry['name']!r} (known: {', '.join(sorted(registry))})")
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    settings = {k: v for k, v in entry.items() if k != "name"}
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise InputError(f"{where}: {kind} {entry['name']!r} has no setting(s) {', '.join(unknown)} "
-                         f"(its settings: {', '.join(sorted(fields - set(extra))) or 'none'})")
+        raise InputError(f"{where}: unknown {kind} {name!r} (known: {', '.join(sorted(registry))}; "
+                         "or module:Class for your own)")
+    return construct(f"{kind} {name!r}", cls, entry, where)
+
+
+def construct(what: str, cls, settings: dict, where: str):
+    """cls(**settings), with unknown settings and the class's own ValueError or TypeError as
+    one-line InputErrors."""
+    if dataclasses.is_dataclass(cls):
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise InputError(f"{where}: {what} has no setting(s) {', '.join(unknown)} "
+                             f"(its settings: {', '.join(sorted(fields)) or 'none'})")
     try:
-        return cls(**settings, **extra)
+        return cls(**settings)
     except (TypeError, ValueError) as e:
-        raise InputError(f"{where}: {kind} {entry['name']!r}: {e}") from None
+        raise InputError(f"{where}: {what}: {e}") from None

@@ -21,19 +21,18 @@ format is the agent's real one. The seed's prose is kept as written (capitals, "
 "let me know if..."): the critics catch it and the reviser fixes it, which is where the
 factory's rejected/chosen pairs come from. Inputs that cannot make a clean row (binary or
 giant text, a special token's spelling, an unclosed code fence) are rejected with the reason.
+`chat` is a plain exchange (no tools); `scenario` expands a scenario spec (factory/scenarios.py).
 """
 
 import difflib
-import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from agent.tools import Tools
+from factory.loop import Skip
+from factory.rollout import system_message, workspace_tools
+from factory.scenarios import ScenarioConverter
 from nanocode.record import SPECIAL_TOKENS
-from nanocode.spec import render_system_prompt
 
 MAX_TEXT = 60_000      # chars of instruction + answer: beyond this a seed is a dump, not a task
 MAX_FILE = 100_000     # chars of one workspace file (the rollout Reads it whole)
@@ -41,15 +40,6 @@ MAX_EDITS = 6          # more changed regions than this become one edit over the
 KEEP = 0.5             # share of the old lines the answer keeps for it to count as a change
 _FENCE_LINE = re.compile(r"^\s*```", re.M)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-
-
-class Skip(Exception):
-    """This input cannot become a row: (stage, reason) go to the rejects table."""
-
-    def __init__(self, stage: str, reason: str):
-        super().__init__(f"{stage}: {reason}")
-        self.stage, self.reason = stage, reason
-
 
 EXT = {"python": "py", "py": "py", "javascript": "js", "js": "js", "typescript": "ts", "ts": "ts",
        "go": "go", "rust": "rs", "bash": "sh", "sh": "sh", "shell": "sh", "java": "java",
@@ -70,48 +60,8 @@ def _target(seed: dict, ext: str, ident: str | None) -> str:
     return f"{stem}.{ext}"
 
 
-_SYSTEM: dict[tuple[str, str], str] = {}
-
-
-def system_message(soul, spec) -> dict:
-    """The agent's system prompt as the first message of a record: rendered once per (SOUL, tool
-    spec) pair, not per row (reading and compiling the template took ~4 ms of a row's ~10)."""
-    key = (soul.sha256, spec.sha256)
-    if key not in _SYSTEM:
-        _SYSTEM[key] = render_system_prompt(soul, spec)
-    return {"role": "system", "content": _SYSTEM[key]}
-
-
-def rollout_tools(root, spec, limits=None) -> Tools:
-    """The tool runtime every rollout is made and replayed with: Bash finds this Python first,
-    so `python -m unittest` in a scenario needs no `python` on the machine's PATH (Debian has
-    only python3), starts without a version manager's shim, and gives the same output at
-    conversion and at replay."""
-    return Tools(root, spec, limits, bin_dirs=(Path(sys.executable).parent,))
-
-
-def workspace_tools(root, files: dict, spec, limits=None) -> Tools:
-    """rollout_tools on `root` holding `files` exactly as given (paths confined to root): how a
-    rollout starts at conversion, scenario expansion and replay alike, so all three see the same
-    bytes. A path leading out, or a value that is not text, raises ValueError."""
-    tools = rollout_tools(root, spec, limits)
-    base = str(tools.root)
-    for rel, text in files.items():
-        if not isinstance(rel, str) or not isinstance(text, str):
-            raise ValueError(f"workspace: {rel!r} must map a path to text")
-        target = os.path.realpath(os.path.join(base, rel))
-        if os.path.isabs(rel) or not target.startswith(base + os.sep):
-            raise ValueError(f"workspace file {rel!r} leads outside the workspace")
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_bytes(text.encode("utf-8"))
-    return tools
-
-
 def check_seed(seed: dict) -> None:
-    """Reject (Skip) what cannot make a clean row; a marked seed (dedup, a bad source row)
-    is rejected with its own stage and reason."""
-    if seed.get("skip"):
-        raise Skip(*seed["skip"])
+    """Reject (Skip) what cannot make a clean row."""
     texts = {"instruction": seed["instruction"], "answer": seed["answer"],
              **{f"workspace file {p!r}": t for p, t in seed["workspace"].items()}}
     for where, text in texts.items():
@@ -291,4 +241,4 @@ class Chat:
         return {"messages": messages, "workspace": dict(seed["workspace"])}
 
 
-CONVERTERS = {"code_edit": CodeEdit, "code_diff": CodeDiff, "chat": Chat}
+CONVERTERS = {"code_edit": CodeEdit, "code_diff": CodeDiff, "chat": Chat, "scenario": ScenarioConverter}

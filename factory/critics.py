@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from factory.convert import Skip
+from factory.loop import Skip
 from nanocode.common import InputError
 from nanocode.record import validate
 from nanocode.soul_checks import check_message

@@ -2,20 +2,19 @@
 without them (`factory build --from V --exclude-marked`).
 
 A mark is an sft row id with a note, in the store's `exclusions` table. A version is never
-changed: the derived version copies V's parts minus the marked rows (and the pairs of their
-inputs, whose chosen side is that row) with DuckDB COPY, and records where it came from in
-its config and summary ("from version", "excluded").
+changed: the derived version copies V's rows minus the marked inputs' (their sft row and the
+pairs whose chosen side it is; such an input has no reject) with Store.copy_version, and
+records where it came from in its config and summary ("from version", "excluded").
 """
 
 import datetime
 import hashlib
 import json
-import os
 
 from rich.console import Console
 
 from factory.replay import replay_figures
-from factory.store import SCHEMAS, Store, _quote
+from factory.store import Store
 from nanocode.common import InputError
 
 
@@ -68,25 +67,7 @@ def derive(v: int, console=None) -> dict:
         new = store.create_version({**{k: meta[k] for k in ("soul_sha256", "tools_sha256", "config_sha256",
                                                               "inputs_sha256", "code_version")},
                                     "fingerprint": fingerprint, "config": config})
-        marked = f"(SELECT input_id FROM exclusions WHERE version = {int(v)})"
-        keep = {"sft": f"input_id NOT IN {marked}", "pairs": f"input_id NOT IN {marked}", "rejects": "true"}
-        parts = []
-        for kind in SCHEMAS:
-            path = store.root / f"v{new:04d}" / f"{kind}-00000.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            cur = store.db.execute(f"COPY (SELECT * REPLACE (CAST({new} AS INTEGER) AS version) "
-                                   f"FROM {store.relation(kind, v)} WHERE {keep[kind]} ORDER BY input_id) "
-                                   f"TO {_quote(str(tmp))} (FORMAT parquet)")
-            rows = cur.fetchone()[0]
-            os.replace(tmp, path)
-            parts.append((new, kind, 0, str(path), rows))
-        store.db.execute("BEGIN TRANSACTION")
-        store.db.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?)", parts)
-        store.db.execute(f"INSERT INTO done_inputs SELECT {new}, input_id, 0, outcome FROM done_inputs "
-                         f"WHERE version = ? AND input_id NOT IN {marked}", [v])
-        store.db.execute("COMMIT")
-        store._views()
+        store.copy_version(v, new, f"input_id NOT IN (SELECT input_id FROM exclusions WHERE version = {int(v)})")
         summary = {"version": new, **store.figures(new), **replay_figures(store, new), "from version": v,
                    "excluded": len(ids), "excluded ids": ids,
                    "models": json.loads(meta["summary"] or "{}").get("models", {})}

@@ -1,6 +1,6 @@
-"""The constitutional loop for one input, and the pair policy.
+"""The constitutional loop for one input, and its pair.
 
-    draft = converter(seed)
+    draft = converter(seed), in a thread (a scenario's test runs wait on subprocesses)
     attempt 1: generator writes the rollout
     critics: deterministic ones first; the LLM judge only if they all pass
     attempt 2..max_rounds: the reviser rewrites the last attempt given the problems found
@@ -8,19 +8,30 @@
     replay: the passing attempt's tool calls run for real (factory/replay.py); results are
     rewritten to the real ones, or an Edit that does not apply rejects the input
 
-Pair policy `first_fail_vs_final`: rejected = the first attempt that failed for a reason other
+The pair (first fail vs final): rejected = the first attempt that failed for a reason other
 than parsing or length (a model's broken JSON or an over-long rollout teaches nothing about
 the SOUL); chosen = the attempt that passed; written only if both sides hold assistant content
 and differ. Every row keeps its provenance: input, attempt, critic scores, critique, models.
+
+A seed is plain data: one marked `"skip": [stage, reason]` is a reject with that reason; one
+naming its own converter entry (scenarios in a mix of seed files) goes through that converter.
 """
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
-from factory.convert import Skip
 from factory.writers import ParseError, prompt_part
 from nanocode.record import has_assistant, record_id
+
+
+class Skip(Exception):
+    """This input cannot become a row: (stage, reason) go to the rejects table."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason = stage, reason
 
 
 @dataclass
@@ -34,36 +45,40 @@ class Context:
     attempt: int = 0
 
 
+def entry_key(entry) -> str:
+    """A seed's own converter entry as a key of Stages.converters."""
+    return json.dumps(entry, sort_keys=True)
+
+
 @dataclass
 class Stages:
     converter: object
     generator: object
     critics: list
     reviser: object
-    pairs: object
     max_rounds: int
     replay: object = None  # factory.replay.ToolReplay, or None: chosen rollouts are not replayed
+    converters: dict = field(default_factory=dict)  # entry_key(a seed's own converter) -> the stage
+
+    def converter_for(self, seed: dict):
+        own = seed.get("converter")
+        return self.converter if own is None else self.converters[entry_key(own)]
 
 
-@dataclass
-class FirstFailVsFinal:
-    def pair(self, attempts: list[dict], base: dict) -> dict | None:
-        final = attempts[-1]
-        rejected = next((a for a in attempts if a["kind"] == "critic"), None)
-        if rejected is None or final["kind"] is not None:
-            return None
-        prompt = prompt_part(final["messages"])
-        chosen, worse = final["messages"][len(prompt):], rejected["messages"][len(prompt):]
-        if not (has_assistant(chosen) and has_assistant(worse)) or chosen == worse:
-            return None
-        return {**base, "id": record_id([{"prompt": prompt, "chosen": chosen, "rejected": worse}]),
-                "prompt": prompt, "chosen": chosen, "rejected": worse,
-                "critique": "; ".join(rejected["problems"]),
-                "scores": {"chosen": final["scores"], "rejected": rejected["scores"]},
-                "chosen_attempt": final["attempt"], "rejected_attempt": rejected["attempt"]}
-
-
-PAIR_POLICIES = {"first_fail_vs_final": FirstFailVsFinal}
+def pair(attempts: list[dict], base: dict) -> dict | None:
+    final = attempts[-1]
+    rejected = next((a for a in attempts if a["kind"] == "critic"), None)
+    if rejected is None or final["kind"] is not None:
+        return None
+    prompt = prompt_part(final["messages"])
+    chosen, worse = final["messages"][len(prompt):], rejected["messages"][len(prompt):]
+    if not (has_assistant(chosen) and has_assistant(worse)) or chosen == worse:
+        return None
+    return {**base, "id": record_id([{"prompt": prompt, "chosen": chosen, "rejected": worse}]),
+            "prompt": prompt, "chosen": chosen, "rejected": worse,
+            "critique": "; ".join(rejected["problems"]),
+            "scores": {"chosen": final["scores"], "rejected": rejected["scores"]},
+            "chosen_attempt": final["attempt"], "rejected_attempt": rejected["attempt"]}
 
 
 async def critique(messages, critics, ctx) -> list:
@@ -81,8 +96,11 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
     base = {k: seed[k] for k in ("input_id", "source", "source_id")}
     attempts = []
     try:
-        # a source may bring its own converter (scenarios inside a mix of seed files)
-        draft = (seed.get("converter") or stages.converter).convert(seed, ctx.soul, ctx.spec)
+        if seed.get("skip"):
+            raise Skip(*seed["skip"])
+        converter = stages.converter_for(seed)
+        draft = await asyncio.to_thread(converter.convert, seed, ctx.soul, ctx.spec)
+        ground = getattr(converter, "ground", None)  # re-runs a model's tool calls for real (scenarios)
         previous, problems = None, []
         for attempt in range(1, stages.max_rounds + 1):
             actx = dataclasses.replace(ctx, input_id=seed["input_id"], attempt=attempt)
@@ -94,6 +112,8 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
                                  "problems": [str(e)], "scores": {}})
                 problems = [f"your reply could not be used: {e}"]
                 continue
+            if writer.needs_model and ground is not None:
+                messages = await asyncio.to_thread(ground, messages, draft, ctx.spec)
             if not writer.needs_model and messages == previous:
                 break  # the rules changed nothing: another round would not either
             verdicts = await critique(messages, stages.critics, actx)
@@ -115,15 +135,15 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
         return {"reject": {**base, "stage": stage, "reason": reason[:2000], "attempts": len(attempts),
                            "messages": last and last["messages"]}}
     if stages.replay is not None:  # the final rollout's tool calls run for real (in a thread: Bash may take seconds)
-        verdict = await asyncio.to_thread(stages.replay.replay, final["messages"], draft["workspace"], ctx.spec)
-        if verdict.status == "rejected":
-            return {"reject": {**base, "stage": "replay", "reason": verdict.reason[:2000], "attempts": len(attempts),
+        replayed = await asyncio.to_thread(stages.replay.replay, final["messages"], draft["workspace"], ctx.spec)
+        if replayed.status == "rejected":
+            return {"reject": {**base, "stage": "replay", "reason": replayed.reason[:2000], "attempts": len(attempts),
                                "messages": final["messages"]}}
-        final = attempts[-1] = {**final, "messages": verdict.messages,
-                                "scores": {**final["scores"], "replay": verdict.status}}
+        final = attempts[-1] = {**final, "messages": replayed.messages,
+                                "scores": {**final["scores"], "replay": replayed.status}}
     first_fail = next((a for a in attempts if a["kind"]), None)
     row = {**base, "id": record_id(final["messages"]), "messages": final["messages"],
            "soul": ctx.soul.sha256, "tools": ctx.spec.sha256, "workspace": draft["workspace"],
            "attempt": final["attempt"], "revisions": final["attempt"] - 1, "scores": final["scores"],
            "critique": "; ".join(first_fail["problems"]) if first_fail else "", "models": ctx.models}
-    return {"sft": row, "pair": stages.pairs.pair(attempts, base)}
+    return {"sft": row, "pair": pair(attempts, base)}

@@ -4,7 +4,7 @@ The rollout's `workspace` (its starting files) is written to a temp folder and e
 run in order with agent.tools.Tools, the runtime the terminal agent uses, so later calls see
 earlier edits. Then per call:
 
-  - a result the user refused in the rollout (agent.session.refused) is kept and the call is
+  - a result the user refused in the rollout (nanocode.record.refused) is kept and the call is
     not run: the user said no, so nothing happened;
   - an Edit whose outcome flips (the rollout shows it applied and for real it fails, or the
     other way round) rejects the row: the rest of the rollout builds on a change that does
@@ -24,12 +24,12 @@ import tempfile
 from dataclasses import dataclass
 
 from agent.tools import Limits, Tools
-from factory.convert import workspace_tools
+from factory.rollout import workspace_tools
 from nanocode.record import REFUSED
 
 
 @dataclass
-class Verdict:
+class ReplayResult:
     status: str            # ok | rewritten | rejected
     messages: list         # the rollout, real results in place (the input if rejected)
     reason: str = ""       # why it was rejected, or which results were rewritten
@@ -53,21 +53,21 @@ class ToolReplay:
         if not isinstance(self.bash_timeout, (int, float)) or self.bash_timeout <= 0:
             raise ValueError(f"bash_timeout must be a positive number of seconds, got {self.bash_timeout!r}")
 
-    def replay(self, messages: list[dict], workspace: dict, spec) -> Verdict:
+    def replay(self, messages: list[dict], workspace: dict, spec) -> ReplayResult:
         with tempfile.TemporaryDirectory(prefix="nanocode-replay-") as root:
             try:
                 tools = workspace_tools(root, workspace or {}, spec,
                                         Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout))
             except ValueError as e:  # a path leading out of the workspace, a file that is not text
-                return Verdict("rejected", messages, reason=str(e))
+                return ReplayResult("rejected", messages, reason=str(e))
             try:
                 return self._walk(messages, tools)
             except _Reject as e:
-                return Verdict("rejected", messages, reason=str(e))
+                return ReplayResult("rejected", messages, reason=str(e))
 
-    def _walk(self, messages: list[dict], tools: Tools) -> Verdict:
+    def _walk(self, messages: list[dict], tools: Tools) -> ReplayResult:
         out, pending, notes = [], [], []
-        v = Verdict("ok", out)
+        v = ReplayResult("ok", out)
         for i, m in enumerate(messages):
             role = m.get("role")
             if role != "tool" and pending:
@@ -116,9 +116,6 @@ def _masked(text: str) -> str:
     path (node, pytest) or a test runner's timing differs on every run only there, and such a
     result is kept as recorded, so a rebuild's rows keep their ids."""
     return _DURATION.sub("<t>", _TMP_DIR.sub("<tmp>", text))
-
-
-REPLAYS = {"tools": ToolReplay}
 
 
 def replay_figures(store, v: int) -> dict:

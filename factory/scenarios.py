@@ -1,21 +1,17 @@
-"""Scenario specs (scenarios/*.yaml) -> long multi-step tool rollouts.
-
-A spec names a task, its language and domain, the starting files, the change that solves it
-(`edits`, applied for real) and the events the rollout must hit: a Read of a missing file, a
-Grep with no match, the user refusing a Bash call or an Edit, a stale Edit, a failing then
-passing test run... The format is in scenarios/README.md; `load_spec` checks it and every
-problem is one InputError naming the file and the field.
+"""Scenario specs (factory/scenario_spec.py) -> long multi-step tool rollouts: the `scenarios`
+source, the `scenario` converter, and `factory scenarios check / generate`.
 
 `expand` is the offline rollout: explore (events, Grep, Reads) -> reproduce (tests fail) ->
 fix (refusals, edits) -> verify (tests pass) -> the spec's summary. Every tool result is the
 real output of agent.tools.Tools in a temp copy of the files; a refused call is answered with
-agent.session.refused(reason), what the terminal agent records. An event that does not happen
+nanocode.record.refused(reason), what the terminal agent records. An event that does not happen
 for real (the Grep matched, the tests passed before the fix) is a Skip: the spec is wrong.
 
-With a model, the generator writes the rollout from the spec (prompts/scenario.j2); `ground`
-then re-runs its calls so the tool results are real whatever the model wrote.
+With a model, the generator writes the rollout from the spec (prompts/scenario.j2) and the
+loop calls the converter's `ground`, which re-runs its calls so the results are real.
 """
 
+import asyncio
 import hashlib
 import json
 import re
@@ -26,204 +22,19 @@ from pathlib import Path
 import yaml
 
 from agent.tools import Tools
-from factory.convert import CONVERTERS as ALL_CONVERTERS
-from factory.convert import Skip, system_message, workspace_tools
+from factory.backends import Requester
+from factory.loop import Skip
+from factory.rollout import steady_run, system_message, workspace_tools
+from factory.scenario_spec import EVENTS, LANGUAGES, Scenario, load_spec, parse_spec, spec_files
+from factory.store import Store
+from factory.writers import Prompts
 from nanocode.common import InputError
 from nanocode.record import REFUSED, refused
 from nanocode.spec import REPO_ROOT
 
-LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
-             "ruby", "kotlin", "yaml", "json", "toml", "markdown", "html", "css", "dockerfile", "make"}
-REQUIRED = {"task": str, "language": str, "domain": str, "files": dict, "edits": list}
-OPTIONAL = {"id": str, "search": str, "read": list, "test": str, "events": list, "summary": str}
-EDIT_KEYS = {"file_path", "new_string"}, {"old_string", "why"}
-# event -> (required args, optional args); `why` is the thinking line before the call
-EVENTS = {
-    "read_missing": ({"file_path"}, {"why"}),                # Read a file that is not there
-    "grep_no_match": ({"pattern"}, {"path", "glob", "why"}),  # a search that finds nothing
-    "bash": ({"command"}, {"why"}),                           # a look-around command
-    "command_fails": ({"command"}, {"why"}),                  # a command that exits non-zero
-    "tests_fail_then_pass": (set(), {"why"}),                 # `test` fails before the edits
-    "refuse_bash": ({"command", "reason"}, {"why"}),          # the user says no to a command
-    "refuse_edit": ({"file_path", "new_string", "reason"}, {"old_string", "why"}),
-    "edit_mismatch": ({"file_path", "old_string"}, {"why"}),  # an Edit whose old_string is stale
-}
+# the order a rollout meets events in: exploring, reproducing, fixing
 PHASE = {"read_missing": 0, "grep_no_match": 0, "bash": 0, "command_fails": 0,
          "tests_fail_then_pass": 1, "refuse_bash": 2, "refuse_edit": 2, "edit_mismatch": 2}
-
-
-@dataclass
-class Scenario:
-    id: str
-    path: str
-    task: str
-    language: str
-    domain: str
-    files: dict
-    edits: list
-    search: str | None = None
-    read: list = field(default_factory=list)
-    test: str | None = None
-    events: list = field(default_factory=list)   # [(name, args)] in spec order
-    summary: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("id", "task", "language", "domain", "files", "search", "read",
-                                          "edits", "test", "summary") if getattr(self, k) not in (None, [])}
-        d["events"] = [name if not args else {name: args} for name, args in self.events]
-        return d
-
-
-# ------------------------------------------------------------------------------ the format
-
-def _bad_path(p) -> bool:
-    return not isinstance(p, str) or not p or p.startswith(("/", "~")) or ".." in Path(p).parts
-
-
-def _args(where: str, name: str, args, known: tuple) -> dict:
-    required, optional = known
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise InputError(f"{where}: {name} takes a mapping of arguments, got {type(args).__name__}")
-    missing = sorted(required - set(args))
-    if missing:
-        raise InputError(f"{where}: {name} needs {', '.join(missing)}")
-    unknown = sorted(set(args) - required - optional)
-    if unknown:
-        raise InputError(f"{where}: {name} has unknown field(s) {', '.join(map(str, unknown))} "
-                         f"(its fields: {', '.join(sorted(required | optional))})")
-    for k, v in args.items():
-        if not isinstance(v, str) or (k != "new_string" and not v.strip()):
-            raise InputError(f"{where}.{k}: must be non-empty text")
-    return dict(args)
-
-
-def parse_spec(data, path: str, default_id: str = "") -> Scenario:
-    """A parsed YAML document -> Scenario, or InputError naming `path` and the field."""
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a scenario spec must be a YAML mapping")
-    unknown = sorted(set(map(str, data)) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
-        raise InputError(f"{path}: unknown field(s) {', '.join(unknown)} "
-                         f"(fields: {', '.join(sorted(REQUIRED))}; optional {', '.join(sorted(OPTIONAL))})")
-    for key, kind in {**REQUIRED, **OPTIONAL}.items():
-        if key in data and not isinstance(data[key], kind):
-            raise InputError(f"{path}: {key} must be {'text' if kind is str else 'a ' + kind.__name__}, "
-                             f"got {type(data[key]).__name__}")
-        if key in REQUIRED and not data.get(key):
-            raise InputError(f"{path}: {key} is required")
-    for key in ("task", "domain", "language"):
-        if not data[key].strip():
-            raise InputError(f"{path}: {key} is empty")
-    if data["language"] not in LANGUAGES:
-        raise InputError(f"{path}: language {data['language']!r} is not one of {', '.join(sorted(LANGUAGES))}")
-    sid = data.get("id") or default_id
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", sid or ""):
-        raise InputError(f"{path}: id {sid!r} must be lowercase letters, digits, '.', '_' or '-'")
-    files = data["files"]
-    for p, text in files.items():
-        if _bad_path(p):
-            raise InputError(f"{path}: files: {p!r} must be a relative path inside the workspace")
-        if not isinstance(text, str):
-            raise InputError(f"{path}: files.{p}: contents must be text, got {type(text).__name__}")
-    state = dict(files)  # the edits run on paper first: a wrong old_string is caught here
-    edits = []
-    for i, e in enumerate(data["edits"]):
-        where = f"{path}: edits[{i}]"
-        e = _args(where, "an edit", e, EDIT_KEYS)
-        if _bad_path(e["file_path"]):
-            raise InputError(f"{where}.file_path: {e['file_path']!r} must be a relative path")
-        _apply(state, e, where)
-        edits.append(e)
-    read = data.get("read", [])
-    for i, p in enumerate(read):
-        if p not in files:
-            raise InputError(f"{path}: read[{i}]: {p!r} is not one of the starting files")
-    if data.get("search") is not None:
-        _regex(data["search"], f"{path}: search")
-    events = []
-    for i, ev in enumerate(data.get("events", [])):
-        where = f"{path}: events[{i}]"
-        if isinstance(ev, str):
-            name, args = ev, None
-        elif isinstance(ev, dict) and len(ev) == 1:
-            (name, args), = ev.items()
-        else:
-            raise InputError(f"{where}: an event is a name or a one-key mapping {{name: {{args}}}}")
-        if name not in EVENTS:
-            raise InputError(f"{where}: unknown event {name!r} (events: {', '.join(sorted(EVENTS))})")
-        args = _args(f"{where}.{name}", name, args, EVENTS[name])
-        if name == "read_missing" and args["file_path"] in files:
-            raise InputError(f"{where}.read_missing.file_path: {args['file_path']!r} is a starting file")
-        if name == "grep_no_match":
-            _regex(args["pattern"], f"{where}.grep_no_match.pattern")
-        if name == "tests_fail_then_pass" and not data.get("test"):
-            raise InputError(f"{where}: tests_fail_then_pass needs the spec's `test` command")
-        events.append((name, args))
-    return Scenario(id=sid, path=path, task=_unwrap(data["task"]), language=data["language"],
-                    domain=data["domain"].strip(), files=dict(files), edits=edits, search=data.get("search"),
-                    read=list(read), test=data.get("test"), events=events,
-                    summary=_unwrap(data.get("summary") or "") or None)
-
-
-def _unwrap(text: str) -> str:
-    """Prose hard-wrapped in YAML as written by people: single newlines become spaces
-    (blank lines and fenced code stay), so a reply reads like one the agent would write."""
-    if "```" in text:
-        return text.strip()
-    return re.sub(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)", " ", text.strip())
-
-
-def _regex(pattern: str, where: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise InputError(f"{where}: invalid regular expression {pattern!r}: {e}") from None
-
-
-def _apply(state: dict, e: dict, where: str) -> None:
-    p, old = e["file_path"], e.get("old_string")
-    if old is None:
-        if p in state:
-            raise InputError(f"{where}: creates {p!r}, which already exists (give old_string to change it)")
-        state[p] = e["new_string"]
-        return
-    text = state.get(p)
-    if text is None:
-        raise InputError(f"{where}.file_path: {p!r} is neither a starting file nor created by an earlier edit")
-    n = text.count(old)
-    if n != 1:
-        raise InputError(f"{where}.old_string: occurs {n} times in {p!r} (must be exactly once)")
-    state[p] = text.replace(old, e["new_string"], 1)
-
-
-def load_spec(path) -> Scenario:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read it ({e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}: bad YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    return parse_spec(data, str(path), default_id=path.stem)
-
-
-def spec_files(where: str | Path, glob: str = "*.yaml") -> list[Path]:
-    """The spec files under a directory (recursive) or a glob; InputError if there are none."""
-    base = Path(where)
-    if not base.is_absolute() and not base.exists():
-        base = REPO_ROOT / base  # repo-relative defaults work from any directory
-    files = sorted(base.rglob(glob)) if base.is_dir() else sorted(base.parent.glob(base.name))
-    if not files:
-        raise InputError(f"scenarios {where}: no spec files ({glob}) found")
-    return files
 
 
 # ------------------------------------------------------------------------------ the source
@@ -233,17 +44,14 @@ class ScenarioSource:
     """The specs under `dir` matching `glob` (recursive), each converted by `converter` (a
     stage entry; default the scenario converter) whatever the build's own converter is, so a
     `mix` can hold seed files and scenarios. A spec that fails validation is not fatal: it
-    becomes a seed the converter rejects, with the error as the reason."""
+    becomes a seed marked skip, a reject with the error as the reason."""
     dir: str = "scenarios"
     glob: str = "*.yaml"
     label: str = "scenarios"
-    converter: dict = field(default_factory=lambda: {"name": "scenario"})
+    converter: dict | str = field(default_factory=lambda: {"name": "scenario"})
 
     def __post_init__(self):
-        from factory.config import make
-
         self.name, self.columns = self.label, {"dir": self.dir, "glob": self.glob}
-        self.stage = make("converter", ALL_CONVERTERS, self.converter, f"source {self.label}")
 
     @property
     def sha256(self) -> str:
@@ -263,15 +71,13 @@ class ScenarioSource:
             if sid in seen:
                 spec, error, sid = None, f"{p}: id {sid!r} is used by another spec", f"{sid}@{p}"
             seen.add(sid)
-            out.append({"input_id": f"{self.name}:{sid}", "source": self.name, "source_id": sid,
-                        "instruction": spec.task if spec else f"(invalid scenario {p})", "answer": "",
-                        "workspace": dict(spec.files) if spec else {}, "scenario": spec,
-                        "scenario_error": error, "converter": self.stage})
-        batch = [s["scenario"] for s in out if s["scenario"]]
-        for s in out:
-            s["batch"] = batch  # one list shared by all: the converter expands them together
+            seed = {"input_id": f"{self.name}:{sid}", "source": self.name, "source_id": sid,
+                    "instruction": spec.task if spec else f"(invalid scenario {p})", "answer": "",
+                    "workspace": dict(spec.files) if spec else {}, "scenario": spec, "converter": self.converter}
+            if error:
+                seed["skip"] = ["scenario", error]
+            out.append(seed)
         return out
-
 
 # ------------------------------------------------------------------------------ the rollout
 
@@ -326,7 +132,7 @@ class _Rollout:
     def call(self, text: str, name: str, args: dict, result: str | None = None) -> str:
         call = {"name": name, "args": args}
         if result is None:
-            result = self.tools.run(call)
+            result = steady_run(self.tools, call)
         self.messages.append({"role": "assistant", "content": text, "tool_calls": [call]})
         self.messages.append({"role": "tool", "name": name, "content": result})
         return result
@@ -425,80 +231,40 @@ def _summary(spec: Scenario) -> str:
     return text + (f" {_code(spec.test)} passes now." if spec.test else "")
 
 
-_EXPANDED: dict = {}  # (spec, tool spec) hash -> messages: a rebuild in the same process reruns nothing
-
-
-def _key(scenario: Scenario, tools) -> str:
-    return hashlib.sha256(json.dumps([scenario.to_dict(), tools.sha256], sort_keys=True).encode()).hexdigest()
-
-
-def _expand_one(scenario: Scenario, tools) -> list[dict] | Skip:
-    key = _key(scenario, tools)
-    if key not in _EXPANDED:
-        try:
-            with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-                _EXPANDED[key] = expand(scenario, workspace_tools(root, scenario.files, tools))
-        except Skip as e:
-            return e  # not cached: a fixed tool or machine may make it pass next time
-    return _EXPANDED[key]
-
-
-def expand_all(scenarios: list, tools, workers: int = 4) -> None:
-    """Expand many specs at once: their Bash calls (test runs) wait on subprocesses, so a few
-    threads overlap them. Results land in the in-process memo `convert` reads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    todo = [s for s in scenarios if _key(s, tools) not in _EXPANDED]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        list(pool.map(lambda s: _expand_one(s, tools), todo))
-
-
 @dataclass
 class ScenarioConverter:
     system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
-    workers: int = 4            # specs expanded at once (their tool calls overlap)
 
     def convert(self, seed: dict, soul, spec) -> dict:
-        if seed.get("scenario_error"):
-            raise Skip("scenario", seed["scenario_error"])
         scenario = seed.get("scenario")
         if not isinstance(scenario, Scenario):
             raise Skip("convert", "not a scenario input (the scenario converter reads the scenarios source)")
-        if seed.get("batch"):  # the first spec of a source expands them all, overlapping
-            expand_all(seed["batch"], spec, self.workers)
-        out = _expand_one(scenario, spec)
-        if isinstance(out, Skip):
-            raise out
-        messages = [{"role": "user", "content": scenario.task}, *json.loads(json.dumps(out))]
+        with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
+            messages = [{"role": "user", "content": scenario.task},
+                        *expand(scenario, workspace_tools(root, scenario.files, spec))]
         if self.system_prompt:
             messages.insert(0, system_message(soul, spec))
-        # with a model, the generator writes from the spec (prompts/scenario.j2) and `ground`
-        # makes its tool results real
         return {"messages": messages, "workspace": dict(scenario.files), "prompt": "scenario",
-                "scenario": scenario.to_dict(), "ground": lambda m: ground(m, scenario.files, spec)}
+                "scenario": scenario.to_dict()}
 
-
-ALL_CONVERTERS["scenario"] = ScenarioConverter  # registered where the build looks converters up
-
-
-def ground(messages: list[dict], files: dict, spec) -> list[dict]:
-    """A model-written rollout with every tool result replaced by the real one, run in order
-    in a fresh copy of `files`. A refusal the model wrote for a call that needs approval is
-    kept (the user's answer is not the tool's to give). Messages whose calls and results do
-    not line up are left as they are: the grammar critic reports them."""
-    out = json.loads(json.dumps(messages))
-    with tempfile.TemporaryDirectory(prefix="nanocode-ground-") as root:
-        tools, pending = workspace_tools(root, files, spec), []
-        for m in out:
-            if m.get("role") == "assistant":
-                pending = [c for c in m.get("tool_calls") or [] if isinstance(c, dict)]
-            elif m.get("role") == "tool" and pending:
-                call = pending.pop(0)
-                said = m.get("content") or ""
-                if said.startswith(REFUSED) and tools.needs_approval(str(call.get("name"))):
-                    continue
-                m["content"], m["name"] = tools.run(call), call.get("name")
-    return out
+    def ground(self, messages: list[dict], draft: dict, spec) -> list[dict]:
+        """A model-written rollout with every tool result replaced by the real one, run in order
+        in a fresh copy of the draft's files. A refusal the model wrote for a call that needs
+        approval is kept (the user's answer is not the tool's to give). Messages whose calls and
+        results do not line up are left as they are: the grammar critic reports them."""
+        out = json.loads(json.dumps(messages))
+        with tempfile.TemporaryDirectory(prefix="nanocode-ground-") as root:
+            tools, pending = workspace_tools(root, draft["workspace"], spec), []
+            for m in out:
+                if m.get("role") == "assistant":
+                    pending = [c for c in m.get("tool_calls") or [] if isinstance(c, dict)]
+                elif m.get("role") == "tool" and pending:
+                    call = pending.pop(0)
+                    said = m.get("content") or ""
+                    if said.startswith(REFUSED) and tools.needs_approval(str(call.get("name"))):
+                        continue
+                    m["content"], m["name"] = steady_run(tools, call), call.get("name")
+        return out
 
 
 # ------------------------------------------------------------------------------ new specs
@@ -536,12 +302,6 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
     keep the ones that validate AND expand for real (their events happen, their tests pass)
     in `out_dir`, report and drop the rest. Calls go through the factory's request layer:
     cached, retried, in the ledger (as version 0)."""
-    import asyncio
-
-    from factory.backends import Requester
-    from factory.store import Store
-    from factory.writers import Prompts
-
     texts = [(REPO_ROOT / "scenarios" / f"{e}.yaml").read_text(encoding="utf-8") for e in examples]
     prompts = Prompts(soul, tools)
     out_dir = Path(out_dir)

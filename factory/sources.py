@@ -3,14 +3,17 @@
     {"input_id", "source", "source_id", "instruction", "answer", "workspace": {path: text}}
 
 plus, for a row that cannot be used, `"skip": [stage, reason]` (the build rejects it with that
-reason instead of converting it). `input_id` is what resume keys on (`<source>:<source_id>`);
-`sha256` identifies the inputs for the version record; `columns` is the mapping, also identity.
+reason instead of converting it), and for a source with its own converter, `"converter": <its
+stage entry>` (plain data: the loop converts the seed with that one). `input_id` is what resume
+keys on (`<source>:<source_id>`); `sha256` identifies the inputs for the version record;
+`columns` is the mapping, also identity.
 
   local                 a JSONL or Parquet file with a column mapping
   tulu_personas_code    allenai/tulu-3-sft-personas-code      (`messages`, `prompt`, `id`)
   self_oss_instruct     bigcode/self-oss-instruct-sc2-exec-filter-50k (`instruction`, `response`, `id`)
   evol_codealpaca       theblackcat102/evol-codealpaca-v1      (`instruction`, `output`)
   smoltalk              HuggingFaceTB/smoltalk, config `all`   (`messages`): general chat
+  scenarios             scenario specs (factory/scenarios.py), through their own converter
   mix                   several of the above, in order (dedup keeps the first of duplicates)
 
 The Hugging Face ones read through `datasets.load_dataset` (streamed: `limit` rows cost `limit`
@@ -24,6 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from factory.config import make
+from factory.scenarios import ScenarioSource
 from nanocode.common import InputError
 from nanocode.spec import REPO_ROOT
 
@@ -266,15 +271,11 @@ class SmolTalk(HubSource):
 
     def __post_init__(self):
         super().__post_init__()
-        from factory.config import make
-        from factory.convert import CONVERTERS
-
-        self.stage = make("converter", CONVERTERS, self.converter, f"source {self.name}")
         self.columns["converter"] = self.converter
 
     def map(self, record, n):
         instruction, answer = _first_turns(record["messages"])
-        return {**seed_row(self.name, _id(record, n, "id"), instruction, answer), "converter": self.stage}
+        return {**seed_row(self.name, _id(record, n, "id"), instruction, answer), "converter": self.converter}
 
 
 @dataclass
@@ -284,8 +285,6 @@ class MixSource:
     sources: list = field(default_factory=list)
 
     def __post_init__(self):
-        from factory.config import make
-
         if not isinstance(self.sources, list) or not self.sources:
             raise ValueError("sources must be a non-empty list of source entries")
         self.parts = [make("source", SOURCES, entry, "mix") for entry in self.sources]
@@ -306,11 +305,7 @@ class MixSource:
 
 
 SOURCES = {"local": LocalSource, "tulu_personas_code": TuluPersonasCode, "self_oss_instruct": SelfOssInstruct,
-           "evol_codealpaca": EvolCodeAlpaca, "smoltalk": SmolTalk, "mix": MixSource}
-
-from factory.scenarios import ScenarioSource  # noqa: E402  (scenario specs; imports nothing from here)
-
-SOURCES["scenarios"] = ScenarioSource
+           "evol_codealpaca": EvolCodeAlpaca, "smoltalk": SmolTalk, "mix": MixSource, "scenarios": ScenarioSource}
 
 
 # ---------------------------------------------------------------- the HumanEval seed file

@@ -24,9 +24,10 @@ Parquet columns (JSON-valued ones are JSON text: `messages::JSON` in DuckDB):
            chosen_attempt, rejected_attempt
   rejects  version, input_id, source, source_id, stage, reason, attempts, messages
 
-Writes are crash-safe: a chunk's Parquet files are renamed into place, then its `parts` and
-`done_inputs` rows commit in one transaction. A kill between the two leaves files no catalog
-row names; the next build deletes them and redoes those inputs (their LLM calls are cached).
+Writes are crash-safe, a build's chunks (`commit_chunk`) and curation's copies (`copy_version`)
+alike: the Parquet files are renamed into place, then their `parts` and `done_inputs` rows
+commit in one transaction. A kill between the two leaves files no catalog row names; the next
+build deletes them and redoes those inputs (their LLM calls are cached).
 """
 
 import datetime
@@ -159,13 +160,33 @@ class Store:
             with atomic_path(path) as tmp:
                 pq.write_table(table, tmp)
             written.append((v, kind, chunk, str(path), table.num_rows))
+        self._catalog(written, [(v, input_id, chunk, outcome) for input_id, outcome in done])
+
+    def copy_version(self, src: int, dst: int, where: str = "true") -> None:
+        """dst's one chunk = src's rows (every kind) and done inputs whose columns satisfy the
+        SQL condition `where`, written and cataloged like a build's chunk."""
+        written = []
+        for kind in SCHEMAS:
+            path = self.root / f"v{dst:04d}" / f"{kind}-00000.parquet"
+            with atomic_path(path) as tmp:
+                rows = self.copy(f"SELECT * REPLACE (CAST({int(dst)} AS INTEGER) AS version) "
+                                 f"FROM {self.relation(kind, src)} WHERE {where} ORDER BY input_id", tmp)
+            written.append((dst, kind, 0, str(path), rows))
+        self._catalog(written, self.all(f"SELECT {int(dst)}, input_id, 0, outcome FROM done_inputs "
+                                        f"WHERE version = ? AND {where}", src))
+
+    def copy(self, query: str, path, format: str = "parquet") -> int:
+        """A query's rows into a parquet or json file (DuckDB COPY); returns how many."""
+        return self.db.execute(f"COPY ({query}) TO {_quote(str(path))} (FORMAT {format})").fetchone()[0]
+
+    def _catalog(self, parts: list[tuple], done: list[tuple]) -> None:
+        """Catalog written parts and mark inputs done in one transaction, then refresh the views."""
         self.db.execute("BEGIN TRANSACTION")
         try:
             self.flush_ledger()
-            self.db.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?)", written)
+            self.db.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?)", parts)
             if done:
-                self.db.executemany("INSERT INTO done_inputs VALUES (?, ?, ?, ?)",
-                                    [(v, input_id, chunk, outcome) for input_id, outcome in done])
+                self.db.executemany("INSERT INTO done_inputs VALUES (?, ?, ?, ?)", done)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from factory.publish import TEST_FRACTION, write_hub
 from factory.replay import replay_figures
-from factory.store import JSON_COLUMNS, SCHEMAS, Store, _quote
+from factory.store import JSON_COLUMNS, SCHEMAS, Store
 from nanocode.common import InputError
 from nanocode.record import call_text
 
@@ -109,9 +109,8 @@ def export(store: Store, v: int, directory, soul=None, tools=None, test_fraction
         for kind in SCHEMAS:
             rel = store.relation(kind, v)
             as_json = ", ".join(f"{c}::JSON AS {c}" for c in JSON_COLUMNS[kind])
-            store.db.execute(f"COPY (SELECT * FROM {rel} ORDER BY input_id) TO {_quote(f'{tmp}/{kind}.parquet')} (FORMAT parquet)")
-            store.db.execute(f"COPY (SELECT * REPLACE ({as_json}) FROM {rel} ORDER BY input_id) "
-                             f"TO {_quote(f'{tmp}/{kind}.jsonl')} (FORMAT json)")
+            store.copy(f"SELECT * FROM {rel} ORDER BY input_id", f"{tmp}/{kind}.parquet")
+            store.copy(f"SELECT * REPLACE ({as_json}) FROM {rel} ORDER BY input_id", f"{tmp}/{kind}.jsonl", "json")
             out += [directory / f"{kind}.parquet", directory / f"{kind}.jsonl"]
         out += [directory / rel for rel in write_hub(store, v, meta, Path(tmp), soul, tools, test_fraction, repo)]
         for path in out:

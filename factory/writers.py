@@ -110,9 +110,7 @@ class LLMWriter:
         text = await ctx.llm.chat([{"role": "user", "content": content}],
                                   {"temperature": self.temperature, "max_tokens": self.max_tokens},
                                   attempt=ctx.attempt, purpose=self.default_prompt, input_id=ctx.input_id)
-        messages = parse_rollout(text, draft)
-        # a draft that can re-run the calls (scenarios.ground) makes the model's tool results real
-        return draft["ground"](messages) if "ground" in draft else messages
+        return parse_rollout(text, draft)
 
 
 @dataclass

@@ -8,13 +8,17 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from factory.build import build
+from factory.build import build, code_version
+from factory.config import BuildConfig
+from factory.critics import Verdict
 from factory.store import Store
 from factory.versions import diff, export, show
 from nanocode.common import InputError, nanocode_home
@@ -163,8 +167,41 @@ def test_kill_mid_build_then_resume_loses_nothing_and_repays_no_call(tmp_path):
         sorted(r[0] for r in killed.all(f"SELECT id FROM {killed.relation('sft', 1)}"))
 
 
+@dataclass
+class MaxToolCalls:
+    """A user's own critic, named in YAML as tests.test_factory_build:MaxToolCalls."""
+    limit: int = 2
+    needs_model = False
+
+    async def judge(self, messages, ctx) -> Verdict:
+        n = sum(len(m.get("tool_calls") or []) for m in messages)
+        problems = [f"{n} tool calls, over {self.limit}"] if n > self.limit else []
+        return Verdict("max_tool_calls", not problems, float(not problems), problems)
+
+
+def test_a_critic_class_of_your_own_is_named_in_the_config(tmp_path):
+    config = config_file(tmp_path, SEEDS)
+    text = config.read_text().replace("  - name: soul_rules\n", "  - name: soul_rules\n"
+                                      "  - {name: 'tests.test_factory_build:MaxToolCalls', limit: 2}\n")
+    config.write_text(text)
+    s = quiet_build(config=config)
+    # new code (Grep/Read + one Edit) passes; a modified file (Grep, Read, Edits) has too many calls
+    assert s["sft rows"] > 0 and s["rejects by stage"]["critique"] > 0
+    assert {json.loads(v)["max_tool_calls"] for (v,) in sql("SELECT scores FROM sft")} == {1.0}
+    reasons = [r for (r,) in sql("SELECT reason FROM rejects WHERE stage = 'critique'")]
+    assert all(re.fullmatch(r"\d+ tool calls, over 2", r) for r in reasons), reasons
+    # the same config as a BuildConfig object is the same build; its code version covers the class's module
+    data = yaml.safe_load(text)
+    assert quiet_build(config=BuildConfig(**data))["up_to_date"]
+    assert code_version([MaxToolCalls()]) != code_version()
+
+
 @pytest.mark.parametrize("case, expected", [
     ("unknown_critic", "unknown critic 'vibes' (known: banned_phrases, grammar"),
+    ("unknown_module", "critic 'nowhere.at_all:Critic': cannot import nowhere.at_all (No module named 'nowhere')"),
+    ("unknown_class", "critic 'tests.test_factory_build:Nope': tests.test_factory_build has no Nope"),
+    ("old_pairs", "unknown key(s): pairs (known: "),
+    ("old_replay", "replay has no setting(s) name (its settings: bash_timeout, mode)"),
     ("missing_seeds", "seed file /nonexistent/seeds.jsonl: no such file"),
     ("bad_column", "column 'prompt' (for instruction) not found"),
     ("corrupt_yaml", "build.yaml: bad YAML at line 3: expected ',' or ']'"),
@@ -177,7 +214,11 @@ def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, case, expecte
             "missing_seeds": text.replace(f"path: {SEEDS}", "path: /nonexistent/seeds.jsonl"),
             "bad_column": text.replace("instruction: instruction", "instruction: prompt"),
             "corrupt_yaml": "source:\n  name: [local\n",
-            "bad_setting": text.replace("max_tokens: 4096                    #", "max_len: 4096  #")}[case]
+            "bad_setting": text.replace("max_tokens: 4096                    #", "max_len: 4096  #"),
+            "unknown_module": text.replace("name: read_format", "name: 'nowhere.at_all:Critic'"),
+            "unknown_class": text.replace("name: read_format", "name: 'tests.test_factory_build:Nope'"),
+            "old_pairs": text + "pairs: {name: first_fail_vs_final}\n",
+            "old_replay": text.replace("  mode: rewrite", "  name: tools\n  mode: rewrite")}[case]
     config.write_text(text)
     with pytest.raises(InputError) as e:
         quiet_build(config=config)

@@ -11,9 +11,10 @@ import pytest
 
 from agent.tools import Tools
 from factory.config import make
-from factory.convert import CodeDiff, CodeEdit, Skip, diff_edits
+from factory.convert import CodeDiff, CodeEdit, diff_edits
 from factory.dedup import NEAR, Contamination, screen, signature
 from factory.heldout import held_out, is_held_out, seedable
+from factory.loop import Skip
 from factory.sources import HUMANEVAL_SEEDS, SOURCES, humaneval_rows, seed_row
 from nanocode.common import InputError, nanocode_home
 from nanocode.soul_checks import check_message

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from agent.tools import Tools
-from factory.convert import CodeEdit, Skip
+from factory.convert import CodeEdit
 from factory.critics import CRITICS, Grammar, ReadFormat, SoulRules, TokenLength, parse_rating
-from factory.loop import Context, FirstFailVsFinal, Stages, run_input
+from factory.loop import Context, Skip, Stages, run_input
 from factory.rules import fix_text
 from factory.writers import DraftWriter, ParseError, Prompts, RuleReviser, parse_rollout
 from nanocode.soul_checks import check_message
@@ -76,7 +76,7 @@ def test_rule_fixes_keep_code_paths_and_names():
 
 
 def test_offline_loop_makes_a_pair_whose_sides_the_soul_tells_apart():
-    stages = Stages(CodeEdit(), DraftWriter(), [Grammar(), SoulRules()], RuleReviser(), FirstFailVsFinal(), 3)
+    stages = Stages(CodeEdit(), DraftWriter(), [Grammar(), SoulRules()], RuleReviser(), 3)
     out = asyncio.run(run_input(SEED, stages, CTX))
     row, pair = out["sft"], out["pair"]
     assert row["attempt"] == 2 and row["revisions"] == 1 and "banned_openers" in row["critique"]

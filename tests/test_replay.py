@@ -133,7 +133,7 @@ def test_rollouts_run_python_from_the_factorys_own_interpreter(tmp_path, monkeyp
     find the factory's own Python first, so they give the same result on any machine."""
     import sys
 
-    from factory.convert import rollout_tools
+    from factory.rollout import rollout_tools
 
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no pyenv shim, no venv
     out = rollout_tools(tmp_path, SPEC).run({"name": "Bash", "args": {"command": "python -c 'import sys; print(sys.executable)'"}})

@@ -13,10 +13,11 @@ from collections import Counter
 import pytest
 import yaml
 
-from factory.convert import Skip, workspace_tools
 from factory.critics import CRITICS
-from factory.loop import Context, critique
-from factory.scenarios import EVENTS, ScenarioConverter, ScenarioSource, expand_all, load_spec, parse_spec, spec_files
+from factory.loop import Context, Skip, critique
+from factory.rollout import STEADY_ROOT, workspace_tools
+from factory.scenario_spec import EVENTS, load_spec, parse_spec, spec_files
+from factory.scenarios import ScenarioConverter, ScenarioSource
 from nanocode.common import InputError
 from nanocode.record import refused, validate
 from nanocode.spec import load_soul, load_tools
@@ -48,10 +49,10 @@ def test_shipped_specs_validate_and_spread_over_languages_domains_and_events():
 
 def _normal(text: str, roots: list[str]) -> str:
     """A Bash result with what legitimately differs between two real runs masked: the temp
-    workspace's path (tracebacks print it) and timings (`Ran 2 tests in 0.001s`)."""
-    for root in roots:
+    workspace's path (tracebacks print it; a recorded result has it steady) and timings
+    (`Ran 2 tests in 0.001s`)."""
+    for root in [*roots, STEADY_ROOT]:
         text = text.replace(root, "<root>")
-    text = re.sub(r"/tmp/nanocode-scenario-[\w]+", "<root>", text)
     return re.sub(r"\b\d+\.\d+s\b", "<t>s", text)
 
 
@@ -162,6 +163,25 @@ def test_bad_specs_name_the_file_and_the_field(change, message):
     assert str(e.value).startswith("x.yaml")
 
 
+def test_a_model_written_rollout_gets_the_real_tool_results():
+    """With a model, the loop grounds what the writer returns: every tool result is run again."""
+    from factory.loop import Stages, run_input
+    from factory.writers import RuleReviser
+
+    class MadeUp:  # a "model" that copies the draft but invents the tool results
+        needs_model = True
+
+        async def write(self, draft, previous, problems, ctx):
+            return [{**m, "content": "made up"} if m["role"] == "tool" else m for m in draft["messages"]]
+
+    seed = {"input_id": "t:good", "source": "t", "source_id": "good",
+            "scenario": parse_spec(yaml.safe_load(GOOD), "x.yaml", "good")}
+    draft = ScenarioConverter().convert(seed, SOUL, TOOLS)
+    stages = Stages(ScenarioConverter(), MadeUp(), [CRITICS["grammar"]()], RuleReviser(), 1)
+    out = asyncio.run(run_input(seed, stages, Context(SOUL, TOOLS, None, None, {})))
+    assert out["sft"]["messages"] == draft["messages"]  # steady results: the same as the expansion's
+
+
 def test_bad_files_and_events_that_do_not_happen(tmp_path):
     with pytest.raises(InputError, match="no such scenario file"):
         load_spec(tmp_path / "missing.yaml")
@@ -223,4 +243,4 @@ def test_generate_keeps_valid_specs_and_drops_invalid_ones(tmp_path):
     assert len(kept) == 1 and load_spec(kept[0]).files.keys() == {"mathx.py", "test_mathx.py"}
     # few-shot: the shipped examples and the format are in every request
     assert len(prompts) == 4 and all("slugify" in p and "tests_fail_then_pass" in p for p in prompts)
-    expand_all([load_spec(kept[0])], TOOLS)  # and it expands (again) for real
+    ScenarioConverter().convert({"scenario": load_spec(kept[0])}, SOUL, TOOLS)  # and it expands (again) for real
