@@ -91,7 +91,7 @@ def bench_dpo_step(cfg, params, pairs, repeats, seq_len=256):
     train_cfg = replace(for_depth(4), model=cfg, device_batch_size=2 * pairs, total_batch_tokens=2 * pairs * seq_len)
     hp = effective_hparams(train_cfg)
     tx = optim.build_optimizer(params, matrix_lr=hp["matrix_lr"], embedding_lr=hp["embedding_lr"],
-                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"], weight_decay=0.0)
+                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"])
     rng = np.random.default_rng(1)
     ids = rng.integers(600, cfg.vocab_size, (1, pairs, 2, seq_len + 1)).astype(np.int32)
     targets = ids[..., 1:].copy()

@@ -35,7 +35,7 @@ import openai  # noqa: E402
 from nanocode.spec import load_soul, load_tools, render_system_prompt  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.tiny_run import train_tiny_run  # noqa: E402
-from trainer import template, train  # noqa: E402
+from trainer import checkpoint, template  # noqa: E402
 from trainer.engine import Engine, Token  # noqa: E402
 
 
@@ -121,7 +121,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench-server-")
     run = args.checkpoint or make_run(Path(tmp.name), args.depth)
     proc, url = start_server(run)
-    params, cfg, tok, _ = train.load_model(run)
+    params, cfg, tok, _ = checkpoint.load_model(run)
     engine = Engine(params, cfg, tok)
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
     system = render_system_prompt(load_soul(None), load_tools(REPO / "tests/fixtures/spec/tools_small.yaml"))

@@ -79,12 +79,12 @@ def run_child(which, corpus_dir, n_bytes, vocab) -> dict:
 
 
 def local_corpus() -> Path:
-    from trainer import corpus
+    from trainer import local_corpus
 
     corpus_dir = nanocode_home() / "corpus" / "bench"
     if not (corpus_dir / "manifest.json").exists():
         print(f"building the local corpus at {corpus_dir} ...", flush=True)
-        corpus.build_local(corpus_dir)
+        local_corpus.build(corpus_dir)
     return corpus_dir
 
 

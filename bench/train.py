@@ -45,8 +45,7 @@ def main() -> None:
     params = model.init_params(cfg.model, jax.random.key(0))
     hp = effective_hparams(cfg)
     tx = optim.build_optimizer(params, matrix_lr=hp["matrix_lr"], embedding_lr=hp["embedding_lr"],
-                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"],
-                               weight_decay=hp["weight_decay"])
+                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"])
     opt_state = optim.init_state(tx, params)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, args.vocab, (1, args.batch, args.seq_len + 1), dtype=np.int32)

@@ -9,8 +9,9 @@ import time
 import jax
 
 from trainer import model
+from trainer.checkpoint import load_model
 from trainer.loader import val_batches
-from trainer.train import bits_per_byte, load_model
+from trainer.train import bits_per_byte
 
 
 def evaluate(run_dir, corpus_dir, max_tokens: int = 2**16, batch_size: int = 8, loaded=None) -> dict:

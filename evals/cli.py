@@ -76,7 +76,7 @@ def _pct(v) -> str:
 def _load(run: Path):
     """(the stage directory evaluated, load_model's result)."""
     from evals import runs
-    from trainer.train import load_model
+    from trainer.checkpoint import load_model
 
     d = runs.model_dir(run)
     return d, load_model(d)
@@ -95,7 +95,7 @@ def bpb(run: Path = typer.Argument(..., help="run directory"),
         batch_size: int = typer.Option(8)) -> None:
     """Bits per byte on the corpus's held-out prose and code."""
     from evals import bpb as bpb_eval
-    from trainer.cli import default_corpus
+    from trainer.corpus import default_corpus
 
     d, loaded = _load(run)
     r = bpb_eval.evaluate(d, corpus or default_corpus(), max_tokens, batch_size, loaded=loaded)

@@ -234,7 +234,7 @@ def evaluate_task(scorer: Scorer, task: Task, max_per_task: int = -1) -> dict:
 
 
 def evaluate(run_dir, bundle, max_per_task: int = -1, loaded=None, log=lambda *_: None) -> dict:
-    from trainer.train import load_model
+    from trainer.checkpoint import load_model
 
     tasks, problems = load_bundle(bundle)
     if not tasks:

@@ -16,7 +16,7 @@ import jax
 
 from nanocode.common import InputError
 from trainer import conversations, dpo, model
-from trainer.train import load_model, load_params
+from trainer.checkpoint import load_model, load_params
 
 
 def evaluate(run_dir, data, *, val_fraction: float = 0.05, all_pairs: bool = False, beta: float = 0.1,

@@ -118,7 +118,7 @@ def _versions(page: Page) -> None:
 
 def _stage_config(page: Page, name: str, d: Path) -> dict | None:
     """The stage's config table; returns its checkpoint meta (or None)."""
-    from trainer.train import find_checkpoints
+    from trainer.checkpoint import find_checkpoints
 
     events = runs.read_metrics(d)
     start = next((e for e in reversed(events) if e.get("event") == "start"), None)
@@ -187,7 +187,7 @@ def _curves(page: Page, name: str, d: Path, files: dict) -> None:
 def _tokenizer(page: Page, run_dir: Path, meta: dict | None) -> None:
     from trainer import tokenizer_eval
     from trainer.tokenizer import Tokenizer
-    from trainer.train import tokenizer_dir
+    from trainer.checkpoint import tokenizer_dir
 
     page.h2("tokenizer")
     try:

@@ -56,26 +56,21 @@ def read_metrics(d: Path) -> list[dict]:
 
 def model_dir(run) -> Path:
     """The stage whose checkpoint model evals use: the last one that has a checkpoint."""
-    from trainer.train import find_checkpoints
+    from trainer.checkpoint import find_checkpoints
 
     found = stages(run)
     for d in reversed(list(found.values())):
-        if (d / "checkpoints").is_dir():
-            try:
-                find_checkpoints(d)
-                return d
-            except InputError:
-                continue
+        try:
+            find_checkpoints(d).close()
+            return d
+        except InputError:
+            continue
     what = ", ".join(found) or "no stage directories (pretrain/, sft/, dpo/) and no metrics.jsonl"
     raise InputError(f"{run} has no checkpoint to evaluate (found: {what})")
 
 
-def evals_dir(run) -> Path:
-    return Path(run) / "evals"
-
-
 def write_result(run, name: str, result: dict) -> Path:
-    path = evals_dir(run) / f"{name}.json"
+    path = Path(run) / "evals" / f"{name}.json"
     write_text_atomic(path, json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
     return path
 
@@ -83,7 +78,7 @@ def write_result(run, name: str, result: dict) -> Path:
 def read_results(run) -> dict[str, dict]:
     """name -> result of every RUN/evals/*.json; an unreadable file becomes {"error": why}."""
     out = {}
-    for path in sorted(evals_dir(run).glob("*.json")):
+    for path in sorted((Path(run) / "evals").glob("*.json")):
         try:
             out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:

@@ -108,7 +108,7 @@ def judge(replies: list[dict], soul, spec, backend_cfg) -> dict:
 
 def evaluate(run_dir, *, data=None, limit: int | None = None, soul=None, tools=None, max_tokens: int = 256,
              judge_cfg=None, loaded=None) -> dict:
-    from trainer.train import load_model
+    from trainer.checkpoint import load_model
 
     soul_, spec = load_soul(soul), load_tools(tools)
     prompts = prompts_from(data, limit) if data else default_prompts(limit)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanocode.common import InputError
-from trainer import corpus
+from trainer import corpus, local_corpus
 
 FIXTURES = Path(__file__).parent / "fixtures" / "corpus"
 FINEWEB, STACK = FIXTURES / "fineweb_like", FIXTURES / "stack_like"
@@ -36,7 +36,7 @@ def index(text: str) -> int:
 @pytest.fixture(scope="module")
 def local(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local") / "corpus"
-    corpus.build_local(out, max_chars=400_000, seed=1, doc_chars=200)
+    local_corpus.build(out, max_chars=400_000, seed=1, doc_chars=200)
     return out
 
 
@@ -75,13 +75,13 @@ def test_build_local_layout(local):
 
 def test_build_local_is_deterministic_and_rebuilds_cleanly(local, tmp_path):
     again = tmp_path / "again"
-    corpus.build_local(again, max_chars=400_000, seed=1, doc_chars=200)
+    local_corpus.build(again, max_chars=400_000, seed=1, doc_chars=200)
     assert files_of(again) == files_of(local)
     other = tmp_path / "other"
-    corpus.build_local(other, max_chars=400_000, seed=2, doc_chars=200)
+    local_corpus.build(other, max_chars=400_000, seed=2, doc_chars=200)
     assert files_of(other) != files_of(local)
     # a rebuild replaces the whole corpus: no stale shards, no temp dirs
-    corpus.build_local(again, max_chars=50_000, seed=1)
+    local_corpus.build(again, max_chars=50_000, seed=1)
     assert sorted(files_of(again)) == ["code/shard_00000.parquet", "code/val.parquet", "manifest.json",
                                        "prose/shard_00000.parquet", "prose/val.parquet"]
     assert corpus.read_manifest(again)["max_chars"] == 50_000
@@ -91,7 +91,7 @@ def test_build_local_is_deterministic_and_rebuilds_cleanly(local, tmp_path):
 def test_build_local_refuses_a_foreign_dir(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
-        corpus.build_local(tmp_path, max_chars=10_000)
+        local_corpus.build(tmp_path, max_chars=10_000)
     assert os.listdir(tmp_path) == ["notes.txt"]
 
 

@@ -17,8 +17,7 @@ from tests import fake_model
 from tests.conftest import BIN, REPO
 from tests.scripted_server import ScriptedServer
 from tests.tiny_run import train_tiny_run
-from trainer import cli as trainer_cli
-from trainer import model, train
+from trainer import checkpoint, dpo, model
 
 BUNDLE = REPO / "tests/fixtures/core"
 SMALL_TOOLS = REPO / "tests/fixtures/spec/tools_small.yaml"
@@ -38,14 +37,14 @@ def root(tmp_path_factory):
     (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     convs = [{"messages": p["prompt"] + p["chosen"]} for p in pairs]
     (root / "convs.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
-    trainer_cli._finetune("dpo", root / "run" / "pretrain", root / "run" / "dpo", [str(root / "pairs.jsonl")],
-                          dict(num_steps=2, device_batch_size=2, lr_scale=0.1), 0.25, 0, False)
+    dpo.run(root / "run" / "pretrain", root / "run" / "dpo", [str(root / "pairs.jsonl")], num_steps=2,
+            device_batch_size=2, lr_scale=0.1, val_fraction=0.25, seed=0)
     return root
 
 
 @pytest.fixture(scope="module")
 def loaded(root):
-    return train.load_model(root / "run" / "dpo")
+    return checkpoint.load_model(root / "run" / "dpo")
 
 
 def last_val(stage_dir):

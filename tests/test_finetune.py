@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import BIN
 from tests.tiny_run import train_tiny_run
-from trainer import cli, conversations, dpo, sft, template, train
+from trainer import checkpoint, cli, conversations, dpo, sft, template
 
 
 def grep_conversation(i: int, rng) -> list[dict]:
@@ -114,7 +114,7 @@ def test_sft_run_learns_saves_and_samples(sft_run):
     assert val[-1]["val_loss"] < val[0]["val_loss"] and val[-1]["val_bpb"] > 0
     assert events(out, "sample")  # generations from held-out prompts, through the engine
     assert "starting from" in r.stdout and (out / "tokenizer" / "tokenizer.json").exists()
-    params, cfg, tok, meta = train.load_model(out)
+    params, cfg, tok, meta = checkpoint.load_model(out)
     assert meta["stage"] == "sft" and meta["step"] == 16 and cfg.seq_len == 128
 
 

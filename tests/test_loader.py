@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nanocode.common import InputError
-from trainer import corpus
+from trainer import corpus, local_corpus
 from trainer.loader import PackedLoader, val_batches
 from trainer.tokenizer import Tokenizer
 
@@ -17,8 +17,8 @@ B, T = 4, 64
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader")
-    corpus.build_local(root / "c", max_chars=200_000, seed=1, doc_chars=600, val_fraction=0.1)
-    corpus.build_local(root / "tiny", max_chars=6_000, seed=1, doc_chars=600)
+    local_corpus.build(root / "c", max_chars=200_000, seed=1, doc_chars=600, val_fraction=0.1)
+    local_corpus.build(root / "tiny", max_chars=6_000, seed=1, doc_chars=600)
     tok = Tokenizer.train(corpus.mixed_texts(root / "c"), vocab_size=1024)
     return root / "c", root / "tiny", tok
 

@@ -14,7 +14,7 @@ from nanocode.openai_format import from_openai, parse_call, to_openai
 from nanocode.record import validate
 from tests.conftest import BIN, REPO, free_port
 from tests.tiny_run import train_tiny_run
-from trainer import template, train
+from trainer import checkpoint, template
 from trainer.engine import Engine, Token
 from trainer.server import ModelServer, _Job, openai_calls
 
@@ -66,7 +66,7 @@ def client(url):
 @pytest.fixture(scope="module")
 def local(run):
     """The same checkpoint in this process: what the server must agree with."""
-    params, cfg, tok, _ = train.load_model(run)
+    params, cfg, tok, _ = checkpoint.load_model(run)
     return ModelServer(params, cfg, tok, "run")
 
 

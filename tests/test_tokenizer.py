@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from nanocode.common import InputError
 from nanocode.record import SPECIAL_TOKENS
 from tests.conftest import BIN
-from trainer import corpus
+from trainer import local_corpus
 from trainer.tokenizer import MIN_VOCAB, Tokenizer
 
 
@@ -76,7 +76,7 @@ def trainer(*args, check=True):
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
-    corpus.build_local(out, max_chars=3_000_000)
+    local_corpus.build(out, max_chars=3_000_000)
     return out
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import BIN
-from trainer import corpus
+from trainer import corpus, local_corpus
 from trainer.tokenizer import Tokenizer
 
 TINY = ["--config", "d1", "--seq-len", "64", "--device-batch-size", "8", "--total-batch-tokens", "1024",
@@ -19,7 +19,7 @@ TINY = ["--config", "d1", "--seq-len", "64", "--device-batch-size", "8", "--tota
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    corpus.build_local(root / "corpus", max_chars=3_000_000, val_fraction=0.1)
+    local_corpus.build(root / "corpus", max_chars=3_000_000, val_fraction=0.1)
     texts = corpus.mixed_texts(root / "corpus", max_chars=1_000_000)
     Tokenizer.train(texts, vocab_size=512).save(root / "tok")
     return root

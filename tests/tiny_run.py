@@ -3,7 +3,7 @@ checkpoint: its replies are noise, but real, deterministic noise."""
 
 from pathlib import Path
 
-from trainer import configs, corpus, train
+from trainer import configs, corpus, local_corpus, train
 from trainer.tokenizer import Tokenizer
 
 
@@ -11,7 +11,7 @@ def train_tiny_run(root: Path, *, seq_len: int = 64, steps: int = 3, device_batc
                    corpus_chars: int = 800_000, tokenizer_chars: int = 500_000, depth: int = 1,
                    eval_every: int = 1000, out: str = "run") -> Path:
     """Corpus, tokenizer and `steps` pretraining steps under root; returns the run directory (root/out)."""
-    corpus.build_local(root / "corpus", max_chars=corpus_chars, val_fraction=0.1)
+    local_corpus.build(root / "corpus", max_chars=corpus_chars, val_fraction=0.1)
     tok = Tokenizer.train(corpus.mixed_texts(root / "corpus", max_chars=tokenizer_chars), vocab_size=512)
     tok.save(root / "tok")
     cfg = configs.get_config(f"d{depth}", vocab_size=tok.vocab_size, seq_len=seq_len,

@@ -1,5 +1,6 @@
 """`trainer`: corpora, the tokenizer, the training stages (pretrain, sft, dpo) and the model server."""
 
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -9,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nanocode.common import InputError, nanocode_home, run_cli
-from trainer import corpus, tokenizer_eval
+from trainer import corpus, local_corpus, tokenizer_eval
+from trainer.corpus import default_corpus
 from trainer.tokenizer import Tokenizer
 
 console = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get whole tables
@@ -23,20 +25,11 @@ run_app = typer.Typer(no_args_is_help=True, help="Run a training stage (resumabl
 app.add_typer(run_app, name="run")
 
 
-def default_corpus() -> Path:
-    return nanocode_home() / "corpus" / "local"
-
-
 def default_tokenizer() -> Path:
     return nanocode_home() / "tokenizer"
 
 
 # ---------------------------------------------------------------------------- data
-# (owned by trainer/corpus.py's author)
-
-
-def default_download_corpus() -> Path:
-    return nanocode_home() / "corpus" / "hf"
 
 
 def print_corpus(corpus_dir: Path) -> None:
@@ -59,7 +52,7 @@ def data_local(
     """Build an offline corpus: stdlib .py files (code), /usr/share/doc and docstrings (prose)."""
     out = out or default_corpus()
     t0 = time.perf_counter()
-    corpus.build_local(out, max_chars=max_chars, seed=seed, doc_chars=doc_chars)
+    local_corpus.build(out, max_chars=max_chars, seed=seed, doc_chars=doc_chars)
     console.print(f"built {out} in {time.perf_counter() - t0:.1f}s")
     print_corpus(out)
 
@@ -77,7 +70,7 @@ def data_download(
     out: Path = typer.Option(None, help="corpus directory [default: $NANOCODE_HOME/corpus/hf]"),
 ):
     """Stream a dataset into parquet shards; run it again to resume or to fetch more."""
-    out = out or default_download_corpus()
+    out = out or nanocode_home() / "corpus" / "hf"
     entry = corpus.download(dataset, kind, out, column=column, config=config, split=split,
                             data_dir=data_dir, max_docs=max_docs, val_docs=val_docs)
     end = " (the whole dataset)" if entry["exhausted"] else ""
@@ -196,82 +189,41 @@ def run_pretrain(
     train.train(cfg, paths, resume=resume, log=console.print)
 
 
-def _finetune(stage_name: str, from_: Path, out: Path, data: list[str], overrides: dict, val_fraction: float,
-              seed: int, resume: bool, overflow="drop", val_data=None, beta=0.1, loss="sigmoid", reference="auto"):
-    """SFT or DPO, top to bottom: the base model and tokenizer of --from, the data, the config, the stage."""
-    import dataclasses
-
-    import jax
-
-    from trainer import conversations, dpo, model, sft, train
-
-    _, meta = train.find_checkpoints(from_).read_meta()
-    tok_dir = train.tokenizer_dir(from_)
-    tok = Tokenizer.load(tok_dir)
-    base = model.GPTConfig(**meta["fingerprint"]["model"])
-    if jax.default_backend() == "cpu":
-        base = dataclasses.replace(base, compute_dtype="float32", attention="xla")
-    seq = overrides.get("seq_len") or base.seq_len
-    loaded = conversations.load(data, "conversations" if stage_name == "sft" else "pairs", val_fraction, seed)
-    if stage_name == "sft":
-        prepared = sft.prepare(loaded, tok, seq, overflow, log=console.print)
-        rows = sft.rows_per_epoch(prepared["train"], seq)
-    else:
-        val_convs = conversations.load(val_data, "conversations", 1.0, seed)["val"] if val_data else None
-        prepared = dpo.prepare(loaded, tok, seq, val_convs, log=console.print)
-        rows = len(prepared["train"])
-    cfg = sft.finetune_config(base, stage_name, n_devices=jax.device_count(), train_rows=rows, seed=seed,
-                              **{k: v for k, v in overrides.items() if v is not None})
-    batch = cfg.device_batch_size * jax.device_count()
-    if stage_name == "sft":
-        stage = sft.sft_stage(cfg, prepared, tok, batch, str(from_))
-    else:
-        like = jax.eval_shape(lambda: model.init_params(cfg.model, jax.random.key(0)))
-        ref = train.load_params(from_, like, tok)
-        if reference == "auto":  # caching costs a forward per pair up front; live, one per pair seen
-            reference = "cached" if cfg.num_steps * batch >= len(prepared["train"]) else "live"
-            console.print(f"reference: {reference} ({cfg.num_steps * batch:,} pairs seen, {len(prepared['train']):,} "
-                          "in the data)")
-        stage = dpo.dpo_stage(cfg, prepared, tok, batch, str(from_), ref, beta=beta, kind=loss, reference=reference)
-    # the sources by name (factory:latest resolved to its version) go into the checkpoint: reports name the data
-    stage.fingerprint["sources"] = [f"{s['source']}@{s['weight']:g}" for s in loaded["sources"]]
-    train.train(cfg, train.RunPaths(corpus=None, tokenizer=tok_dir, out=out), resume=resume, log=console.print,
-                stage=stage)
+def finetune_options(
+    from_: Path = typer.Option(..., "--from", help="the run to start from (its directory: checkpoints/ and tokenizer/)"),
+    out: Path = typer.Option(..., help="this run's directory (metrics.jsonl, checkpoints/, tokenizer/)"),
+    num_steps: int = typer.Option(None, "--steps", help="optimizer steps [default: one epoch]"),
+    seq_len: int = typer.Option(None, help="context length [default: the model's]; RoPE lets it grow"),
+    device_batch_size: int = typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device"),
+    lr_scale: float = typer.Option(None, help="every learning rate times this"),
+    val_fraction: float = typer.Option(0.05, help="share of rows held out for validation (by a hash of their id)"),
+    eval_every: int = typer.Option(None), save_every: int = typer.Option(None), seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
+):
+    """The options every fine-tuning stage takes: a signature for finetune_command, never called."""
 
 
-_FINETUNE_OPTS = dict(
-    from_=typer.Option(..., "--from", help="the run to start from (its directory: checkpoints/ and tokenizer/)"),
-    out=typer.Option(..., help="this run's directory (metrics.jsonl, checkpoints/, tokenizer/)"),
-    steps=typer.Option(None, help="optimizer steps [default: one epoch]"),
-    seq_len=typer.Option(None, help="context length [default: the model's]; RoPE lets it grow"),
-    device_batch_size=typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device"),
-    lr_scale=typer.Option(None, help="every learning rate times this"),
-    val_fraction=typer.Option(0.05, help="share of rows held out for validation (by a hash of their id)"),
-    eval_every=typer.Option(None), save_every=typer.Option(None), seed=typer.Option(0),
-    resume=typer.Option(False, help="continue from the latest checkpoint in --out"),
-)
-DPO_LR_SCALE = 0.1  # preference steps move a tuned model: far gentler than SFT's 0.8
+def finetune_command(fn):
+    """Register run_NAME as `trainer run NAME`: its own options, then finetune_options', all as keywords."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    fn.__signature__ = inspect.Signature(own + list(inspect.signature(finetune_options).parameters.values()))
+    return run_app.command(fn.__name__.removeprefix("run_"))(fn)
 
 
-@run_app.command("sft")
+@finetune_command
 def run_sft(
     data: list[str] = typer.Option(..., help="conversations: factory:VERSION, a .jsonl/.parquet file, a dataset "
                                    "folder or a Hub id, each SOURCE[@WEIGHT]; repeat to mix"),
     overflow: str = typer.Option("drop", help="conversations longer than the context: drop or truncate"),
-    from_: Path = _FINETUNE_OPTS["from_"], out: Path = _FINETUNE_OPTS["out"],
-    steps: int = _FINETUNE_OPTS["steps"], seq_len: int = _FINETUNE_OPTS["seq_len"],
-    device_batch_size: int = _FINETUNE_OPTS["device_batch_size"], lr_scale: float = _FINETUNE_OPTS["lr_scale"],
-    val_fraction: float = _FINETUNE_OPTS["val_fraction"], eval_every: int = _FINETUNE_OPTS["eval_every"],
-    save_every: int = _FINETUNE_OPTS["save_every"], seed: int = _FINETUNE_OPTS["seed"],
-    resume: bool = _FINETUNE_OPTS["resume"],
+    **common,
 ):
     """Supervised fine-tuning on conversations: loss on the assistant's tokens only."""
-    _finetune("sft", from_, out, data, dict(num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size,
-                                            lr_scale=lr_scale, eval_every=eval_every, save_every=save_every),
-              val_fraction, seed, resume, overflow=overflow)
+    from trainer import sft
+
+    sft.run(data=data, overflow=overflow, log=console.print, **common)
 
 
-@run_app.command("dpo")
+@finetune_command
 def run_dpo(
     data: list[str] = typer.Option(..., help="preference pairs (prompt, chosen, rejected): factory:VERSION, a "
                                    ".jsonl/.parquet file, a dataset folder or a Hub id, each SOURCE[@WEIGHT]"),
@@ -281,18 +233,12 @@ def run_dpo(
     reference: str = typer.Option("auto", help="cached: reference log-probs computed once before training; "
                                   "live: the reference model runs in every step; auto: cached when the run sees "
                                   "every pair at least once, else live"),
-    from_: Path = _FINETUNE_OPTS["from_"], out: Path = _FINETUNE_OPTS["out"],
-    steps: int = _FINETUNE_OPTS["steps"], seq_len: int = _FINETUNE_OPTS["seq_len"],
-    device_batch_size: int = _FINETUNE_OPTS["device_batch_size"], lr_scale: float = _FINETUNE_OPTS["lr_scale"],
-    val_fraction: float = _FINETUNE_OPTS["val_fraction"], eval_every: int = _FINETUNE_OPTS["eval_every"],
-    save_every: int = _FINETUNE_OPTS["save_every"], seed: int = _FINETUNE_OPTS["seed"],
-    resume: bool = _FINETUNE_OPTS["resume"],
+    **common,
 ):
     """Direct preference optimization on chosen/rejected pairs against the frozen --from model."""
-    _finetune("dpo", from_, out, data, dict(num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size,
-                                            lr_scale=lr_scale or DPO_LR_SCALE, eval_every=eval_every,
-                                            save_every=save_every),
-              val_fraction, seed, resume, val_data=val_data, beta=beta, loss=loss, reference=reference)
+    from trainer import dpo
+
+    dpo.run(data=data, val_data=val_data, beta=beta, loss=loss, reference=reference, log=console.print, **common)
 
 
 @app.command("serve")

@@ -120,7 +120,6 @@ PRESET_RECIPES = {
     "d20": dict(depth=20),
     "d24": dict(depth=24, seq_len=4096),  # longer context for multi-turn agentic traces
 }
-PRESETS: dict[str, TrainConfig] = {name: for_depth(**r, name=name) for name, r in PRESET_RECIPES.items()}
 
 
 def get_config(name: str, **overrides) -> TrainConfig:
@@ -130,7 +129,7 @@ def get_config(name: str, **overrides) -> TrainConfig:
     m = re.fullmatch(r"d([1-9][0-9]*)", name)
     if m:
         return for_depth(int(m[1]), **{"name": name, **overrides})
-    raise InputError(f"unknown config {name!r}: choose one of {', '.join(PRESETS)}, or d<N> for any depth N")
+    raise InputError(f"unknown config {name!r}: choose one of {', '.join(PRESET_RECIPES)}, or d<N> for any depth N")
 
 
 def for_platform(cfg: TrainConfig, platform: str) -> TrainConfig:

@@ -2,7 +2,7 @@
 
 A data spec is one or more sources, each `SOURCE[@WEIGHT]`:
     factory:VERSION | factory:latest     a factory store version (its sft rows or preference pairs)
-    path/to/file.jsonl | .json | .parquet  records (DESIGN.md's conversation record or pair)
+    path/to/file.jsonl | .json | .parquet  records (docs/DESIGN.md's conversation record or pair)
     path/to/folder                      a dataset folder, read with `datasets.load_dataset`
     user/name[:config]                  a Hugging Face dataset id (SmolTalk's format is ours minus tools)
 A weight repeats a source (2 = twice, 0.5 = a deterministic half). `messages`, `prompt`, `chosen`
@@ -108,10 +108,6 @@ def _messages(value, where: str) -> list[dict]:
     return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in value]
 
 
-def is_validation(row_id: str, val_fraction: float) -> bool:
-    return hash_unit(row_id) < val_fraction
-
-
 def _weighted(rows: list, weight: float, seed: int) -> list:
     whole, frac = int(weight), weight - int(weight)
     extra = random.Random(seed).sample(rows, round(frac * len(rows))) if frac else []
@@ -136,13 +132,18 @@ def load(spec, kind: str = "conversations", val_fraction: float = 0.05, seed: in
             except _Drop as d:
                 out["dropped"][d.reason] = out["dropped"].get(d.reason, 0) + 1
                 continue
-            kept["val" if is_validation(row_id, val_fraction) else "train"].append(item)
+            kept["val" if hash_unit(row_id) < val_fraction else "train"].append(item)
         out["train"] += _weighted(kept["train"], weight, seed)
         out["val"] += kept["val"]
         out["sources"].append({"source": source, "weight": weight, "rows": len(rows),
                                "train": len(kept["train"]), "val": len(kept["val"])})
     random.Random(seed).shuffle(out["train"])
     return out
+
+
+def source_names(loaded: dict) -> list[str]:
+    """load(...)'s sources as SOURCE@WEIGHT (factory:latest resolved): a run records them for its report."""
+    return [f"{s['source']}@{s['weight']:g}" for s in loaded["sources"]]
 
 
 class _Drop(Exception):

@@ -12,21 +12,7 @@ name and renamed, so a crash leaves whole shards or none.
 
 Two ways to fill one:
 
-- `build_local`: offline, from text already on the machine.
-  code  = every `.py` under the stdlib dir (site-/dist-packages excluded, `test/` kept).
-  prose = (a) text files under /usr/share/doc: READMEs, NEWS, changelogs, copyright notices,
-          `.txt/.md/.rst` (`.gz` decompressed); HTML, PostScript, JSON, logs, scripts (`#!`),
-          tests results and anything binary or non-UTF-8 are skipped;
-          (b) docstrings of stdlib modules (not of their tests: those are terse and
-          repetitive), read with `ast`, one document per module, each docstring headed by its
-          dotted name — the closest thing to English prose about code that every machine has.
-  Man pages are not used: they are roff markup and rendering 18k of them takes minutes.
-  Prose documents that zlib compresses below MIN_PROSE_COMPRESSION (tables, file lists, glyph
-  maps: about 2% of them) are dropped. Whole files are deduplicated (Debian ships one changelog
-  per binary package) and each is cut to its first MAX_SOURCE_CHARS so no single changelog
-  dominates. Files are cut into documents of at most `doc_chars` at line boundaries. The val split is chosen per *file*
-  (by a hash of its path and the seed), so no file straddles train and val; a stdlib module's
-  code and its docstrings land in the same split.
+- trainer/local_corpus.py: offline, from text already on the machine (`trainer data local`).
 - `download`: streams a Hugging Face dataset (FineWeb-EDU, a Stack-like code set, or a local
   folder of parquet/jsonl in the same shapes). The first `val_docs` docs of the stream become
   val.parquet, the following ones the train shards. Resumable and retried (see `download`).
@@ -35,50 +21,38 @@ Two ways to fill one:
 pretraining loader; `mixed_texts` is its plain text form, for tokenizer training.
 """
 
-import ast
 import contextlib
-import gzip
-import hashlib
 import json
 import logging
 import os
 import random
-import shutil
-import sysconfig
-import tempfile
 import time
-import warnings
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nanocode.common import InputError, atomic_path, write_text_atomic
-from nanocode.record import hash_unit
+from nanocode.common import InputError, atomic_path, nanocode_home, write_text_atomic
 
 KINDS = ("code", "prose")
 SPLITS = ("train", "val")
 ROWS_PER_GROUP = 1024
 DOCS_PER_SHARD = 8 * ROWS_PER_GROUP
 DEFAULT_RATIO = (1, 5)  # code:prose in chars, as the reference mixed them
-MAX_SOURCE_CHARS = 1_000_000
 CHARS_KEY = b"nanocode.chars"
-DOC_ROOT = Path("/usr/share/doc")
 BUILD_HINT = "build it with `trainer data local`"
 
-# /usr/share/doc: which file names count as prose (after dropping `.gz`)
-PROSE_SUFFIXES = {"", ".txt", ".md", ".rst", ".debian"}
-NOT_PROSE_NAMES = {"makefile", "postinst", "postrm", "preinst", "prerm", "gdbinit"}
-# a prose doc that zlib squeezes below this is a table, a file list or a glyph map, not prose
-MIN_PROSE_COMPRESSION = 0.15
+
+def default_corpus() -> Path:
+    return nanocode_home() / "corpus" / "local"
+
 
 
 # ------------------------------------------------------------------------------ shards
 
 
-def _write_shard(path: Path, texts: list[str]) -> None:
+def write_shard(path: Path, texts: list[str]) -> None:
     table = pa.table({"text": pa.array(texts, pa.string())})
     table = table.replace_schema_metadata({CHARS_KEY: str(sum(map(len, texts)))})
     with atomic_path(path) as tmp:
@@ -116,18 +90,12 @@ def _read_group(pf: pq.ParquetFile, path: Path, i: int) -> list[str | None]:
         raise InputError(f"{path} is corrupt (row group {i}): {_short(e)}") from None
 
 
-def _row_groups(path: Path) -> Iterator[list[str]]:
-    """Yield a shard's texts one row group at a time (never the whole file in memory)."""
-    path = Path(path)
-    with _open_shard(path) as pf:
-        for i in range(pf.num_row_groups):
-            yield [t for t in _read_group(pf, path, i) if t]
-
-
 def iter_texts(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
-    for path in paths:
-        for group in _row_groups(Path(path)):
-            yield from group
+    """The non-empty texts of shards, read one row group at a time (never a whole file in memory)."""
+    for path in map(Path, paths):
+        with _open_shard(path) as pf:
+            for i in range(pf.num_row_groups):
+                yield from (t for t in _read_group(pf, path, i) if t)
 
 
 def shard_stats(path: Path) -> tuple[int, int]:
@@ -139,29 +107,30 @@ def shard_stats(path: Path) -> tuple[int, int]:
     return docs, sum(len(t) for t in iter_texts([path]))
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
-def _kind_files(corpus_dir: Path, kind: str, split: str) -> list[Path]:
+def shard_files(corpus_dir: str | os.PathLike, kind: str, split: str) -> list[Path]:
+    """One kind and split's shard files, in order; [] when there are none (`shards` raises instead)."""
     d = Path(corpus_dir) / kind
     files = sorted(d.glob("shard_*.parquet")) if split == "train" else [d / "val.parquet"]
     return [f for f in files if f.is_file()]
 
 
 def _check_corpus(corpus_dir: Path) -> None:
-    if not any(_kind_files(corpus_dir, k, s) for k in KINDS for s in SPLITS):
+    if not any(shard_files(corpus_dir, k, s) for k in KINDS for s in SPLITS):
         raise InputError(f"no corpus at {corpus_dir}: {BUILD_HINT}")
 
 
 def shards(corpus_dir: str | os.PathLike, kind: str, split: str = "train") -> list[Path]:
     corpus_dir = Path(corpus_dir)
-    _check_kind(kind)
+    check_kind(kind)
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     _check_corpus(corpus_dir)
-    files = _kind_files(corpus_dir, kind, split)
+    files = shard_files(corpus_dir, kind, split)
     if not files:
         raise InputError(f"no {kind} {split} shards in {corpus_dir}: {BUILD_HINT} "
                          f"or `trainer data download ... --kind {kind}`")
@@ -180,7 +149,7 @@ def describe(corpus_dir: str | os.PathLike) -> list[dict]:
     rows = []
     for kind in KINDS:
         for split in SPLITS:
-            if files := _kind_files(corpus_dir, kind, split):
+            if files := shard_files(corpus_dir, kind, split):
                 rows.append({"kind": kind, "split": split, **_counts(files),
                              "bytes": sum(f.stat().st_size for f in files)})
     return rows
@@ -196,21 +165,8 @@ def read_manifest(corpus_dir: Path) -> dict:
         raise InputError(f"{path} is not valid JSON: {_short(e)}") from None
 
 
-def _write_manifest(corpus_dir: Path, manifest: dict) -> None:
+def write_manifest(corpus_dir: Path, manifest: dict) -> None:
     write_text_atomic(Path(corpus_dir) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-
-
-def _write_split(kind_dir: Path, split: str, docs: list[str], docs_per_shard: int) -> dict:
-    """Write one split as shards (train) or val.parquet; return its counts."""
-    if split == "val":
-        _write_shard(kind_dir / "val.parquet", docs)
-        n_shards = 1
-    else:
-        starts = range(0, max(len(docs), 1), docs_per_shard)
-        for i, start in enumerate(starts):
-            _write_shard(kind_dir / f"shard_{i:05d}.parquet", docs[start:start + docs_per_shard])
-        n_shards = len(starts)
-    return {"docs": len(docs), "chars": sum(map(len, docs)), "shards": n_shards}
 
 
 # ------------------------------------------------------------------------------ mixing
@@ -362,230 +318,6 @@ def mixed_texts(corpus_dir: str | os.PathLike, split: str = "train", code_ratio=
     return generate()
 
 
-# ------------------------------------------------------------------------------ local source
-
-
-def _chunk(text: str, doc_chars: int) -> Iterator[str]:
-    """Cut text into docs of at most doc_chars, at line boundaries (a longer line is split)."""
-    doc, size = [], 0
-    for line in text.splitlines(keepends=True):
-        while len(line) > doc_chars:  # one huge line: emit what we have, then hard-split it
-            if doc:
-                yield "".join(doc)
-                doc, size = [], 0
-            yield line[:doc_chars]
-            line = line[doc_chars:]
-        if size + len(line) > doc_chars:
-            yield "".join(doc)
-            doc, size = [], 0
-        doc.append(line)
-        size += len(line)
-    if doc:
-        yield "".join(doc)
-
-
-def _stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def _walk(root: Path, skip_dirs=frozenset()) -> Iterator[Path]:
-    """Files under root in a fixed order, not following directory symlinks."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)  # prune: site-packages is huge
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
-
-
-def _code_files(root: Path) -> list[Path]:
-    return [p for p in _walk(root, {"site-packages", "dist-packages", "__pycache__"}) if p.suffix == ".py"]
-
-
-def _is_prose_name(path: Path) -> bool:
-    name = path.name.removesuffix(".gz").lower()
-    return (Path(name).suffix in PROSE_SUFFIXES and name not in NOT_PROSE_NAMES
-            and "test" not in name and not name.startswith("."))
-
-
-def _decode(data: bytes) -> str | None:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return None if "\0" in text else text
-
-
-def _read_code(path: Path) -> str | None:
-    return _decode(path.read_bytes())
-
-
-def _read_doc(path: Path) -> str | None:
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError):
-            return None
-    text = _decode(data)
-    return None if text is None or text.startswith("#!") else text
-
-
-def _read_docstrings(path: Path, module: str) -> str | None:
-    """A module's docstrings as prose: each headed by its dotted name, separated by blank lines."""
-    source = _read_code(path)
-    if source is None:
-        return None
-    try:
-        with warnings.catch_warnings():  # invalid escapes in old modules are not our business
-            warnings.simplefilter("ignore")
-            tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError):
-        return None
-    parts = []
-
-    def visit(node, name):
-        doc = ast.get_docstring(node)
-        if doc:
-            parts.append(f"{name}\n\n{doc.strip()}\n")
-        for child in node.body:
-            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                visit(child, f"{name}.{child.name}")
-
-    visit(tree, module)
-    return "\n".join(parts) or None
-
-
-def _local_sources(kind: str, stdlib: Path, doc_root: Path) -> list[tuple[str, Path, str]]:
-    """(key, path, reader) per source file; the key names the file for the val split."""
-    def module(p):
-        parts = p.relative_to(stdlib).with_suffix("").parts
-        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-    py = _code_files(stdlib) if stdlib.is_dir() else []
-    if kind == "code":
-        return [(f"stdlib/{p.relative_to(stdlib)}", p, "code") for p in py]
-    tests = {"test", "tests", "idle_test"}
-    out = [(f"stdlib/{p.relative_to(stdlib)}", p, module(p)) for p in py
-           if not tests & set(p.relative_to(stdlib).parts)]
-    if doc_root.is_dir():
-        out += [(f"doc/{p.relative_to(doc_root)}", p, "doc") for p in _walk(doc_root)
-                if p.is_file() and _is_prose_name(p)]
-    return out
-
-
-def _read_source(path: Path, reader: str) -> str | None:
-    try:
-        if reader == "code":
-            return _read_code(path)
-        if reader == "doc":
-            return _read_doc(path)
-        return _read_docstrings(path, reader)
-    except OSError:  # unreadable file (permissions, vanished): not our corpus
-        return None
-
-
-def _compression(text: str) -> float:
-    data = text.encode()
-    return len(zlib.compress(data, 1)) / max(len(data), 1)
-
-
-def _collect_local(kind: str, seed: int, cap: float | None, doc_chars: int, val_fraction: float,
-                   stdlib: Path, doc_root: Path) -> dict[str, list[str]]:
-    rng = random.Random(f"{seed}:{kind}")
-    sources = _local_sources(kind, stdlib, doc_root)
-    rng.shuffle(sources)  # with a cap, read a random subset of files, stopping once it is met
-    caps = {"train": None, "val": None} if cap is None else \
-        {"train": cap * (1 - val_fraction), "val": cap * val_fraction}
-    docs = {"train": [], "val": []}
-    chars = {"train": 0, "val": 0}
-    seen_files, seen_docs = set(), set()
-    for key, path, reader in sources:
-        full = [s for s in SPLITS if caps[s] is not None and chars[s] >= caps[s]]
-        if len(full) == 2:
-            break
-        split = "val" if hash_unit(seed, key) < val_fraction else "train"
-        if split in full:
-            continue
-        text = _read_source(path, reader)
-        if not text:
-            continue
-        text = text[:MAX_SOURCE_CHARS]
-        digest = hashlib.sha256(text.encode()).digest()
-        if digest in seen_files:
-            continue
-        seen_files.add(digest)
-        for doc in _chunk(text, doc_chars):
-            digest = hashlib.sha256(doc.encode()).digest()
-            if kind == "prose" and _compression(doc) < MIN_PROSE_COMPRESSION:
-                continue
-            if doc.strip() and digest not in seen_docs:
-                seen_docs.add(digest)
-                docs[split].append(doc)
-                chars[split] += len(doc)
-    for split in SPLITS:
-        rng.shuffle(docs[split])
-        if caps[split] is not None:  # the last files read overshoot: drop random docs past the cap
-            kept, total = [], 0
-            for doc in docs[split]:
-                if total >= caps[split]:
-                    break
-                kept.append(doc)
-                total += len(doc)
-            docs[split] = kept
-    return docs
-
-
-def build_local(out_dir: str | os.PathLike, max_chars: int | None = None, seed: int = 42,
-                doc_chars: int = 4000, val_fraction: float = 0.02, code_ratio=DEFAULT_RATIO,
-                stdlib: str | os.PathLike | None = None, doc_root: str | os.PathLike = DOC_ROOT) -> dict:
-    """Build the offline corpus into out_dir (replacing an earlier local build); return the manifest.
-
-    `max_chars` caps the total, split between kinds by `code_ratio` (so a small corpus keeps the
-    mix) and between splits by `val_fraction`. Same machine + same args -> identical shards.
-    """
-    out_dir = Path(out_dir)
-    c, p = check_ratio(code_ratio)
-    if not 0 < val_fraction < 1:
-        raise InputError(f"val fraction {val_fraction} must be between 0 and 1")
-    if doc_chars < 1 or (max_chars is not None and max_chars < 1):
-        raise InputError("doc chars and max chars must be positive")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} is a file, not a corpus directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and read_manifest(out_dir).get("source") != "local":
-        raise InputError(f"{out_dir} is not empty and holds no local corpus: pick another --out")
-    stdlib = Path(stdlib) if stdlib else _stdlib_root()
-    doc_root = Path(doc_root)
-    manifest = {"source": "local", "seed": seed, "max_chars": max_chars, "doc_chars": doc_chars,
-                "val_fraction": val_fraction, "code_ratio": [c, p], "kinds": {}}
-    describes = {"code": f"python stdlib .py files under {stdlib}",
-                 "prose": f"text files under {doc_root} + stdlib docstrings under {stdlib}"}
-    # build beside out_dir, then swap it in: a failed build leaves the old corpus untouched
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
-    try:
-        for kind, weight in zip(KINDS, (c, p)):
-            if weight == 0:
-                continue
-            cap = None if max_chars is None else max_chars * weight / (c + p)
-            docs = _collect_local(kind, seed, cap, doc_chars, val_fraction, stdlib, doc_root)
-            if not docs["train"] or not docs["val"]:
-                raise InputError(f"found too little {kind} text for a train and a val split "
-                                 f"({describes[kind]}); raise --max-chars")
-            entry = {"source": describes[kind]}
-            for split in SPLITS:
-                entry[split] = _write_split(tmp / kind, split, docs[split], DOCS_PER_SHARD)
-            manifest["kinds"][kind] = entry
-        _write_manifest(tmp, manifest)
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
-
-
 # ------------------------------------------------------------------------------ download
 
 
@@ -685,7 +417,7 @@ def download(dataset: str, kind: str, out_dir: str | os.PathLike, column: str = 
     `max_docs`, or after a crash, neither duplicates nor drops docs. Network errors re-open the
     stream at the next unread doc after an exponential backoff. Returns the kind's manifest entry.
     """
-    _check_kind(kind)
+    check_kind(kind)
     if val_docs < 1 or docs_per_shard < 1 or (max_docs is not None and max_docs < 0):
         raise InputError("val docs and docs per shard must be positive, max docs not negative")
     out_dir = Path(out_dir)
@@ -737,11 +469,11 @@ def _stream_into_shards(stream, entry: dict, out_dir: Path, kind: str, max_docs:
             break
         buf.append(text if isinstance(text, str) else ("" if text is None else str(text)))
         if not have_val and len(buf) == val_docs:
-            _write_shard(val_path, buf)
+            write_shard(val_path, buf)
             have_val, buf = True, []
             _finish(out_dir, kind, entry)
         elif have_val and (len(buf) == docs_per_shard or written + len(buf) == max_docs):
-            _write_shard(kind_dir / f"shard_{index:05d}.parquet", buf)
+            write_shard(kind_dir / f"shard_{index:05d}.parquet", buf)
             written, index, buf = written + len(buf), index + 1, []
             _finish(out_dir, kind, entry)
             if written == max_docs:
@@ -751,9 +483,9 @@ def _stream_into_shards(stream, entry: dict, out_dir: Path, kind: str, max_docs:
         if not have_val:
             if not buf:
                 raise InputError(f"{entry['dataset']} ({entry['split']}) has no documents")
-            _write_shard(val_path, buf)
+            write_shard(val_path, buf)
         elif buf:
-            _write_shard(kind_dir / f"shard_{index:05d}.parquet", buf)
+            write_shard(kind_dir / f"shard_{index:05d}.parquet", buf)
     stream.close()
     return entry
 
@@ -764,9 +496,9 @@ def _finish(out_dir: Path, kind: str, entry: dict) -> dict:
     The manifest is re-read first, so two kinds can download into one corpus at once.
     """
     for split in SPLITS:
-        entry[split] = _counts(_kind_files(out_dir, kind, split))
+        entry[split] = _counts(shard_files(out_dir, kind, split))
     manifest = read_manifest(out_dir)
     manifest.setdefault("kinds", {})[kind] = entry
     manifest.pop("source", None)  # a corpus with downloaded kinds is no longer a pure local build
-    _write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest)
     return entry

@@ -12,22 +12,20 @@ rejected, strict), rewards/margins, logps/chosen|rejected (policy), ref_logps/ch
 The reference is "live" (its params go into the jitted step as a frozen input under
 stop_gradient: one extra forward per step, a second copy of the params in memory) or "cached"
 (its log-probs computed once per pair before training, then carried in the batch). Measured in
-bench/train.py on CPU: see bench/RESULTS.md for which is faster.
+bench/train.py on CPU: see bench/RESULTS.md for which is faster. "auto" (the CLI's default) picks
+cached when the run sees every pair at least once, else live. `run` reads top to bottom.
 """
-
-import hashlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nanocode.common import InputError
-from trainer import model, sft, template
+from trainer import checkpoint, conversations, model, sft, template, train
 from trainer.configs import TrainConfig
-from trainer.sft import render_all
+from trainer.sft import EpochCursor, data_fingerprint, render_all
 from trainer.train import Stage, bits_per_byte
 
-STATE_VERSION = 1
 LOSSES = ("sigmoid", "ipo")
 
 
@@ -93,7 +91,7 @@ def dpo_loss(params, batch, ref_params, *, cfg, beta: float, kind: str):
     return losses.mean(), metrics
 
 
-class PairLoader:
+class PairLoader(EpochCursor):
     """next_batch() -> as_batch(...) of batch_size pairs (plus "ref_logps" when cached), in a
     seeded order per epoch; state() is that order's cursor, so a resume is exact."""
 
@@ -101,27 +99,17 @@ class PairLoader:
         if len(items) < batch_size:
             raise InputError(f"{len(items)} usable pair(s) is fewer than one batch of {batch_size}: "
                              "lower --device-batch-size or add pairs")
-        self.items, self.batch_size, self.seed, self.ref_logps = items, batch_size, seed, ref_logps
-        self.epoch, self.cursor, self.fingerprint = 0, 0, fingerprint
-        if state is not None:
-            if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
-                raise InputError("the DPO loader state is from other pairs: resume with the pairs it was saved with")
-            self.epoch, self.cursor = state["epoch"], state["cursor"]
+        super().__init__(len(items), seed, state, fingerprint)
+        self.items, self.batch_size, self.ref_logps = items, batch_size, ref_logps
 
     def next_batch(self):
-        if self.cursor + self.batch_size > len(self.items):  # whole batches only: drop an epoch's tail
-            self.epoch, self.cursor = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))
-        idx = order[self.cursor:self.cursor + self.batch_size]
+        self.need(self.batch_size)  # whole batches only: drop an epoch's tail
+        idx = self.order[self.cursor:self.cursor + self.batch_size]
         self.cursor += self.batch_size
         batch = as_batch(self.items, idx)
         if self.ref_logps is not None:
             batch["ref_logps"] = self.ref_logps[idx]
         return batch
-
-    def state(self) -> dict:
-        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "epoch": self.epoch,
-                "cursor": self.cursor}
 
 
 def reference_logps(params, items, cfg, batch_size: int) -> np.ndarray:
@@ -132,8 +120,8 @@ def reference_logps(params, items, cfg, batch_size: int) -> np.ndarray:
 
 
 def prepare(data: dict, tok, seq_len: int, val_convs=None, log=print) -> dict:
-    """conversations.load(kind="pairs")'s result rendered: {"train", "val": [(ids, mask)], "val_convs"}.
-    val_convs: held-out conversations for the bpb check (default: held-out prompt + chosen)."""
+    """conversations.load(kind="pairs")'s result rendered: {"train", "val": [(ids, mask)], "val_convs",
+    "sources"}. val_convs: held-out conversations for the bpb check (default: held-out prompt + chosen)."""
     train_items, cut = render_pairs(data["train"], tok, seq_len)
     val_items, val_cut = render_pairs(data["val"], tok, seq_len)
     for reason, count in data["dropped"].items():
@@ -143,7 +131,8 @@ def prepare(data: dict, tok, seq_len: int, val_convs=None, log=print) -> dict:
     log(f"dpo data: {len(train_items):,} train / {len(val_items):,} val pairs")
     if val_convs is None:
         val_convs = [pair["prompt"] + pair["chosen"] for pair in data["val"] or data["train"][:8]]
-    return {"train": train_items, "val": val_items, "val_convs": render_all(val_convs, tok, seq_len)[0]}
+    return {"train": train_items, "val": val_items, "val_convs": render_all(val_convs, tok, seq_len)[0],
+            "sources": conversations.source_names(data)}
 
 
 def dpo_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str, ref_params, *,
@@ -154,7 +143,7 @@ def dpo_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str, ref
     if reference not in ("live", "cached"):
         raise InputError(f"reference must be 'live' or 'cached', not {reference!r}")
     seq, train_items, val_items = cfg.model.seq_len, data["train"], data["val"]
-    fp = hashlib.sha256(b"".join(ids.tobytes() + mask.tobytes() for ids, mask in train_items)).hexdigest()[:16]
+    fp = data_fingerprint(train_items)
 
     # validation: preference accuracy on held-out pairs, and bpb on held-out conversations (the SFT
     # data's, else the held-out pairs' prompt + chosen) to show the SFT skills did not regress
@@ -188,7 +177,8 @@ def dpo_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str, ref
                  loader=lambda state: PairLoader(train_items, batch, cfg.seed, ref_logps, state, fp),
                  # two sequences a pair; a live reference adds a forward (2 of the 6 FLOPs a weight)
                  flops_scale=2 * (8 / 6 if reference == "live" else 1),
-                 fingerprint={"pairs": fp, "beta": beta, "loss": kind, "reference": reference})
+                 fingerprint={"pairs": fp, "beta": beta, "loss": kind, "reference": reference,
+                              "sources": data["sources"]})
 
 
 def _batches(items, batch_size: int):
@@ -196,3 +186,24 @@ def _batches(items, batch_size: int):
     for start in range(0, len(items), batch_size):
         idx = list(range(start, min(start + batch_size, len(items))))
         yield as_batch(items, idx + [idx[-1]] * (batch_size - len(idx)))
+
+
+def run(from_, out, data, *, val_data=None, beta: float = 0.1, loss: str = "sigmoid", reference: str = "auto",
+        val_fraction: float = 0.05, seed: int = 0, resume: bool = False, log=print, **overrides) -> dict:
+    """`trainer run dpo`: from the run `from_` (the frozen reference too) into `out`, on the pairs `data`;
+    `val_data`: held-out conversations for bpb; `overrides`: sft.finetune_config's (None: its default)."""
+    ref, base, tok, _ = checkpoint.load_model(from_)
+    seq = overrides.get("seq_len") or base.seq_len
+    pairs = conversations.load(data, "pairs", val_fraction, seed)
+    val_convs = conversations.load(val_data, "conversations", 1.0, seed)["val"] if val_data else None
+    prepared = prepare(pairs, tok, seq, val_convs, log)
+    cfg = sft.finetune_config(base, "dpo", n_devices=jax.device_count(), seed=seed,
+                              train_rows=len(prepared["train"]), **overrides)
+    batch = cfg.device_batch_size * jax.device_count()
+    if reference == "auto":  # caching costs a forward per pair up front; live, one per pair seen
+        seen, n = cfg.num_steps * batch, len(prepared["train"])
+        reference = "cached" if seen >= n else "live"
+        log(f"reference: {reference} ({seen:,} pairs seen, {n:,} in the data)")
+    stage = dpo_stage(cfg, prepared, tok, batch, str(from_), ref, beta=beta, kind=loss, reference=reference)
+    paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out)
+    return train.train(cfg, paths, resume=resume, log=log, stage=stage)

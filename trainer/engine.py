@@ -40,7 +40,7 @@ class Token:
 @dataclass
 class Done:
     row: int
-    reason: str           # "stop" | "length" | "context_full"
+    reason: str           # "stop" | "length" | "context_full" | "cancelled"
     message: str = ""
 
 

@@ -56,7 +56,7 @@ class PackedLoader:
         if state is not None and state["version"] != STATE_VERSION:
             raise InputError(f"loader state version {state['version']} is not {STATE_VERSION}")
         self.stream = corpus.MixedStream(corpus_dir, split, code_ratio, seed, loop, state and state["stream"])
-        files = [f for k in corpus.KINDS for f in corpus._kind_files(corpus_dir, k, split)]
+        files = [f for k in corpus.KINDS for f in corpus.shard_files(corpus_dir, k, split)]
         self.fingerprint = {"corpus": _corpus_id(files), "tokenizer": tokenizer.fingerprint(),
                             "seed": seed, "split": split}
         for key, value in (state or {}).get("fingerprint", {}).items():
@@ -148,8 +148,7 @@ def val_batches(corpus_dir, tokenizer, kind: str, batch_size, seq_len,
                 max_tokens) -> list[tuple[np.ndarray, np.ndarray]]:
     """A fixed validation set: ~max_tokens tokens of CORPUS/<kind>/val.parquet (seed 0, one pass),
     packed as in training; fewer batches if the split runs out first."""
-    if kind not in corpus.KINDS:
-        raise InputError(f"unknown kind {kind!r}: use one of {', '.join(corpus.KINDS)}")
+    corpus.check_kind(kind)
     ratio = (1, 0) if kind == "code" else (0, 1)
     loader = PackedLoader(corpus_dir, tokenizer, batch_size, seq_len, split="val", code_ratio=ratio,
                           loop=False)

@@ -35,7 +35,6 @@ class GPTConfig:
     softcap: float = 15.0
     compute_dtype: str = "float32"  # "bfloat16" on GPU/TPU; params stay fp32 and are cast inside
     attention: str = "xla"          # "cudnn" on NVIDIA GPUs (bf16 only)
-    remat: bool = False             # recompute each layer in the backward pass: less memory, ~1/3 more FLOPs
 
     def __post_init__(self):
         if self.n_head % self.n_kv_head:
@@ -168,8 +167,6 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
         x = resid_lambda.astype(dtype) * x + x0_lambda.astype(dtype) * x0
         return block(x, w, cos, sin, cfg, None if kv is None else (*kv, positions, valid), fresh)
 
-    if cfg.remat:
-        layer = jax.checkpoint(layer, prevent_cse=False)  # inside scan, CSE prevention is unneeded
     kv = None if cache is None else (cache["k"], cache["v"])
     # scan, not a Python loop: compile time stays flat in depth
     x, new_kv = jax.lax.scan(layer, x0, (params["blocks"], params["resid_lambdas"], params["x0_lambdas"], kv))

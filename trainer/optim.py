@@ -4,10 +4,11 @@ Weights are laid out (in, out) (`x @ W`); block matrices carry a leading layer a
 and Muon orthogonalizes each layer's matrix on its own (leading axes are batch axes of the matmuls).
 
 The transform from `build_optimizer` produces updates at the BASE learning rates. The train step calls
-`scaled_update(tx, grads, opt_state, params, lr_mult)`, which multiplies every update by `lr_mult`.
-Decoupled weight decay is part of each update (-lr * wd * p), so it scales with lr_mult as well,
-exactly like nanochat's `p *= 1 - lr * lrm * wd`. Pass lr_mult (and the optional Muon momentum /
-weight decay) as arrays or Python floats to a jitted step: they are traced values, so a schedule
+`scaled_update(tx, grads, opt_state, params, lr_mult, muon_momentum=, muon_weight_decay=)`, which
+multiplies every update by `lr_mult`. Decoupled weight decay is part of each Muon update
+(-lr * wd * p), so it scales with lr_mult as well, exactly like nanochat's `p *= 1 - lr * lrm * wd`.
+Muon's momentum and weight decay have no build-time values: the schedules set them every step.
+Pass the three as arrays or Python floats to a jitted step: they are traced values, so a schedule
 change never recompiles.
 """
 import math
@@ -27,18 +28,19 @@ POLAR_EXPRESS_COEFFS = (
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
+ADAM_BETAS, ADAM_EPS = (0.8, 0.95), 1e-10  # nanochat's AdamW groups (which take no weight decay)
 
 
-def orthogonalize(g, ns_steps=5, dtype=jnp.float32):
-    """Approximate polar factor U V^T of every matrix in the last two axes of g (SVD g = U S V^T)."""
-    assert 1 <= ns_steps <= len(POLAR_EXPRESS_COEFFS), ns_steps
-    x = g.astype(dtype)
+def orthogonalize(g):
+    """Approximate polar factor U V^T of every matrix in the last two axes of g (SVD g = U S V^T),
+    in fp32 (bf16 would do on a GPU, not on a CPU)."""
+    x = g.astype(jnp.float32)
     # spectral norm <= Frobenius norm, so this puts every singular value in (0, 1) as PE expects
     x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)) * 1.01 + 1e-6)
     tall = x.shape[-2] > x.shape[-1]
     if tall:  # iterate on the smaller Gram matrix; the polar factor commutes with transposition
         x = jnp.swapaxes(x, -1, -2)
-    for a, b, c in POLAR_EXPRESS_COEFFS[:ns_steps]:
+    for a, b, c in POLAR_EXPRESS_COEFFS:
         A = x @ jnp.swapaxes(x, -1, -2)
         x = a * x + (b * A + c * (A @ A)) @ x
     if tall:
@@ -50,25 +52,23 @@ class MuonState(NamedTuple):
     mu: optax.Updates  # momentum buffer, same shapes (and, under FSDP, same sharding) as the params
 
 
-def muon(lr, momentum=0.95, weight_decay=0.0, ns_steps=5, ns_dtype=jnp.float32):
+def muon(lr):
     """Muon: Nesterov momentum -> Polar Express -> lr * sqrt(max(1, fan_out/fan_in)), decoupled wd.
 
-    update() accepts `muon_momentum=` / `muon_weight_decay=` (arrays) to schedule them without
-    recompiling; None means the build-time constants. ns_dtype=bfloat16 is fine on GPU, not on CPU.
+    update() takes `muon_momentum=` and `muon_weight_decay=` (arrays: scheduled without recompiling).
     """
 
     def init(params):
         return MuonState(mu=jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params))
 
-    def update(grads, state, params=None, *, muon_momentum=None, muon_weight_decay=None, **_):
+    def update(grads, state, params=None, *, muon_momentum, muon_weight_decay, **_):
         assert params is not None, "muon needs params (weight decay, matrix shapes)"
-        beta = momentum if muon_momentum is None else muon_momentum
-        wd = weight_decay if muon_weight_decay is None else muon_weight_decay
+        beta, wd = muon_momentum, muon_weight_decay
         mu = jax.tree.map(lambda m, g: m + (1 - beta) * (g - m), state.mu, grads)
 
         def one(g, m, p):
             nesterov = g + beta * (m - g)  # lerp(g, mu, beta), nanochat's Nesterov form
-            o = orthogonalize(nesterov, ns_steps, ns_dtype)
+            o = orthogonalize(nesterov)
             fan_in, fan_out = p.shape[-2:]
             # torch's (out, in) rule sqrt(max(1, rows/cols)) in our (in, out) layout; wd shares the boost
             step = lr * math.sqrt(max(1.0, fan_out / fan_in))
@@ -104,18 +104,14 @@ def param_labels(params):
     return jax.tree_util.tree_map_with_path(_label, params)
 
 
-def build_optimizer(params, *, matrix_lr, embedding_lr, unembedding_lr, scalar_lr, weight_decay=0.0,
-                    adam_weight_decay=0.0, adam_betas=(0.8, 0.95), adam_eps=1e-10, muon_momentum=0.95,
-                    ns_steps=5, ns_dtype=jnp.float32):
-    """Muon on block matrices (weight_decay is Muon's, as nanochat's --weight-decay), AdamW (eps 1e-10,
-    adam_weight_decay) on the rest. LRs are final per-group base values; see scaled_update."""
-    b1, b2 = adam_betas
+def build_optimizer(params, *, matrix_lr, embedding_lr, unembedding_lr, scalar_lr):
+    """Muon on block matrices, AdamW on the rest. LRs are final per-group base values; see scaled_update."""
 
     def adam(lr):
-        return optax.adamw(lr, b1=b1, b2=b2, eps=adam_eps, weight_decay=adam_weight_decay)
+        return optax.adamw(lr, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, weight_decay=0.0)
 
     return optax.partition({
-        "matrix": muon(matrix_lr, muon_momentum, weight_decay, ns_steps, ns_dtype),
+        "matrix": muon(matrix_lr),
         "embedding": adam(embedding_lr),
         "unembedding": adam(unembedding_lr),
         "resid": adam(scalar_lr * RESID_LR_SCALE),
@@ -139,7 +135,7 @@ def init_state(tx, params):
                         state)
 
 
-def scaled_update(tx, grads, opt_state, params, lr_mult, *, muon_momentum=None, muon_weight_decay=None):
+def scaled_update(tx, grads, opt_state, params, lr_mult, *, muon_momentum, muon_weight_decay):
     """One optimizer step with every update (weight decay included) scaled by lr_mult.
 
     Exact, not an approximation: the moment buffers never see the LR, so scaling afterwards equals

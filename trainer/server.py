@@ -134,7 +134,7 @@ class ModelServer:
 
     @classmethod
     def from_run(cls, run, model_name: str | None = None) -> "ModelServer":
-        from trainer.train import load_model  # heavy (orbax); keeps `import trainer.server` light
+        from trainer.checkpoint import load_model  # heavy (orbax); keeps `import trainer.server` light
 
         params, cfg, tok, _ = load_model(run)
         return cls(params, cfg, tok, model_name or Path(run).resolve().name)

@@ -9,21 +9,26 @@ epoch, so a resumed run sees exactly the batches it would have.
 
 The stage starts from another run's params (pretrain, or an earlier SFT) with a fresh optimizer,
 and reports validation loss and bits-per-byte on held-out conversations (assistant tokens only).
+
+`run` reads top to bottom: base run, data, config, stage, loop. DPO shares EpochCursor,
+data_fingerprint and finetune_config.
 """
 
 import dataclasses
+import hashlib
 import math
 
 import jax
 import numpy as np
 
 from nanocode.common import InputError
-from trainer import model, template
+from trainer import checkpoint, conversations, model, template, train
 from trainer.configs import TrainConfig
 from trainer.engine import Engine
 from trainer.train import Stage, bits_per_byte
 
 STATE_VERSION = 1
+LR_SCALE = {"sft": 0.8, "dpo": 0.1}  # preference steps move a tuned model: far gentler than SFT
 
 
 def render_all(convs: list[list[dict]], tok, seq_len: int, overflow: str = "drop") -> tuple[list, int]:
@@ -73,35 +78,45 @@ def rows_per_epoch(items, seq_len: int) -> int:
     return rows
 
 
-class ConversationLoader:
+class EpochCursor:
+    """A position in a seeded order of n items, reshuffled every epoch: (epoch, cursor) is all a
+    resume needs. The fingerprint names the items, so a state saved over other data is refused."""
+
+    def __init__(self, n: int, seed: int, state: dict | None, fingerprint: str):
+        if state is not None and (state.get("version"), state.get("fingerprint")) != (STATE_VERSION, fingerprint):
+            raise InputError("the loader state is from other data: resume with the data it was saved with")
+        self.n, self.seed, self.fingerprint = n, seed, fingerprint
+        self.epoch, self.cursor = (state["epoch"], state["cursor"]) if state is not None else (0, 0)
+        self.order = self._order()
+
+    def _order(self):
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def need(self, k: int) -> None:
+        """Start the next epoch unless k more items are left in this one."""
+        if self.cursor + k > self.n:
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self.order = self._order()
+
+    def state(self) -> dict:
+        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "epoch": self.epoch, "cursor": self.cursor}
+
+
+class ConversationLoader(EpochCursor):
     """Packed SFT batches: next_batch() -> (inputs, targets), each (batch_size, seq_len) int32."""
 
     def __init__(self, items, batch_size: int, seq_len: int, pad_id: int, seed: int = 0,
                  state: dict | None = None, fingerprint: str = ""):
         if not items:
             raise InputError("no conversations to train on (all dropped, or none given)")
-        self.items, self.batch_size, self.seq_len, self.pad_id, self.seed = items, batch_size, seq_len, pad_id, seed
-        self.epoch, self.cursor, self.fingerprint = 0, 0, fingerprint
-        if state is not None:
-            if state.get("version") != STATE_VERSION or state.get("fingerprint") != fingerprint:
-                raise InputError("the SFT loader state is from other data: resume with the data it was saved with")
-            self.epoch, self.cursor = state["epoch"], state["cursor"]
-        self.order = self._order()
-
-    def _order(self):
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))
+        super().__init__(len(items), seed, state, fingerprint)
+        self.items, self.batch_size, self.seq_len, self.pad_id = items, batch_size, seq_len, pad_id
 
     def next_batch(self):
-        if self.cursor >= len(self.order):
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self.order = self._order()
+        self.need(1)
         x, y, self.cursor = pack_rows(self.items, self.order, self.cursor, self.batch_size, self.seq_len,
-                                         self.pad_id)
+                                      self.pad_id)
         return x, y
-
-    def state(self) -> dict:
-        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "epoch": self.epoch,
-                "cursor": self.cursor}
 
 
 def val_batches(items, batch_size: int, seq_len: int, pad_id: int) -> list:
@@ -113,8 +128,7 @@ def val_batches(items, batch_size: int, seq_len: int, pad_id: int) -> list:
 
 
 def data_fingerprint(items) -> str:
-    import hashlib
-
+    """The identity of rendered (ids, mask) items, SFT's or DPO's: a resume must see the same."""
     h = hashlib.sha256()
     for ids, mask in items:
         h.update(ids.tobytes())
@@ -122,18 +136,18 @@ def data_fingerprint(items) -> str:
     return h.hexdigest()[:16]
 
 
-def finetune_config(base: model.GPTConfig, name: str, *, n_devices: int, train_rows: int,
-                    epochs: float = 1.0, **overrides) -> TrainConfig:
-    """SFT/DPO defaults: nanochat's SFT schedule (no warmup, flat at lr_scale, then a linear
-    warmdown over the last half to 0) and no weight decay: a short run must not shrink the
-    pretrained weights. num_steps defaults to `epochs` passes over train_rows rows."""
+def finetune_config(base: model.GPTConfig, name: str, *, n_devices: int, train_rows: int, **overrides) -> TrainConfig:
+    """SFT/DPO defaults: nanochat's SFT schedule (no warmup, flat at the stage's LR_SCALE, then a
+    linear warmdown over the last half to 0) and no weight decay: a short run must not shrink the
+    pretrained weights. num_steps defaults to one pass over train_rows rows. None overrides nothing."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     seq_len = overrides.pop("seq_len", None) or base.seq_len
     m = dataclasses.replace(base, seq_len=seq_len)
     rows = overrides.pop("device_batch_size", None) or max(1, min(8, train_rows // max(1, n_devices)))
     total = overrides.pop("total_batch_tokens", None) or rows * seq_len * n_devices
-    steps = overrides.pop("num_steps", None) or max(1, math.ceil(epochs * train_rows * seq_len / total))
+    steps = overrides.pop("num_steps", None) or max(1, math.ceil(train_rows * seq_len / total))
     defaults = dict(warmup_steps=0, warmdown_ratio=0.5, final_lr_frac=0.0, weight_decay=0.0,
-                    lr_scale=0.8, eval_every=max(1, steps // 4), eval_tokens=2**16, sample_every=steps,
+                    lr_scale=LR_SCALE[name], eval_every=max(1, steps // 4), eval_tokens=2**16, sample_every=steps,
                     save_every=max(1, steps // 2))
     return TrainConfig(name=name, model=m, device_batch_size=rows, total_batch_tokens=total,
                        num_steps=steps, **{**defaults, **overrides})
@@ -154,7 +168,8 @@ def prompts_of(convs: list[list[dict]], tok, seq_len: int, n: int = 3) -> list[l
 
 
 def prepare(data: dict, tok, seq_len: int, overflow: str = "drop", log=print) -> dict:
-    """conversations.load(...)'s result rendered: {"train", "val": [(ids, mask)], "val_convs"}."""
+    """conversations.load(...)'s result rendered: {"train", "val": [(ids, mask)], "val_convs", "overflow",
+    "sources"}."""
     train_items, cut = render_all(data["train"], tok, seq_len, overflow)
     val_items, val_cut = render_all(data["val"], tok, seq_len, overflow)
     for reason, count in data["dropped"].items():
@@ -167,7 +182,7 @@ def prepare(data: dict, tok, seq_len: int, overflow: str = "drop", log=print) ->
     log(f"sft data: {len(train_items):,} train / {len(val_items):,} val conversations, "
         f"{rows_per_epoch(train_items, seq_len):,} rows of {seq_len} per epoch")
     return {"train": train_items, "val": val_items, "val_convs": data["val"] or data["train"][:8],
-            "overflow": overflow}
+            "overflow": overflow, "sources": conversations.source_names(data)}
 
 
 def sft_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str) -> Stage:
@@ -193,4 +208,18 @@ def sft_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str) -> 
     return Stage("sft", loss=lambda p, b, _: (model.loss_fn(p, *b, cfg.model), {}),
                  loader=lambda state: ConversationLoader(train_items, batch, seq, tok.bos_id, cfg.seed, state, fp),
                  evaluate=evaluate, sample=sample, init_from=init_from,
-                 fingerprint={"conversations": fp, "overflow": data["overflow"]})
+                 fingerprint={"conversations": fp, "overflow": data["overflow"], "sources": data["sources"]})
+
+
+def run(from_, out, data, *, overflow: str = "drop", val_fraction: float = 0.05, seed: int = 0,
+        resume: bool = False, log=print, **overrides) -> dict:
+    """`trainer run sft`: fine-tune the run `from_` on the conversations `data` (a spec for
+    conversations.load) into `out`. `overrides` are finetune_config's (None: its default)."""
+    base, tok, _ = checkpoint.read_run(from_)
+    seq = overrides.get("seq_len") or base.seq_len
+    prepared = prepare(conversations.load(data, "conversations", val_fraction, seed), tok, seq, overflow, log)
+    cfg = finetune_config(base, "sft", n_devices=jax.device_count(), seed=seed,
+                          train_rows=rows_per_epoch(prepared["train"], seq), **overrides)
+    stage = sft_stage(cfg, prepared, tok, cfg.device_batch_size * jax.device_count(), str(from_))
+    paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out)
+    return train.train(cfg, paths, resume=resume, log=log, stage=stage)

@@ -1,4 +1,4 @@
-"""The token template of DESIGN.md: conversation records <-> token ids (+ loss mask).
+"""The token template of docs/DESIGN.md: conversation records <-> token ids (+ loss mask).
 
     conversation := <|bos|> turn*
     user         := <|user_start|> TEXT <|user_end|>

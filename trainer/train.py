@@ -1,5 +1,6 @@
 """The training loop, top to bottom, for every stage: pretraining, SFT and DPO differ only in their
 `Stage` (data, loss, evaluation, where the params start); see trainer/sft.py and trainer/dpo.py.
+Finding and loading a run is trainer/checkpoint.py's.
 
 One jitted step per optimizer update: gradient accumulation is a `lax.scan` over micro-batches,
 params and optimizer state are donated, the learning-rate multiplier comes in as an array (a
@@ -15,7 +16,7 @@ Every step logs loss, lr, dt, tokens/s, MFU and ETA; metrics also go to OUT/metr
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from nanocode.common import InputError
 from trainer import model, optim
-from trainer.checkpoint import Checkpoints
+from trainer.checkpoint import Checkpoints, load_params
 from trainer.configs import TrainConfig, describe, effective_hparams, grad_accum_steps
 from trainer.engine import Engine
 from trainer.loader import PackedLoader, val_batches
@@ -180,8 +181,7 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
     params = model.init_params(cfg.model, jax.random.key(cfg.seed))
     params = jax.device_put(params, shard_like_fsdp(params, mesh))
     tx = optim.build_optimizer(params, matrix_lr=hp["matrix_lr"], embedding_lr=hp["embedding_lr"],
-                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"],
-                               weight_decay=hp["weight_decay"])
+                               unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"])
     ckpt = Checkpoints(paths.checkpoints or paths.out / "checkpoints")
     identity = {**fingerprint(cfg, tok), "stage": stage.name, "data": stage.fingerprint}
     start, loader_state = 0, None
@@ -299,55 +299,3 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
 
 
 SHOWN_METRICS = ("rewards/accuracies", "rewards/margins")  # what the step line shows beside the loss
-
-
-# ----------------------------------------------------------------------------- loading a run
-
-
-def find_checkpoints(run: str | Path) -> Checkpoints:
-    """A run directory (with checkpoints/) or a checkpoints directory itself."""
-    run = Path(run)
-    if not run.exists():
-        raise InputError(f"no such run or checkpoint directory: {run}")
-    ckpt = Checkpoints(run / "checkpoints" if (run / "checkpoints").is_dir() else run)
-    if ckpt.latest_step() is None:
-        raise InputError(f"{run} holds no checkpoint")
-    return ckpt
-
-
-def tokenizer_dir(run: str | Path) -> Path:
-    """Where the tokenizer a run saved beside its checkpoints is."""
-    run = Path(run)
-    for d in (run / "tokenizer", run.parent / "tokenizer"):
-        if (d / "tokenizer.json").exists():
-            return d
-    raise InputError(f"{run} has no tokenizer/ beside its checkpoints: copy the tokenizer it was trained "
-                     f"with to {run}/tokenizer")
-
-
-def load_params(run, like_params, tok: Tokenizer, step: int | None = None):
-    """The params of a run's checkpoint (not its optimizer state), shaped and sharded like `like_params`."""
-    ckpt = find_checkpoints(run)
-    step, meta = ckpt.read_meta(step)
-    if meta["fingerprint"]["tokenizer"] != tok.fingerprint():
-        raise InputError(f"{run} was trained with another tokenizer than this run's")
-    params = ckpt.restore_params(like_params, step)
-    ckpt.close()
-    return params
-
-
-def load_model(run, step: int | None = None, platform: str | None = None):
-    """(params, GPTConfig, Tokenizer, meta) of a run's latest (or given) checkpoint, for inference.
-    A model trained in bf16 on an accelerator runs in fp32 with XLA attention on a CPU."""
-    ckpt = find_checkpoints(run)
-    step, meta = ckpt.read_meta(step)
-    tok = Tokenizer.load(tokenizer_dir(run))
-    if meta["fingerprint"]["tokenizer"] != tok.fingerprint():
-        raise InputError(f"the tokenizer beside {run} is not the one its checkpoint was trained with")
-    cfg = model.GPTConfig(**meta["fingerprint"]["model"])
-    if (platform or jax.default_backend()) == "cpu":
-        cfg = replace(cfg, compute_dtype="float32", attention="xla")
-    like = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
-    params = ckpt.restore_params(like, step)
-    ckpt.close()
-    return params, cfg, tok, meta
