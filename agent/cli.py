@@ -6,21 +6,16 @@ from typing import Optional
 
 import typer
 
-from nanocode.common import InputError, run_cli
+from nanocode.common import InputError, cli_app, run_cli
 from nanocode.spec import load_soul, load_tools, render_system_prompt
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
+app = cli_app(__doc__)
 
-
-@app.callback()
-def _group() -> None:
-    # a callback keeps each command a subcommand whatever their number
-    pass
 
 
 @app.command()
-def prompt(soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file (default soul/SOUL.md)."),
-           tools: Optional[Path] = typer.Option(None, "--tools", help="tool spec (default soul/tools.yaml).")
+def prompt(soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file [default: soul/SOUL.md]"),
+           tools: Optional[Path] = typer.Option(None, "--tools", help="tool spec [default: soul/tools.yaml]")
            ) -> None:
     """Print the system prompt the model sees, rendered from the SOUL and the tool spec."""
     # plain print, not rich: the prompt holds brackets and backticks that must come out verbatim
@@ -30,20 +25,23 @@ def prompt(soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file (
 # ------------------------------------------------------------------- chat and run
 
 _BASE_URL_HELP = ("OpenAI-compatible server (`trainer serve`, vLLM, ...), e.g. http://127.0.0.1:8000/v1; "
-                  "a bare host:port gets /v1. Without it, --model names a local run to serve.")
-_MODEL_HELP = ("with --base-url: the served model's name (default: the first the server lists). "
-               "Without: a run directory (checkpoints/ and tokenizer/), served in-process on a free "
-               "loopback port and reached the same way.")
+                  "a bare host:port gets /v1. [default: none: --model names a local run to serve]")
+_MODEL_HELP = ("with --base-url: the served model's name [default: the first the server lists]. "
+               "Without: a run directory (checkpoints/ and tokenizer/), served by a child `trainer serve` "
+               "on a free loopback port and reached the same way.")
 
 _YES_HELP = ("approve every Edit and Bash (they run in the workspace). "
              "Without it those calls are refused and the model is told so.")
+_SANDBOX_HELP = ("run Bash in a bubblewrap sandbox: no network, the system read-only, the workspace the "
+                 "only writable folder, no credentials in its environment, nothing outliving the call.")
 _JSON_HELP = ("write the session as a conversation record to this file "
-              "('-': to stdout, and the transcript goes to stderr).")
+              "('-': to stdout, and the transcript goes to stderr) [default: not written]")
 
 
-def _session(base_url, model, api_key, workspace, soul, tools, approve, on_event, source):
-    """Workspace, SOUL, tool spec, backend, in that order: each bad input is one InputError line."""
+def _session(base_url, model, api_key, workspace, soul, tools, sandbox, approve, on_event, source):
+    """Workspace, SOUL, tool spec, sandbox, backend, in that order: each bad input is one InputError line."""
     from agent.backend import OpenAIBackend
+    from agent.sandbox import unavailable
     from agent.session import Session
     from agent.tools import Tools
 
@@ -51,7 +49,9 @@ def _session(base_url, model, api_key, workspace, soul, tools, approve, on_event
     if not root.is_dir():  # said here too, so the message names the flag whatever Tools says
         raise InputError(f"--workspace {root}: no such directory")
     soul_, spec = load_soul(soul), load_tools(tools)
-    runtime = Tools(root, spec)
+    if sandbox and (why := unavailable()):  # said here, so the message names this command's flag
+        raise InputError(f"--sandbox: {why}")
+    runtime = Tools(root, spec, sandbox=sandbox)
     if not base_url:
         if not model:
             raise InputError("no model to talk to: pass --model RUN_DIR (a trained run) or --base-url URL "
@@ -100,17 +100,19 @@ _opts = dict(
     base_url=typer.Option(None, "--base-url", help=_BASE_URL_HELP),
     model=typer.Option(None, "--model", help=_MODEL_HELP),
     api_key=typer.Option(None, "--api-key", envvar="OPENAI_API_KEY",
-                         help="API key for the server (default $OPENAI_API_KEY, else 'none')."),
-    workspace=typer.Option(None, "--workspace", help="the directory the tools work in (default: here)."),
-    soul=typer.Option(None, "--soul", help="SOUL file (default soul/SOUL.md)."),
-    tools=typer.Option(None, "--tools", help="tool spec (default soul/tools.yaml)."),
+                         help="API key for the server [default: $OPENAI_API_KEY, else 'none']"),
+    workspace=typer.Option(None, "--workspace", help="the directory the tools work in [default: here]"),
+    soul=typer.Option(None, "--soul", help="SOUL file [default: soul/SOUL.md]"),
+    tools=typer.Option(None, "--tools", help="tool spec [default: soul/tools.yaml]"),
+    sandbox=typer.Option(False, "--sandbox", help=_SANDBOX_HELP),
 )
 
 
 @app.command()
 def chat(base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _opts["model"],
          api_key: Optional[str] = _opts["api_key"], workspace: Optional[Path] = _opts["workspace"],
-         soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"]) -> None:
+         soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"],
+         sandbox: bool = _opts["sandbox"]) -> None:
     """Talk to the agent in your terminal: it reads, searches, edits and runs things in the workspace.
 
     Read and Grep run without asking; Edit (shown as a diff) and Bash ask first. Type /help inside.
@@ -121,9 +123,9 @@ def chat(base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _op
     from agent.chat import chat as chat_loop
 
     ui = ChatUI(Console(highlight=False, soft_wrap=True))
-    session, backend, runtime = _session(base_url, model, api_key, workspace, soul, tools,
+    session, backend, runtime = _session(base_url, model, api_key, workspace, soul, tools, sandbox,
                                          ui.approve, ui.on_event, "nanocode chat")
-    chat_loop(session, ui, f"nanocode · {backend.label} · workspace {runtime.root}")
+    chat_loop(session, ui, f"nanocode · {backend.label} · workspace {runtime.root}" + " · sandboxed" * sandbox)
 
 
 @app.command()
@@ -132,7 +134,8 @@ def run(task: str = typer.Argument(..., help="what to do, as you would type it i
         json_path: Optional[str] = typer.Option(None, "--json", help=_JSON_HELP),
         base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _opts["model"],
         api_key: Optional[str] = _opts["api_key"], workspace: Optional[Path] = _opts["workspace"],
-        soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"]) -> None:
+        soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"],
+        sandbox: bool = _opts["sandbox"]) -> None:
     """Run one task without asking anything, for scripts and evals; prints the transcript.
 
     Exit status: 0 the model finished, 1 it was stopped (server error, full context, step limit), 2 bad input.
@@ -145,7 +148,7 @@ def run(task: str = typer.Argument(..., help="what to do, as you would type it i
 
     console = Console(highlight=False, soft_wrap=True, stderr=json_path == "-")
     ui = ChatUI(console, preview_lines=20)
-    session, _, _ = _session(base_url, model, api_key, workspace, soul, tools,
+    session, _, _ = _session(base_url, model, api_key, workspace, soul, tools, sandbox,
                              auto_approve(yes), ui.on_event, "nanocode run")
     status = run_once(session, ui, task)
     if json_path == "-":

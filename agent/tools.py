@@ -7,12 +7,20 @@ Confinement (file tools): the root is resolved once; each target is joined to it
 with symlinks followed (a not-yet-existing tail stays lexical), then compared by path
 components. Absolute paths, `~`, `..` and symlinks (leaf or parent) leading out are refused,
 and Edit writes the resolved path it checked. Grep does not descend into symlinked
-directories and skips file symlinks that lead out. Bash is NOT confined: it is a shell whose
-cwd is the root, approved by the user call by call; nothing it starts outlives the call.
+directories and skips file symlinks that lead out.
+
+Bash is a shell whose cwd is the root. Unsandboxed (the terminal agent's default) it is NOT
+confined: the user approves it call by call, and the group kill ends what it started unless a
+child escapes with `setsid`. With `sandbox=True` (agent/sandbox.py: bubblewrap; what the
+factory runs model-written calls with) it has no network, a read-only system, the workspace as
+its only writable folder, no credentials in its environment, CPU/memory limits, and its own PID
+namespace, so nothing at all outlives the call. Its result reads the same either way.
 
 Lines are split on `\\n` only (a trailing `\\r` is dropped for display) in Read, Grep and Edit
-alike, so their line numbers agree. Grep patterns are Python `re` syntax. File names with
-control characters (a newline) are shown escaped (`a\\nb.py`), so `path:line:text` stays one line.
+alike, so their line numbers agree. Grep picks the files here (the confinement above) and
+agent/ripgrep.py matches them: Rust regex syntax, linear time, under a time limit. File names
+with control characters (a newline) are shown escaped (`a\\nb.py`), so `path:line:text` stays
+one line.
 """
 
 import contextlib
@@ -29,6 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import ripgrep
+from agent.sandbox import Sandbox, unavailable
 from nanocode.common import InputError, atomic_path
 from nanocode.spec import ToolSpec, load_tools, type_args
 
@@ -48,6 +58,7 @@ class Limits:
     read_lines: int = 2000           # Read's default limit
     max_line_chars: int = 2000       # longer lines are cut in Read, Grep and Edit output
     grep_matches: int = 250
+    grep_timeout: float = 30.0       # Grep's walk and search together, in seconds
     max_file_bytes: int = 10_000_000  # Grep skips, Edit refuses bigger files; Read streams them
     bash_timeout: float = 120.0
     bash_max_timeout: float = 600.0
@@ -153,18 +164,30 @@ class _Drain(threading.Thread):
 
 
 class Tools:
-    def __init__(self, root, spec: ToolSpec | None = None, limits: Limits | None = None, bin_dirs=()):
+    def __init__(self, root, spec: ToolSpec | None = None, limits: Limits | None = None, bin_dirs=(),
+                 sandbox: Sandbox | bool = False):
         """bin_dirs: folders put first on Bash's PATH (the factory runs rollouts with its own
-        Python, so `python` means the same interpreter on every machine)."""
+        Python, so `python` means the same interpreter on every machine). sandbox: run Bash in
+        one (True: the default Sandbox()); False runs it as the user, which only an approving
+        user should allow."""
         if not os.path.isdir(root):
             raise InputError(f"workspace {root} is not an existing directory")
+        sandbox = Sandbox() if sandbox is True else sandbox or None
+        if sandbox is not None and (why := unavailable()):
+            raise InputError(f"cannot run model-written Bash in a sandbox: {why}; "
+                             "pass --unsafe-bash to run it unsandboxed")
         self.root = Path(os.path.realpath(root))
         self.spec = spec if spec is not None else load_tools()
         self.limits = limits or Limits()
+        self.sandbox = sandbox
         self._impl = {"Read": self._read, "Grep": self._grep, "Edit": self._edit, "Bash": self._bash}
-        self.env = {**os.environ, **QUIET_ENV}
-        if bin_dirs:
-            self.env["PATH"] = os.pathsep.join([*map(str, bin_dirs), os.environ.get("PATH", "")])
+        path = os.pathsep.join([*map(str, bin_dirs), os.environ.get("PATH", "")])
+        if sandbox is not None:
+            self.env = sandbox.env(path, QUIET_ENV)
+            self._shell = sandbox.argv(self.root)
+        else:
+            self.env = {**os.environ, **QUIET_ENV, **({"PATH": path} if bin_dirs else {})}
+            self._shell = ["bash", "-c"]
 
     def needs_approval(self, name: str) -> bool:
         tool = self.spec.get(name)
@@ -264,54 +287,72 @@ class Tools:
 
     def _grep(self, args: dict) -> str:
         pattern, glob, given = args["pattern"], args.get("glob"), args.get("path") or "."
-        try:
-            rx = re.compile(pattern)
-        except re.error as e:
-            raise ToolError(f"invalid regular expression {pattern!r}: {e} (Python re syntax)") from None
         start, _ = self._resolve(given, "path")
         if not start.exists():
             raise ToolError(f"no such file or directory: {_show(given)}")
-        one_file, files = not start.is_dir(), [start]
+        deadline = time.monotonic() + self.limits.grep_timeout
+        files = self._grep_files(start, given, glob, deadline)
+        out, used, capped = [], 0, None
+        try:
+            for rel, n, line in ripgrep.search(pattern, [r for r, small in files if small], self.root, deadline):
+                shown = f"{_show(rel)}:{n}:{self._clip(line)}"
+                if len(out) == self.limits.grep_matches or (
+                        out and used + len(shown) > self.limits.max_output_chars - 200):
+                    capped = rel
+                    break
+                out.append(shown)
+                used += len(shown) + 1
+        except ripgrep.RipgrepError as e:
+            raise ToolError(str(e)) from None
+        except TimeoutError:
+            raise ToolError(self._grep_late()) from None
+        seen = files if capped is None else files[:[rel for rel, _ in files].index(capped)]
+        big = sum(not small for _, small in seen)  # the too-big files before the cap, as the walk met them
+        notes = [f"(capped at {len(out)} matches: narrow the pattern, path or glob to see the rest)"] * bool(capped)
+        notes += [f"(skipped {big} files over {self.limits.max_file_bytes} bytes)"] * bool(big)
+        return "\n".join((out or ["no matches"]) + notes)
+
+    def _grep_files(self, start: Path, given: str, glob, deadline: float) -> list[tuple[str, bool]]:
+        """The files Grep looks at, in path order: (workspace-relative name, small enough to search).
+        Plain strings, and realpath only for symlinks: a big tree's walk is most of a Grep."""
+        inside, one_file, found = str(self.root).rstrip("/") + "/", not start.is_dir(), [str(start)]
         if not one_file:
-            files = []
-            for dirpath, dirnames, filenames in os.walk(start):  # symlinked dirs are not entered
+            found = []
+            # symlinked dirs are not entered, so every folder met is a real one in the root
+            for dirpath, dirnames, filenames in os.walk(start):
+                if time.monotonic() > deadline:
+                    raise ToolError(self._grep_late())
                 dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
-                files += [Path(dirpath, name) for name in filenames]
-        out, used, big, capped = [], 0, 0, False
-        for rel, p in sorted((os.path.relpath(p, self.root).replace(os.sep, "/"), p) for p in files):
+                found += [os.path.join(dirpath, name) for name in filenames]
+        files = []
+        for rel, p in sorted((p[len(inside):], p) for p in found):
             if glob and not one_file and not self._glob_ok(rel, glob):
                 continue
-            real = Path(os.path.realpath(p))
-            if self.root not in real.parents:
-                continue  # a symlink leading out of the workspace
             try:
-                st = os.stat(real)
+                st = os.lstat(p)
+                if stat.S_ISLNK(st.st_mode):
+                    if not os.path.realpath(p).startswith(inside):
+                        continue  # a symlink leading out of the workspace
+                    st = os.stat(p)
                 if not stat.S_ISREG(st.st_mode):
                     continue  # a FIFO or device would block or never end
                 if st.st_size > self.limits.max_file_bytes:
-                    big += 1
+                    files.append((rel, False))
                     continue
-                data = real.read_bytes()
+                with open(p, "rb") as f:
+                    head = f.read(SNIFF)
             except OSError:
                 continue  # unreadable or a symlink loop: nothing the model could fix
-            if b"\0" in data[:SNIFF]:
+            if b"\0" in head:
                 if one_file:
                     raise ToolError(f"{_show(given)} is a binary file")
                 continue
-            for i, line in enumerate(_lines(data.decode("utf-8", "replace")), 1):
-                if rx.search(line):
-                    shown = f"{_show(rel)}:{i}:{self._clip(line)}"
-                    if len(out) == self.limits.grep_matches or (
-                            out and used + len(shown) > self.limits.max_output_chars - 200):
-                        capped = True
-                        break
-                    out.append(shown)
-                    used += len(shown) + 1
-            if capped:
-                break
-        notes = [f"(capped at {len(out)} matches: narrow the pattern, path or glob to see the rest)"] * capped
-        notes += [f"(skipped {big} files over {self.limits.max_file_bytes} bytes)"] * bool(big)
-        return "\n".join((out or ["no matches"]) + notes)
+            files.append((rel, True))
+        return files
+
+    def _grep_late(self) -> str:
+        return (f"Grep ran past its {self.limits.grep_timeout:g}s limit; "
+                "narrow the path or glob")
 
     @staticmethod
     def _glob_ok(rel: str, glob: str) -> bool:
@@ -442,7 +483,7 @@ class Tools:
             raise ToolError("timeout must be a positive number of seconds")
         timeout, keep = min(timeout, self.limits.bash_max_timeout), self.limits.max_output_chars
         # its own session, so one killpg reaches every child; no stdin to wait on
-        proc = subprocess.Popen(["bash", "-c", command], cwd=self.root, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*self._shell, command], cwd=self.root, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, env=self.env)
         drains = [_Drain(proc.stdout, keep), _Drain(proc.stderr, keep)]
@@ -467,6 +508,8 @@ class Tools:
         o_len, e_len = len(oh) + len(ot) + od, len(eh) + len(et) + ed
         e_keep = e_len if e_len <= budget // 2 else max(budget // 2, budget - o_len)
         out, err = _elide(oh, budget - e_keep, ot, od), _elide(eh, e_keep, et, ed)
+        if self.sandbox is not None and code is not None and 128 < code <= 128 + 64:
+            code = 128 - code  # bwrap reports a signal death as 128+N, like a shell: shown as one
         if code is None:
             head = f"error: command timed out after {timeout:g}s; killed it and its child processes"
         else:

@@ -14,17 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nanocode.common import InputError, run_cli
+from nanocode.common import InputError, cli_app, run_cli
 from nanocode.soul_checks import check_reply
 from nanocode.spec import load_soul
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
+app = cli_app(__doc__)
 
-
-@app.callback()
-def _group() -> None:
-    # a callback keeps each command a subcommand whatever their number
-    pass
 
 
 def _read_reply(source: str) -> str:
@@ -43,7 +38,7 @@ def _read_reply(source: str) -> str:
 @app.command("soul-check")
 def soul_check(reply: str = typer.Argument(..., metavar="TEXT_FILE_OR_-",
                                            help="an assistant reply as text; - reads stdin."),
-               soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file (default soul/SOUL.md).")
+               soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file [default: soul/SOUL.md]")
                ) -> None:
     """Run the SOUL's programmatic checks on one final reply; exit 1 if any fails."""
     rules = load_soul(soul).rules
@@ -128,16 +123,17 @@ def core(run: str = typer.Argument(..., metavar="RUN|download",
 
 @app.command()
 def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (served in-process); or use --base-url"),
-            base_url: Optional[str] = typer.Option(None, "--base-url", help="any OpenAI-compatible server"),
-            model: Optional[str] = typer.Option(None, "--model", help="with --base-url: the model name"),
-            api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
-            limit: Optional[int] = typer.Option(None, help="run only the first N tasks"),
+            base_url: Optional[str] = typer.Option(None, "--base-url", help="any OpenAI-compatible server [default: serve RUN in-process]"),
+            model: Optional[str] = typer.Option(None, "--model", help="with --base-url: the model name [default: the first it lists]"),
+            api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="[default: $OPENAI_API_KEY]"),
+            limit: Optional[int] = typer.Option(None, help="run only the first N tasks [default: all]"),
             kinds: str = typer.Option("stub,bugfix", help="task kinds, comma-separated"),
             max_steps: int = typer.Option(20, help="model turns per task"),
             max_tokens: int = typer.Option(1024, help="tokens per model turn"),
             out: Optional[Path] = typer.Option(None, help="where evals/agentic.json goes [default: RUN, or "
                                                "$NANOCODE_HOME/evals/<model> with --base-url]"),
-            soul: Optional[Path] = typer.Option(None, "--soul"), tools: Optional[Path] = typer.Option(None, "--tools"),
+            soul: Optional[Path] = typer.Option(None, "--soul", help="[default: soul/SOUL.md]"),
+            tools: Optional[Path] = typer.Option(None, "--tools", help="[default: soul/tools.yaml]"),
             ) -> None:
     """Held-out HumanEval problems as small repos, solved through the agent; hidden tests decide."""
     from evals import agentic as agentic_eval
@@ -166,12 +162,14 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
 def soul(run: Path = typer.Argument(..., help="run directory"),
          data: Optional[list[str]] = typer.Option(None, help="conversations whose held-out first user turns are the "
                                                   "prompts [default: one per held-out HumanEval problem]"),
-         limit: Optional[int] = typer.Option(None, help="at most N prompts"),
+         limit: Optional[int] = typer.Option(None, help="at most N prompts [default: all]"),
          max_tokens: int = typer.Option(256, help="tokens per reply"),
-         judge_backend: Optional[str] = typer.Option(None, help="an LLM judge through the factory's backends: "
-                                                     "openai, litellm or vllm"),
-         judge_model: Optional[str] = typer.Option(None), judge_base_url: Optional[str] = typer.Option(None),
-         soul_path: Optional[Path] = typer.Option(None, "--soul"), tools: Optional[Path] = typer.Option(None, "--tools"),
+         judge_backend: Optional[str] = typer.Option(None, help="the factory's SOUL judge on this backend: "
+                                                     "openai, litellm or vllm [default: no judge]"),
+         judge_model: Optional[str] = typer.Option(None, help="the judge's model [default: none]"),
+         judge_base_url: Optional[str] = typer.Option(None, help="the judge's server [default: the backend's own]"),
+         soul_path: Optional[Path] = typer.Option(None, "--soul", help="[default: soul/SOUL.md]"),
+         tools: Optional[Path] = typer.Option(None, "--tools", help="[default: soul/tools.yaml]"),
          ) -> None:
     """SOUL adherence: the SOUL's checks as pass rates over replies to held-out prompts (+ an optional judge)."""
     from evals import soul as soul_eval

@@ -8,13 +8,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nanocode.common import InputError, run_cli
+from nanocode.common import InputError, cli_app, run_cli
 from nanocode.spec import load_soul, load_tools
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
+app = cli_app(__doc__)
 
-SoulOption = typer.Option(None, "--soul", help="SOUL file (default soul/SOUL.md).")
-ToolsOption = typer.Option(None, "--tools", help="tool spec (default soul/tools.yaml).")
+SoulOption = typer.Option(None, "--soul", help="SOUL file [default: soul/SOUL.md]")
+ToolsOption = typer.Option(None, "--tools", help="tool spec [default: soul/tools.yaml]")
 
 
 def _console() -> Console:
@@ -41,14 +41,14 @@ def check(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
 
 @app.command()
 def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
-          config: Optional[Path] = typer.Option(None, "--config", help="build config YAML (default factory/configs/default.yaml)."),
-          backend: Optional[str] = typer.Option(None, "--backend", help="offline | openai | litellm | vllm"),
-          model: Optional[str] = typer.Option(None, "--model", help="model id for the backend (implies --backend openai if none is set)."),
-          base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (implies --backend openai)."),
-          concurrency: Optional[int] = typer.Option(None, "--concurrency", help="LLM requests in flight."),
-          limit: Optional[int] = typer.Option(None, "--limit", min=0, help="only the first N inputs."),
+          config: Optional[Path] = typer.Option(None, "--config", help="build config YAML [default: factory/configs/default.yaml]"),
+          backend: Optional[str] = typer.Option(None, "--backend", help="offline | openai | litellm | vllm [default: the config's, offline]"),
+          model: Optional[str] = typer.Option(None, "--model", help="model id for the backend (implies --backend openai if none is set) [default: the config's]"),
+          base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (implies --backend openai) [default: the config's]"),
+          concurrency: Optional[int] = typer.Option(None, "--concurrency", help="LLM requests in flight [default: the config's, 8]"),
+          limit: Optional[int] = typer.Option(None, "--limit", min=0, help="only the first N inputs [default: all]"),
           new: bool = typer.Option(False, "--new", help="a new version even if an identical one is done (cached calls)."),
-          from_version: Optional[int] = typer.Option(None, "--from", help="derive from this version (with --exclude-marked)."),
+          from_version: Optional[int] = typer.Option(None, "--from", help="derive from this version (with --exclude-marked) [default: build from the sources]"),
           exclude_marked: bool = typer.Option(False, "--exclude-marked", help="with --from V: a new version = V minus the rows marked in `factory view --curate`.")) -> None:
     """Build a dataset version: convert, generate, critique, revise; resumes an interrupted build."""
     from factory.build import build as run_build
@@ -67,12 +67,12 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
                                     "concurrency": concurrency}, limit=limit, new=new, console=_console())
 
 
-scenarios_app = typer.Typer(no_args_is_help=True, help="Scenario specs (scenarios/*.yaml): check them, write new ones.")
+scenarios_app = cli_app("Scenario specs (scenarios/*.yaml): check them, write new ones.", root=False)
 app.add_typer(scenarios_app, name="scenarios")
 
 
 @scenarios_app.command("check")
-def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories (default scenarios/).")) -> None:
+def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories [default: scenarios/]")) -> None:
     """Validate specs and expand them offline (their events must happen, their tests pass)."""
     from factory.scenarios import check_specs
 
@@ -85,9 +85,9 @@ def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or
 def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many specs to ask for."),
                        out: Path = typer.Option(Path("scenarios/generated"), "--out", help="where kept specs go."),
                        soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
-                       backend: Optional[str] = typer.Option(None, "--backend", help="openai | litellm | vllm (default openai)"),
-                       model: Optional[str] = typer.Option(None, "--model", help="model id for the backend."),
-                       base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL."),
+                       backend: Optional[str] = typer.Option(None, "--backend", help="openai | litellm | vllm [default: openai]"),
+                       model: Optional[str] = typer.Option(None, "--model", help="model id for the backend [default: none: required]"),
+                       base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL [default: the backend's own]"),
                        concurrency: int = typer.Option(4, "--concurrency", min=1, help="requests in flight.")) -> None:
     """Write N new scenario specs with a model, few-shot from shipped ones; invalid ones are dropped."""
     from factory.backends import BackendConfig
@@ -156,7 +156,7 @@ def export(version: int, directory: Path, soul: Optional[Path] = SoulOption, too
 @app.command()
 def publish(version: int, repo: str = typer.Option(..., "--repo", help="the Hub dataset repo, USER/NAME."),
             private: bool = typer.Option(False, "--private", help="create the repo private."),
-            revision: Optional[str] = typer.Option(None, "--revision", help="tag for the commit (default vVERSION)."),
+            revision: Optional[str] = typer.Option(None, "--revision", help="tag for the commit [default: vVERSION]"),
             soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
             test_fraction: float = TestFraction) -> None:
     """Upload a finished version to the Hugging Face Hub in one commit and tag it (token: HF_TOKEN)."""
@@ -169,7 +169,7 @@ def publish(version: int, repo: str = typer.Option(..., "--repo", help="the Hub 
 
 
 @app.command()
-def view(version: Optional[int] = typer.Option(None, "--version", help="open this version's page first."),
+def view(version: Optional[int] = typer.Option(None, "--version", help="open this version's page first [default: the list of versions]"),
          port: int = typer.Option(8765, "--port", min=1, max=65535, help="port on 127.0.0.1."),
          curate: bool = typer.Option(False, "--curate", help="allow marking rows excluded (writes the exclusions table).")) -> None:
     """A local web page to inspect, compare and curate versions (read-only unless --curate)."""

@@ -41,6 +41,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def cli_app(help: str | None = None, root: bool = True):
+    """A typer app as every nanocode command is made: help in markdown mode (rich markup would
+    swallow a help text's `[default: ...]` and `SOURCE[@WEIGHT]`), no pretty tracebacks, and on a
+    root app `--version` (its callback also keeps a single command a subcommand)."""
+    import typer
+
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown", help=help)
+    if root:
+        def show_version(value: bool) -> None:
+            if value:
+                print(f"nanocode {version()}")
+                raise typer.Exit()
+
+        @app.callback()
+        def _root(_: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                         help="print the version and exit")) -> None:
+            pass
+    return app
+
+
+def version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("nanocode")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "0+unknown"
+
+
 def run_cli(app) -> None:
     """Run a typer app; an InputError becomes `error: ...` on stderr and exit status 2."""
     try:

@@ -2,11 +2,13 @@
 plus `nanocode run` and its bad-input exits as a user runs them."""
 
 import json
+import os
 import subprocess
 
 import pytest
 
 from agent.backend import BackendError, ContextFull, OpenAIBackend, parse_call, to_openai, tools_schema
+from agent.sandbox import unavailable
 from agent.session import INTERRUPTED, Decision, Session
 from agent.tools import Tools
 from nanocode.common import InputError
@@ -317,9 +319,9 @@ def test_backend_errors_are_typed(server):
 # ------------------------------------------------------------------------ the command
 
 
-def nanocode(*args, timeout=60):
+def nanocode(*args, timeout=60, env=None):
     return subprocess.run([str(BIN / "nanocode"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def test_run_with_yes_edits_prints_the_transcript_and_writes_json(server, ws, tmp_path):
@@ -336,6 +338,19 @@ def test_run_with_yes_edits_prints_the_transcript_and_writes_json(server, ws, tm
     validate(record["messages"])
     assert record["source"] == "nanocode run" and record["workspace"] == {"calc.py": BUGGY}
     assert "exit code: 0" in record["messages"][-2]["content"] and "5" in record["messages"][-2]["content"]
+
+
+@pytest.mark.skipif(bool(unavailable()), reason=f"no sandbox here: {unavailable()}")
+def test_run_with_sandbox_gives_bash_no_credentials_and_a_read_only_system(server, ws):
+    server.add({"text": "", "tool_calls": [call("Bash", command="env; touch /usr/nanocode-probe; echo ok > x")]},
+               {"text": "done"})
+    env = {**os.environ, "HF_TOKEN": "hf_s3cret", "OPENAI_API_KEY": "sk-s3cret"}
+    r = nanocode("run", "try it", "--sandbox", "--yes", "--workspace", ws, "--json", "-",
+                 "--base-url", server.base_url, env=env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)["messages"][-2]["content"]
+    assert "s3cret" not in result and "PATH=" in result and "Read-only file system" in result
+    assert (ws / "x").read_text() == "ok\n" and not os.path.exists("/usr/nanocode-probe")
 
 
 def test_run_without_yes_refuses_what_needs_approval(server, ws):

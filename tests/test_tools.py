@@ -226,6 +226,36 @@ def test_grep_caps_matches(ws):
     assert lines[5] == "(capped at 5 matches: narrow the pattern, path or glob to see the rest)"
 
 
+def test_grep_a_catastrophic_pattern_cannot_hang(ws):
+    (ws / "aaa.txt").write_text("a" * 40 + "b\n")
+    # in a child process: Python's re would hold the GIL for ever, so no in-process timeout could fire
+    code = ("import sys; from agent.tools import Tools; "
+            "print(Tools(sys.argv[1]).run({'name': 'Grep', 'args': {'pattern': '(a+)+$'}}))")
+    r = subprocess.run([sys.executable, "-c", code, str(ws)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "no matches\n", r.stderr
+
+
+def test_grep_regex_syntax_is_ripgreps(tools, ws):
+    assert "ripgrep's (rust regex)" in load_tools().get("Grep").description  # the model is told
+    assert call(tools, "Grep", pattern=r"(?i)^DEF \w+\(x\)") == "pkg/util.py:1:def parse(x):"
+    assert call(tools, "Grep", pattern="--files") == "no matches"  # a pattern, never an option
+    out = call(tools, "Grep", pattern="parse(?=\\()")
+    assert out.startswith("error: invalid regular expression 'parse(?=\\\\()': ") and out.count("\n") == 0
+    assert out.endswith("(Rust regex syntax, as ripgrep reads it)")
+    assert call(Tools(ws / "pkg"), "Grep", pattern="(").startswith("error: invalid regular expression")
+
+
+def test_grep_has_a_time_limit(ws):
+    t = Tools(ws, limits=Limits(grep_timeout=0))
+    assert call(t, "Grep", pattern="parse") == "error: Grep ran past its 0s limit; narrow the path or glob"
+
+
+def test_grep_crlf_and_lines_past_the_sniff(tools, ws):
+    (ws / "dos.txt").write_bytes(b"one\r\nend here\r\n" + b"x" * 9000 + b"\0 end too\n")
+    assert call(tools, "Grep", pattern="end.*$", glob="*.txt") == (
+        "dos.txt:2:end here\ndos.txt:3:" + "x" * 2000 + "... [7009 chars cut]")
+
+
 # ------------------------------------------------------------------------------- Edit
 
 def test_edit_replaces_the_one_occurrence_and_shows_the_region(tools, ws):

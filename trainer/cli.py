@@ -9,19 +9,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nanocode.common import InputError, nanocode_home, run_cli
+from nanocode.common import InputError, cli_app, nanocode_home, run_cli
 from trainer import corpus, local_corpus, tokenizer_eval
 from trainer.corpus import default_corpus
 from trainer.tokenizer import Tokenizer
 
 console = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get whole tables
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
-tokenizer_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the BPE tokenizer.")
-data_app = typer.Typer(no_args_is_help=True, help="Download or build pretraining corpora as parquet shards.")
+app = cli_app(__doc__)
+tokenizer_app = cli_app("Train and evaluate the BPE tokenizer.", root=False)
+data_app = cli_app("Download or build pretraining corpora as parquet shards.", root=False)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
-run_app = typer.Typer(no_args_is_help=True, help="Run a training stage (resumable).")
+run_app = cli_app("Run a training stage (resumable).", root=False)
 app.add_typer(run_app, name="run")
 
 
@@ -62,8 +62,8 @@ def data_download(
     dataset: str = typer.Argument(..., help="HF dataset id (HuggingFaceFW/fineweb-edu) or a local folder"),
     kind: str = typer.Option(..., help="prose or code"),
     column: str = typer.Option("text", help="the text column (`content` in Stack-like code sets)"),
-    config: str = typer.Option(None, help="dataset config name (fineweb-edu: sample-10BT)"),
-    data_dir: str = typer.Option(None, help="dataset subfolder (the-stack-dedup: data/python)"),
+    config: str = typer.Option(None, help="dataset config name (fineweb-edu: sample-10BT) [default: the dataset's default]"),
+    data_dir: str = typer.Option(None, help="dataset subfolder (the-stack-dedup: data/python) [default: all of it]"),
     split: str = typer.Option("train"),
     max_docs: int = typer.Option(None, help="train docs to fetch, after the val docs [default: all]"),
     val_docs: int = typer.Option(corpus.ROWS_PER_GROUP, help="the first docs of the stream, kept for val.parquet"),
@@ -150,17 +150,20 @@ def tokenizer_eval_cmd(
 
 @run_app.command("pretrain")
 def run_pretrain(
-    config: str = typer.Option("d3", help="preset (d3 d6 d12 d20 d24) or d<N> for any depth"),
+    config: str = typer.Option("d3", help="preset: d3 d6 d12 d20 d24, or dN for any depth N"),
     corpus_dir: Path = typer.Option(None, "--corpus", help="[default: $NANOCODE_HOME/corpus/local]"),
     tokenizer: Path = typer.Option(None, help="[default: $NANOCODE_HOME/tokenizer]; the model takes its vocab"),
-    out: Path = typer.Option(None, help="metrics.jsonl and checkpoints/ [default: $NANOCODE_HOME/runs/<config>]"),
-    checkpoint_dir: str = typer.Option(None, help="checkpoints elsewhere: any path orbax takes, e.g. gs://bucket/run"),
+    out: Path = typer.Option(None, help="metrics.jsonl and checkpoints/ [default: $NANOCODE_HOME/runs/CONFIG]"),
+    checkpoint_dir: str = typer.Option(None, help="checkpoints elsewhere: any path orbax takes, e.g. gs://bucket/run [default: OUT/checkpoints]"),
     steps: int = typer.Option(None, help="optimizer steps [default: from the param:data ratio]"),
-    seq_len: int = typer.Option(None), device_batch_size: int = typer.Option(None),
-    total_batch_tokens: int = typer.Option(None, help="tokens per optimizer step"),
-    eval_every: int = typer.Option(None), eval_tokens: int = typer.Option(None),
-    sample_every: int = typer.Option(None, help="0: no samples"), save_every: int = typer.Option(None),
-    seed: int = typer.Option(None),
+    seq_len: int = typer.Option(None, help="context length [default: the preset's]"),
+    device_batch_size: int = typer.Option(None, help="sequences per micro-batch per device [default: the preset's]"),
+    total_batch_tokens: int = typer.Option(None, help="tokens per optimizer step [default: the preset's]"),
+    eval_every: int = typer.Option(None, help="steps between val evals [default: the preset's]"),
+    eval_tokens: int = typer.Option(None, help="val tokens per eval [default: the preset's]"),
+    sample_every: int = typer.Option(None, help="steps between samples, 0: none [default: the preset's]"),
+    save_every: int = typer.Option(None, help="steps between checkpoints [default: the preset's]"),
+    seed: int = typer.Option(None, help="init and data order [default: the preset's]"),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
     dry_run: bool = typer.Option(False, help="print the plan (params, FLOPs, tokens, memory, time) and exit"),
     multihost: bool = typer.Option(False, help="join a multi-host run first (jax.distributed.initialize)"),
@@ -194,10 +197,12 @@ def finetune_options(
     out: Path = typer.Option(..., help="this run's directory (metrics.jsonl, checkpoints/, tokenizer/)"),
     num_steps: int = typer.Option(None, "--steps", help="optimizer steps [default: one epoch]"),
     seq_len: int = typer.Option(None, help="context length [default: the model's]; RoPE lets it grow"),
-    device_batch_size: int = typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device"),
-    lr_scale: float = typer.Option(None, help="every learning rate times this"),
+    device_batch_size: int = typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device [default: up to 8]"),
+    lr_scale: float = typer.Option(None, help="every learning rate times this [default: 0.8 for sft, 0.1 for dpo]"),
     val_fraction: float = typer.Option(0.05, help="share of rows held out for validation (by a hash of their id)"),
-    eval_every: int = typer.Option(None), save_every: int = typer.Option(None), seed: int = typer.Option(0),
+    eval_every: int = typer.Option(None, help="steps between val evals [default: a quarter of the run]"),
+    save_every: int = typer.Option(None, help="steps between checkpoints [default: half the run]"),
+    seed: int = typer.Option(0),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
 ):
     """The options every fine-tuning stage takes: a signature for finetune_command, never called."""
