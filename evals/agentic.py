@@ -14,7 +14,8 @@ same problem always gets the same bug.
 The agent runs auto-approved (agent.session.Session, as `nanocode run --yes`), against any
 OpenAI-compatible endpoint. Success = the hidden tests pass afterwards: the problem's tests run
 in a subprocess with a timeout, in a fresh directory holding only the workspace's solution.py,
-so editing test_solution.py gains nothing. Also counted, over every tool call: syntactically
+so editing test_solution.py gains nothing. The model's Bash calls and the hidden tests (which run
+the model's code) run in agent/sandbox.py's bubblewrap sandbox, unless `unsafe_bash` says not to. Also counted, over every tool call: syntactically
 valid calls (parsed, a known tool, the right arguments), tool errors (results starting
 `error:`), and recoveries (a tool error followed by a call that works).
 """
@@ -22,6 +23,7 @@ valid calls (parsed, a known tool, the right arguments), tool errors (results st
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -159,8 +161,11 @@ def build_tasks(kinds=KINDS, limit: int | None = None, problems: list[dict] | No
 # ----------------------------------------------------------------------------- running
 
 
-def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT) -> tuple[bool, str]:
-    """(passed, last line of the output) of the problem's tests against the workspace's solution.py."""
+def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT,
+                 sandbox: bool = True) -> tuple[bool, str]:
+    """(passed, last line of the output) of the problem's tests against the workspace's solution.py:
+    the model's code, so in the sandbox (`sandbox`) as its Bash calls are."""
+    from agent.sandbox import Sandbox
     solution = workspace / "solution.py"
     if not solution.is_file():
         return False, "solution.py is gone"
@@ -168,8 +173,12 @@ def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT
         shutil.copy(solution, Path(d) / "solution.py")
         (Path(d) / "hidden_test.py").write_text(
             _test_script({"test": task.test, "entry_point": task.entry_point}), encoding="utf-8")
+        argv, env = [sys.executable, "hidden_test.py"], None
+        if sandbox:
+            box = Sandbox()
+            argv, env = box.argv(os.path.realpath(d)) + [" ".join(argv)], box.env(os.environ.get("PATH", ""), {})
         try:
-            r = subprocess.run([sys.executable, "hidden_test.py"], cwd=d, capture_output=True, text=True,
+            r = subprocess.run(argv, cwd=d, capture_output=True, text=True, env=env,
                                timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return False, f"timed out after {timeout:g}s"
@@ -198,7 +207,7 @@ class ToolCallStats:
             self._after_error = False
 
 
-def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int = 20) -> dict:
+def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int = 20, unsafe_bash: bool = False) -> dict:
     from agent.chat import auto_approve
     from agent.session import Session
     from agent.tools import Tools
@@ -217,11 +226,11 @@ def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int 
             elif kind in ("error", "context_full"):
                 errors.append(str(payload))
 
-        session = Session(backend, Tools(workspace, spec), system_prompt, auto_approve(True), on_event,
+        session = Session(backend, Tools(workspace, spec, sandbox=not unsafe_bash), system_prompt, auto_approve(True), on_event,
                           source="evals agentic", max_steps=max_steps)
         t0 = time.perf_counter()
         status = session.send(task.instruction)
-        passed, detail = hidden_tests(task, workspace)
+        passed, detail = hidden_tests(task, workspace, sandbox=not unsafe_bash)
         stats_d = {k: v for k, v in asdict(stats).items() if not k.startswith("_")}
         return {"id": task.id, "kind": task.kind, "problem": task.problem, "passed": passed, "status": status,
                 "test_output": detail, **stats_d, "server_errors": errors,
@@ -251,7 +260,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = None, limit: int | None = None,
              kinds=KINDS, soul=None, tools=None, max_steps: int = 20, max_tokens: int | None = 1024,
-             log=lambda *_: None) -> dict:
+             unsafe_bash: bool = False, log=lambda *_: None) -> dict:
     from agent.backend import OpenAIBackend
 
     soul_, spec = load_soul(soul), load_tools(tools)
@@ -265,7 +274,7 @@ def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = N
         raise InputError("no tasks to run (--limit 0?)")
     rows, t0 = [], time.perf_counter()
     for task in tasks:
-        rows.append(run_task(task, backend, spec, system_prompt, max_steps))
+        rows.append(run_task(task, backend, spec, system_prompt, max_steps, unsafe_bash))
         r = rows[-1]
         log(f"{task.id}: {'pass' if r['passed'] else 'fail'} ({r['status']}, {r['calls']} calls)")
     seconds = time.perf_counter() - t0

@@ -131,9 +131,11 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
             max_steps: int = typer.Option(20, help="model turns per task"),
             max_tokens: int = typer.Option(1024, help="tokens per model turn"),
             out: Optional[Path] = typer.Option(None, help="where evals/agentic.json goes [default: RUN, or "
-                                               "$NANOCODE_HOME/evals/<model> with --base-url]"),
+                                               "$NANOCODE_HOME/evals/MODEL with --base-url]"),
             soul: Optional[Path] = typer.Option(None, "--soul", help="[default: soul/SOUL.md]"),
             tools: Optional[Path] = typer.Option(None, "--tools", help="[default: soul/tools.yaml]"),
+            unsafe_bash: bool = typer.Option(False, "--unsafe-bash", help="run the model's Bash calls and its code's "
+                                             "tests outside the bubblewrap sandbox (only where bwrap cannot run)"),
             ) -> None:
     """Held-out HumanEval problems as small repos, solved through the agent; hidden tests decide."""
     from evals import agentic as agentic_eval
@@ -142,13 +144,18 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
 
     if (run is None) == (base_url is None):
         raise InputError("pass a RUN directory or --base-url URL (not both)")
+    from agent.sandbox import unavailable
+
+    if not unsafe_bash and (why := unavailable()):  # before a model is loaded for nothing
+        raise InputError(f"cannot run the model's commands in a sandbox: {why}; pass --unsafe-bash to run "
+                         "them unsandboxed")
     if run is not None:
         from trainer.server import serve_in_background
 
         base_url, model = serve_in_background(runs.model_dir(run))
     r = agentic_eval.evaluate(base_url, model, api_key=api_key, limit=limit,
                               kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), soul=soul, tools=tools,
-                              max_steps=max_steps, max_tokens=max_tokens, log=console.print)
+                              max_steps=max_steps, max_tokens=max_tokens, unsafe_bash=unsafe_bash, log=console.print)
     s = r["summary"]
     _table(f"agentic: {r['model']} ({s['tasks']} tasks, {r['tasks_per_s']:.3g} tasks/s)",
            ["pass", "stub", "bugfix", "calls/task", "valid calls", "tool errors", "recoveries"],

@@ -170,6 +170,24 @@ def test_hidden_tests_fail_the_given_code_and_pass_the_canonical_solution(tmp_pa
     assert agentic.hidden_tests(t, tmp_path, timeout=1) == (False, "timed out after 1s")
 
 
+def test_hidden_tests_run_the_models_code_in_the_sandbox(tmp_path):
+    from agent.sandbox import unavailable
+
+    if unavailable():
+        pytest.skip(f"no sandbox here: {unavailable()}")
+    t = agentic.build_tasks(limit=1)[0]
+    p = humaneval_problems()[t.problem]
+    outside = tmp_path / "outside" / "escaped.txt"  # the host's /tmp: a private, empty one inside
+    outside.parent.mkdir()
+    escape = f"open({str(outside)!r}, 'w').write('out')\n"
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "solution.py").write_text(escape + p["prompt"] + p["canonical_solution"])
+    passed, said = agentic.hidden_tests(t, tmp_path / "work")
+    assert not passed and "No such file or directory" in said and not outside.exists()
+    # unsandboxed (--unsafe-bash) the same code does write there: the check above can fail
+    assert agentic.hidden_tests(t, tmp_path / "work", sandbox=False)[0] and outside.read_text() == "out"
+
+
 def solver(body: dict) -> dict:
     """A model that solves the task: a Read of a wrong file (a tool error), a Read that works (a
     recovery), an Edit to the canonical solution, a Bash run of the tests, then a short reply."""
