@@ -17,6 +17,7 @@ DEMO := $(NANOCODE_HOME)/runs/demo
 
 # corpus -> tokenizer -> pretrain d3 -> factory (offline) -> SFT -> DPO -> evals -> report
 demo: $(BIN)/.installed
+	scripts/system-deps.sh demo
 	$(BIN)/trainer data local --max-chars 30000000
 	$(BIN)/trainer tokenizer train --vocab-size 8192
 	$(BIN)/trainer tokenizer train --vocab-size 8192 --code-ratio 0:1 --out $(NANOCODE_HOME)/tokenizer-prose
@@ -37,6 +38,7 @@ demo: $(BIN)/.installed
 	@echo "chat with the model: $(BIN)/nanocode chat --model $(DEMO)/dpo"
 
 test: $(BIN)/.installed
+	scripts/system-deps.sh test
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
