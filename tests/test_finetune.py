@@ -232,6 +232,10 @@ def test_bad_input_is_one_clear_line(base, tmp_path, monkeypatch, capsys):
     bad_pairs.write_text(json.dumps({"prompt": [{"role": "user", "content": "x"}], "chosen": []}) + "\n")
     no_tok = tmp_path / "no-tok"
     shutil.copytree(base / "pre" / "checkpoints", no_tok / "checkpoints")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "latin1.jsonl").write_bytes('{"messages": "caf\xe9"}\n'.encode("latin-1"))
+    (tmp_path / "cut.json").write_text('[{"messages": [{"role": "user", "content": "x"}]}, {"mess')
+    (tmp_path / "empty").mkdir()
     cases = [
         (["dpo", "--from", base / "pre", "--data", bad_pairs], "missing rejected"),
         (["sft", "--from", no_tok, "--data", base / "convs.jsonl"], "no tokenizer/"),
@@ -239,6 +243,10 @@ def test_bad_input_is_one_clear_line(base, tmp_path, monkeypatch, capsys):
         (["sft", "--from", base / "pre", "--data", tmp_path / "missing.jsonl"], "no such data file"),
         (["sft", "--from", base / "pre", "--data", bad_pairs], "no `messages` field"),
         (["sft", "--from", base / "pre", "--data", f"{base / 'convs.jsonl'}@x"], "must be a number"),
+        (["sft", "--from", base / "pre", "--data", tmp_path / "corrupt.parquet"], "not a readable Parquet file"),
+        (["sft", "--from", base / "pre", "--data", tmp_path / "latin1.jsonl"], "latin1.jsonl: not UTF-8 text"),
+        (["dpo", "--from", base / "pre", "--data", tmp_path / "cut.json"], "cut.json: not a JSON array"),
+        (["sft", "--from", base / "pre", "--data", tmp_path / "empty"], "not a dataset folder datasets can read"),
     ]
     for args, message in cases:  # the console script's own entry point, in this process (no JAX start-up each)
         monkeypatch.setattr(sys, "argv", ["trainer", "run", *map(str, args), "--out", str(tmp_path / "out")])

@@ -44,11 +44,21 @@ def parse_spec(spec: str | list[str]) -> list[tuple[str, float]]:
 
 def _read_files(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if path.suffix == ".json" and text.lstrip().startswith("["):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not a JSON array ({e.msg} at line {e.lineno}, column {e.colno})") from None
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -84,7 +94,10 @@ def read_source(source: str, kind: str = "conversations") -> tuple[str, list[dic
     import datasets
 
     if path.is_dir():
-        ds = datasets.load_dataset(str(path), split="train")
+        try:
+            ds = datasets.load_dataset(str(path), split="train")
+        except Exception as e:  # empty, no data files, unreadable: the folder is the user's to fix
+            raise InputError(f"{path}: not a dataset folder datasets can read ({str(e).splitlines()[0]})") from None
     elif source.startswith((".", "/")) or source.count("/") != 1:
         raise InputError(f"no such data file or folder: {source}")
     else:
