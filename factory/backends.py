@@ -10,9 +10,13 @@ The Requester adds everything a long run needs, once for all clients:
   - the call cache (store.llm_cache) keyed by sha256(model, messages, params, attempt): a
     rebuild or a resumed build never pays for a call twice, and a revision round (a new
     attempt number) is never served the previous round's failure;
-  - retries with exponential backoff and jitter on 429 (Retry-After honoured), 5xx, timeouts,
-    dropped connections and 200 replies that are empty, carry an error, or stop for length;
-    the clients' own retries are off, so ours are the only ones that count;
+  - retries with exponential backoff and jitter on 429 (Retry-After honoured), 408, 409, 5xx,
+    timeouts, dropped connections and 200 replies that are empty, carry an error or are not
+    JSON; the clients' own retries are off, so ours are the only ones that count;
+  - a reply stopped for length is asked again with twice the max_tokens and another seed (the
+    same request would stop the same way); a second length stop, or a 4xx other than those
+    above and 401/403/404 (the key's or the model's fault, not the input's) is permanent:
+    RequestFailed(permanent=True), and the build makes the input a reject (stage generate);
   - adaptive concurrency: x0.75 on a 429, +1 after a run of successes as long as the limit;
   - a ledger row per network attempt (tokens, latency, cost, outcome), failures included.
 """
@@ -74,12 +78,26 @@ class Retryable(Exception):
         self.status, self.retry_after = status, retry_after
 
 
+class LengthStop(Retryable):
+    """The reply was cut at max_tokens."""
+
+
 class Fatal(Exception):
-    """The request itself is wrong (400, 401, 404...): retrying cannot help."""
+    """The request itself is wrong (400, 401, 404...): retrying cannot help. Permanent (this
+    input's fault: too long a prompt, a bad request) unless the key or the model is wrong."""
+
+    def __init__(self, reason: str, status: int | None = None):
+        super().__init__(reason)
+        self.permanent = status is not None and 400 <= status < 500 and status not in (401, 403, 404)
 
 
 class RequestFailed(Exception):
-    """A call that failed for good (retries spent or a fatal answer)."""
+    """A call that failed for good: retries spent, or a fatal answer. `permanent`: the same
+    request can never succeed (see the module docstring), so asking again later cannot help."""
+
+    def __init__(self, reason: str, permanent: bool = False):
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 # ------------------------------------------------------------------------------ clients
@@ -101,16 +119,21 @@ def classify(e: Exception) -> Exception:
     if isinstance(e, openai.APIConnectionError):
         return Retryable(f"connection: {' '.join(str(e.__cause__ or e).split())[:200]}")
     status = getattr(e, "status_code", None)
-    message = " ".join(str(getattr(e, "message", e)).split())[:200]
+    body = getattr(e, "body", None)  # the server's error object: its message, not the client's wrapping
+    body = body.get("error", body) if isinstance(body, dict) else body
+    said = body.get("message") if isinstance(body, dict) else None
+    message = " ".join(str(said if isinstance(said, str) and said else getattr(e, "message", e)).split())[:200]
     if status == 429:
         return Retryable("429 rate limited", 429, _retry_after(e))
     if status is not None and (status >= 500 or status in (408, 409)):
         return Retryable(f"{status}: {message}", status)
-    return Fatal(f"{status}: {message}" if status else f"{type(e).__name__}: {message}")
+    return Fatal(f"{status}: {message}" if status else f"{type(e).__name__}: {message}", status)
 
 
 def reply_of(response) -> Reply:
     """A chat completion (openai or litellm object) -> Reply, or Retryable when a 200 is unusable."""
+    if isinstance(response, str):  # a body that is not JSON (a proxy's web page): the client hands over its text
+        raise Retryable(f"not a chat completion, the body is text: {' '.join(response.split())[:80]!r}")
     extra = getattr(response, "model_extra", None) or {}
     if extra.get("error"):
         error = extra["error"]
@@ -120,12 +143,41 @@ def reply_of(response) -> Reply:
         raise Retryable("empty reply (no choices)")
     choice = choices[0]
     if choice.finish_reason == "length":
-        raise Retryable("stopped for length")
+        raise LengthStop("stopped for length")
     text = getattr(choice.message, "content", None) or ""
     if not text.strip():
         raise Retryable("empty reply (no content)")
     usage = getattr(response, "usage", None)
     return Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+
+
+def check_endpoint(cfg: BackendConfig) -> None:
+    """The pre-flight check before a build's first call: one GET /models. A wrong URL or key, a
+    model the server does not serve, or a web page where an API should be is one InputError
+    naming the URL, not a minute of retries per input. Only a server with a URL is checked
+    (openai, litellm with base_url); one without /models (404) is trusted."""
+    if cfg.name not in ("openai", "litellm") or (cfg.name == "litellm" and not cfg.base_url):
+        return
+    import httpx
+
+    base = (cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+    try:
+        r = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {cfg.api_key}"},
+                      timeout=min(cfg.timeout, 10.0))
+    except httpx.HTTPError as e:
+        raise InputError(f"cannot reach {base}: {' '.join(str(e).split())[:200] or type(e).__name__}") from None
+    if r.status_code == 404:
+        return
+    try:
+        served = [m["id"] for m in r.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        served = None
+    if r.status_code != 200 or served is None:
+        kind = r.headers.get("content-type", "no content type").split(";")[0]
+        raise InputError(f"{base} is not a usable OpenAI-compatible API: GET /models answered {r.status_code} "
+                         f"with {kind}: {' '.join(r.text.split())[:80]!r}")
+    if cfg.name == "openai" and served and cfg.model not in served:
+        raise InputError(f"{base} does not serve model {cfg.model!r} (it serves: {', '.join(served[:10])})")
 
 
 class OpenAIClient:
@@ -180,44 +232,63 @@ class LiteLLMClient(OpenAIClient):
 
 
 class VLLMClient(OpenAIClient):
-    """In-process vLLM: requests that arrive together go to one LLM.chat call (vLLM batches
-    them on the GPU). Written to vLLM's documented LLM.chat / SamplingParams API; it needs a
-    GPU and the `vllm` extra, so the test suite cannot run it."""
+    """In-process vLLM: requests go to LLM.chat in batches (vLLM batches them on the GPU). Those
+    that arrive together make one batch; those that arrive while a batch runs make the next, as
+    soon as it ends. A request whose caller gave up meanwhile (its timeout) is dropped. The real
+    LLM needs a GPU and the `vllm` extra: tests pass a stand-in with LLM.chat's interface."""
 
-    def __init__(self, cfg: BackendConfig):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError:
-            raise InputError("backend vllm needs the vllm package: pip install 'nanocode[vllm]'") from None
-        self.cfg, self.SamplingParams = cfg, SamplingParams
-        self.llm = LLM(model=cfg.model)
+    def __init__(self, cfg: BackendConfig, llm=None, sampling_params=None):
+        if llm is None:
+            try:
+                from vllm import LLM, SamplingParams
+            except ImportError:
+                raise InputError("backend vllm needs the vllm package: pip install 'nanocode[vllm]'") from None
+            llm, sampling_params = LLM(model=cfg.model), SamplingParams
+        self.cfg, self.llm, self.SamplingParams = cfg, llm, sampling_params
         self.queue: list[tuple[list, dict, asyncio.Future]] = []
-        self.flusher = None
+        self.batcher = None
 
     async def complete(self, messages: list[dict], params: dict) -> Reply:
         future = asyncio.get_running_loop().create_future()
         self.queue.append((messages, params, future))
-        if self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.ensure_future(self._flush())
+        if self.batcher is None or self.batcher.done():
+            self.batcher = asyncio.ensure_future(self._batches())
         return await future
 
-    async def _flush(self):
-        await asyncio.sleep(0.01)  # let the requests of this moment gather into one batch
-        batch, self.queue = self.queue, []
+    async def _batches(self):
+        while self.queue:  # what came in while a batch ran is the next batch
+            await asyncio.sleep(0.01)  # let the requests of this moment gather into one batch
+            batch, self.queue = [q for q in self.queue if not q[2].done()], []
+            for (_, _, future), result in zip(batch, await self._chat(batch) if batch else []):
+                if future.done():
+                    continue  # cancelled: its caller timed out while the batch ran
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def _chat(self, batch) -> list:
+        """A Reply or an exception per request. A batch that fails is split, so a request vLLM
+        refuses (a prompt over the model's length: ValueError, for good) fails alone."""
         sampling = [self.SamplingParams(temperature=p.get("temperature", 0.0), max_tokens=p.get("max_tokens"),
                                         seed=p.get("seed")) for _, p, _ in batch]
         try:
             outputs = await asyncio.to_thread(self.llm.chat, [m for m, _, _ in batch], sampling, use_tqdm=False)
+            return [_vllm_reply(out) for out in outputs]
         except Exception as e:
-            for *_, future in batch:
-                future.set_exception(Retryable(f"vllm: {e}"))
-            return
-        for (_, _, future), out in zip(batch, outputs):
-            gen = out.outputs[0]
-            if gen.finish_reason == "length":
-                future.set_exception(Retryable("stopped for length"))
-            else:
-                future.set_result(Reply(gen.text, len(out.prompt_token_ids or []), len(gen.token_ids)))
+            if len(batch) > 1:
+                return [r for q in batch for r in await self._chat([q])]
+            reason = f"vllm: {' '.join(str(e).split())[:200]}"
+            return [Fatal(reason, 400) if isinstance(e, ValueError) else Retryable(reason)]
+
+
+def _vllm_reply(out) -> Reply | Exception:
+    gen = out.outputs[0]
+    if gen.finish_reason == "length":
+        return LengthStop("stopped for length")
+    if not gen.text.strip():
+        return Retryable("empty reply (no content)")
+    return Reply(gen.text, len(out.prompt_token_ids or []), len(gen.token_ids))
 
 
 CLIENTS = {"offline": None, "openai": OpenAIClient, "litellm": LiteLLMClient, "vllm": VLLMClient}
@@ -321,7 +392,7 @@ class Requester:
             self.stats.cached += 1
             self.store.log_call(self._call(key, meta, "cached", Reply(**hit)))
             return hit["text"]
-        last = None
+        last, lengths = None, []
         for n in range(self.cfg.max_retries + 1):
             await self.limit.acquire()
             start, reply, error = time.monotonic(), None, None
@@ -346,6 +417,13 @@ class Requester:
                 self.stats.cost += cost
                 return reply.text
             last = error
+            if isinstance(error, LengthStop):
+                lengths.append(params.get("max_tokens"))
+                if len(lengths) == 2:
+                    last = LengthStop(f"stopped for length twice (max_tokens {lengths[0]}, then {lengths[1]})")
+                    break
+                more = {"max_tokens": 2 * params["max_tokens"]} if params.get("max_tokens") else {}
+                params = {**params, **more, "seed": seed + 1}  # not the same request again
             if isinstance(error, Fatal) or n == self.cfg.max_retries:
                 break
             self.stats.retries += 1
@@ -355,4 +433,4 @@ class Requester:
             await asyncio.sleep(wait)
         self.stats.failed += 1
         self.store.log_call(self._call(key, meta, "failed", error=str(last)))
-        raise RequestFailed(f"{purpose} call failed: {last}")
+        raise RequestFailed(f"{purpose} call failed: {last}", len(lengths) == 2 or getattr(last, "permanent", False))

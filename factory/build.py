@@ -10,6 +10,12 @@ prompts and the modules of your own `module:Class` stages). Then:
   - an unfinished one (killed, or backend failures): resumed, skipping the inputs its
     committed chunks hold;
   - none: a new version.
+  - `--retry-rejected` with a finished one: a new version holding its rows, except the inputs
+    it rejected at stage `generate` (a call that could not succeed then: too long a prompt, a
+    reply stopped for length twice), which run again.
+Before the first call, one request checks the endpoint (backends.check_endpoint).
+Tool calls (conversion, scenario expansion and grounding, replay) run Bash in the sandbox
+(agent/sandbox.py); `unsafe_bash` (--unsafe-bash) runs it as the user, and is identity.
 Offline (no backend), stages that need a model fall back: the generator hands on the
 converter's draft, the reviser is the rule reviser, a critic that needs one (the LLM judge) is
 skipped. The summary says which stages ran without a model.
@@ -25,7 +31,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from factory.backends import BackendConfig, Requester, RequestFailed
+from factory.backends import BackendConfig, Requester, RequestFailed, check_endpoint
 from factory.config import FACTORY, BuildConfig, construct, load_config, make, stage_entry
 from factory.convert import CONVERTERS
 from factory.critics import CRITICS
@@ -101,9 +107,11 @@ def models_of(stages, backend: BackendConfig) -> dict:
 
 
 def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None, new=False,
-          console=None) -> dict:
-    """Make (or resume, or find up to date) a version; returns its summary."""
+          retry_rejected=False, unsafe_bash=False, console=None) -> dict:
+    """Make (or resume, or find up to date, or retry the rejects of) a version; returns its summary."""
     console = console or Console(highlight=False)
+    if new and retry_rejected:
+        raise InputError("--new and --retry-rejected: pick one (--retry-rejected keeps the rows that passed)")
     soul, spec = load_soul(soul), load_tools(tools)
     config = config if isinstance(config, BuildConfig) else load_config(config)
     settings = {**(config.backend if isinstance(config.backend, dict) else {"name": config.backend}),
@@ -120,6 +128,10 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
     own = {entry_key(s["converter"]): (s["converter"], s["source"]) for s in seeds if "converter" in s}
     stages.converters = {key: make("converter", CONVERTERS, entry, f"source {label}")
                          for key, (entry, label) in own.items()}  # a source's own converter (scenarios, smoltalk)
+    for stage in (stages.converter, *stages.converters.values(), stages.replay):
+        if hasattr(stage, "unsafe_bash"):  # the stages that run tool calls
+            stage.unsafe_bash = unsafe_bash
+    effective["unsafe_bash"] = unsafe_bash
     inputs_sha = _sha([source.sha256, source.columns, limit])
     # the seed file's path is not identity (its bytes are, in inputs_sha256): a build run from
     # another directory is still up to date
@@ -140,16 +152,26 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
     try:
         store.remove_orphans()
         found = store.find(meta["fingerprint"])
-        if found and found["status"] == "done" and not new:
+        retry = found["version"] if retry_rejected and found and found["status"] == "done" else None
+        if retry:  # the finished version whose generate rejects run again, if it has any
+            rejected = f"SELECT input_id FROM {store.relation('rejects', retry)} WHERE stage = 'generate'"
+            retry = retry if store.all(rejected) else None
+        if found and found["status"] == "done" and not new and not retry:
             console.print(f"up to date: version {found['version']} was built from the same SOUL, tools, "
-                          "config, inputs and code (--new builds another)")
+                          "config, inputs and code (--new builds another" +
+                          ("; it has no generate rejects to retry)" if retry_rejected else ")"))
             return {"version": found["version"], "up_to_date": True, **json.loads(found["summary"] or "{}")}
+        if backend.name != "offline":
+            check_endpoint(backend)  # a wrong URL, key or model: one line now, before any version
         resumed = found is not None and found["status"] == "building" and not new
         v = found["version"] if resumed else store.create_version(meta)
+        if retry:
+            store.copy_version(retry, v, f"input_id NOT IN ({rejected})")
         done = store.done_inputs(v)
         todo = [s for s in seeds if s["input_id"] not in done]
-        if resumed:
-            console.print(f"resuming version {v}: {len(done)} inputs done, {len(todo)} to go")
+        if resumed or retry:
+            what = f"version {v} = version {retry}, its generate rejects retried" if retry else f"resuming version {v}"
+            console.print(f"{what}: {len(done)} inputs done, {len(todo)} to go")
         requester = None if backend.name == "offline" else Requester(backend, store, v)
         ctx = Context(soul, spec, prompts, requester, models_of(stages, backend))
         counts = Counts(total=len(seeds), before=len(seeds) - len(todo))
@@ -160,7 +182,8 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
                                      else 2 * (backend.max_concurrency or backend.concurrency)))
             progress.update(force=True)
         summary = {"version": v, **store.figures(v), **replay_figures(store, v), "seconds": round(time.monotonic() - start, 2),
-                   "stages without a model": ", ".join(notes) or "none", "models": ctx.models, **screened}
+                   "stages without a model": ", ".join(notes) or "none", "models": ctx.models, **screened,
+                   **({"retried from version": retry} if retry else {})}
         if counts.failed:
             raise InputError(f"{counts.failed} input(s) failed on the backend ({error}); version {v} is "
                              "incomplete: run the same command again to finish it")

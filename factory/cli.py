@@ -15,6 +15,8 @@ app = cli_app(__doc__)
 
 SoulOption = typer.Option(None, "--soul", help="SOUL file [default: soul/SOUL.md]")
 ToolsOption = typer.Option(None, "--tools", help="tool spec [default: soul/tools.yaml]")
+UnsafeBashOption = typer.Option(False, "--unsafe-bash", help="run the rollouts' Bash calls (model-written with a "
+                                "model) as you, with your environment, not in the bubblewrap sandbox.")
 
 
 def _console() -> Console:
@@ -49,7 +51,9 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
           limit: Optional[int] = typer.Option(None, "--limit", min=0, help="only the first N inputs [default: all]"),
           new: bool = typer.Option(False, "--new", help="a new version even if an identical one is done (cached calls)."),
           from_version: Optional[int] = typer.Option(None, "--from", help="derive from this version (with --exclude-marked) [default: build from the sources]"),
-          exclude_marked: bool = typer.Option(False, "--exclude-marked", help="with --from V: a new version = V minus the rows marked in `factory view --curate`.")) -> None:
+          exclude_marked: bool = typer.Option(False, "--exclude-marked", help="with --from V: a new version = V minus the rows marked in `factory view --curate`."),
+          retry_rejected: bool = typer.Option(False, "--retry-rejected", help="a new version = the finished one with its `generate` rejects (calls that could not succeed) run again."),
+          unsafe_bash: bool = UnsafeBashOption) -> None:
     """Build a dataset version: convert, generate, critique, revise; resumes an interrupted build."""
     from factory.build import build as run_build
 
@@ -58,13 +62,14 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
 
         if from_version is None or not exclude_marked:
             raise InputError("--from V and --exclude-marked go together (a new version = V minus its marked rows)")
-        if any(x is not None for x in (soul, tools, config, backend, model, base_url, limit)) or new:
+        if any(x is not None for x in (soul, tools, config, backend, model, base_url, limit)) or new or retry_rejected:
             raise InputError("--from V --exclude-marked copies V's rows: it takes no SOUL, tools, config, backend or --limit")
         derive(from_version, console=_console())
         return
 
     run_build(soul, tools, config, {"name": backend, "model": model, "base_url": base_url,
-                                    "concurrency": concurrency}, limit=limit, new=new, console=_console())
+                                    "concurrency": concurrency}, limit=limit, new=new, retry_rejected=retry_rejected,
+              unsafe_bash=unsafe_bash, console=_console())
 
 
 scenarios_app = cli_app("Scenario specs (scenarios/*.yaml): check them, write new ones.", root=False)
@@ -72,11 +77,12 @@ app.add_typer(scenarios_app, name="scenarios")
 
 
 @scenarios_app.command("check")
-def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories [default: scenarios/]")) -> None:
+def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories [default: scenarios/]"),
+                    unsafe_bash: bool = UnsafeBashOption) -> None:
     """Validate specs and expand them offline (their events must happen, their tests pass)."""
     from factory.scenarios import check_specs
 
-    bad = check_specs(paths or [Path("scenarios")], load_tools(None), say=print)
+    bad = check_specs(paths or [Path("scenarios")], load_tools(None), say=print, unsafe_bash=unsafe_bash)
     if bad:
         raise InputError(f"{bad} spec(s) failed")
 
@@ -88,7 +94,8 @@ def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many s
                        backend: Optional[str] = typer.Option(None, "--backend", help="openai | litellm | vllm [default: openai]"),
                        model: Optional[str] = typer.Option(None, "--model", help="model id for the backend [default: none: required]"),
                        base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL [default: the backend's own]"),
-                       concurrency: int = typer.Option(4, "--concurrency", min=1, help="requests in flight.")) -> None:
+                       concurrency: int = typer.Option(4, "--concurrency", min=1, help="requests in flight."),
+                       unsafe_bash: bool = UnsafeBashOption) -> None:
     """Write N new scenario specs with a model, few-shot from shipped ones; invalid ones are dropped."""
     from factory.backends import BackendConfig
     from factory.config import construct
@@ -98,7 +105,7 @@ def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many s
                                                "concurrency": concurrency}, "scenarios generate")
     if cfg.name == "offline":
         raise InputError("scenarios generate needs a model backend (--base-url/--model)")
-    result = generate(n, cfg, out, load_soul(soul), load_tools(tools), say=print)
+    result = generate(n, cfg, out, load_soul(soul), load_tools(tools), say=print, unsafe_bash=unsafe_bash)
     print(f"{len(result['kept'])} kept, {len(result['dropped'])} dropped")
 
 

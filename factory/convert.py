@@ -145,6 +145,7 @@ def diff_edits(old: str, new: str) -> list[tuple[str, str]]:
 class CodeEdit:
     system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
     diff_only = False           # code_diff: a seed with no code to modify is rejected
+    unsafe_bash = False         # set by the build (--unsafe-bash): Bash outside the sandbox
 
     def convert(self, seed: dict, soul, spec) -> dict:
         check_seed(seed)
@@ -165,7 +166,7 @@ class CodeEdit:
             workspace[target] = workspace.get(target) or _ends(original)  # pasted code becomes the file
         with tempfile.TemporaryDirectory(prefix="nanocode-convert-") as root:
             try:
-                tools = workspace_tools(root, workspace, spec)
+                tools = workspace_tools(root, workspace, spec, unsafe_bash=self.unsafe_bash)
             except ValueError as e:
                 raise Skip("convert", str(e)) from None
             messages = [{"role": "user", "content": seed["instruction"]}]

@@ -15,6 +15,9 @@ and differ. Every row keeps its provenance: input, attempt, critic scores, criti
 
 A seed is plain data: one marked `"skip": [stage, reason]` is a reject with that reason; one
 naming its own converter entry (scenarios in a mix of seed files) goes through that converter.
+A model call that can never succeed (backends.RequestFailed, permanent: a 400 such as too long
+a prompt, a reply stopped for length twice) makes the input a reject with stage `generate`;
+any other backend failure leaves it undone, for a rerun to finish.
 """
 
 import asyncio
@@ -22,6 +25,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from factory.backends import RequestFailed
 from factory.writers import ParseError, prompt_part
 from nanocode.record import has_assistant, record_id
 
@@ -92,9 +96,15 @@ async def critique(messages, critics, ctx) -> list:
 
 async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
     """One input -> {"sft": row, "pair": row or None} or {"reject": row}. Backend failures
-    (backends.RequestFailed) propagate: the input stays undone and a rerun retries it."""
+    that are not permanent (backends.RequestFailed) propagate: the input stays undone and a
+    rerun retries it."""
     base = {k: seed[k] for k in ("input_id", "source", "source_id")}
     attempts = []
+
+    def reject(stage, reason, messages=None):
+        return {"reject": {**base, "stage": stage, "reason": reason[:2000], "attempts": len(attempts),
+                           "messages": messages}}
+
     try:
         if seed.get("skip"):
             raise Skip(*seed["skip"])
@@ -126,19 +136,21 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
                 break
             previous = messages
     except Skip as e:
-        return {"reject": {**base, "stage": e.stage, "reason": e.reason, "attempts": len(attempts), "messages": None}}
+        return reject(e.stage, e.reason)
+    except RequestFailed as e:
+        if not e.permanent:
+            raise
+        return reject("generate", str(e))
     final = attempts[-1] if attempts else None
     if final is None or final["kind"] is not None:
         last = next((a for a in reversed(attempts) if a["messages"]), None)
         stage = "critique" if last else "generate"  # generate: no attempt ever parsed
         reason = "; ".join(final["problems"]) if final else "no attempt was made"
-        return {"reject": {**base, "stage": stage, "reason": reason[:2000], "attempts": len(attempts),
-                           "messages": last and last["messages"]}}
+        return reject(stage, reason, last and last["messages"])
     if stages.replay is not None:  # the final rollout's tool calls run for real (in a thread: Bash may take seconds)
         replayed = await asyncio.to_thread(stages.replay.replay, final["messages"], draft["workspace"], ctx.spec)
         if replayed.status == "rejected":
-            return {"reject": {**base, "stage": "replay", "reason": replayed.reason[:2000], "attempts": len(attempts),
-                               "messages": final["messages"]}}
+            return reject("replay", replayed.reason, final["messages"])
         final = attempts[-1] = {**final, "messages": replayed.messages,
                                 "scores": {**final["scores"], "replay": replayed.status}}
     first_fail = next((a for a in attempts if a["kind"]), None)

@@ -12,8 +12,10 @@ earlier edits. Then per call:
   - any other result that differs from the real one is rewritten to the real one (mode
     `rewrite`) or rejects the row (mode `reject`).
 
-Bash runs for real in the temp folder with `bash_timeout`; the commands come from our own
-seeds and scenarios, and nothing they start outlives the call (Tools kills the group).
+Bash runs for real in the temp folder with `bash_timeout`. With a model as the generator the
+commands are model-written (an injected seed can steer them), so they run in the sandbox
+(agent/sandbox.py: no network, no credentials, the temp folder the only writable place)
+unless the build was given --unsafe-bash; nothing they start outlives the call.
 The build records the outcome in the row's scores (`"replay": "ok" | "rewritten"`); a rejected
 row goes to the rejects table with stage `replay` and the reason.
 """
@@ -46,6 +48,7 @@ class _Reject(Exception):
 class ToolReplay:
     mode: str = "rewrite"        # rewrite | reject: what a result differing from the real one does
     bash_timeout: float = 10.0   # seconds per Bash call (a call's own timeout is capped by it)
+    unsafe_bash = False          # set by the build (--unsafe-bash): Bash outside the sandbox
 
     def __post_init__(self):
         if self.mode not in ("rewrite", "reject"):
@@ -57,7 +60,8 @@ class ToolReplay:
         with tempfile.TemporaryDirectory(prefix="nanocode-replay-") as root:
             try:
                 tools = workspace_tools(root, workspace or {}, spec,
-                                        Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout))
+                                        Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout),
+                                        self.unsafe_bash)
             except ValueError as e:  # a path leading out of the workspace, a file that is not text
                 return ReplayResult("rejected", messages, reason=str(e))
             try:

@@ -41,10 +41,10 @@ def rollout_tools(root, spec, limits=None, unsafe_bash=False) -> Tools:
                  sandbox=not unsafe_bash)
 
 
-def workspace_tools(root, files: dict, spec, limits=None) -> Tools:
+def workspace_tools(root, files: dict, spec, limits=None, unsafe_bash=False) -> Tools:
     """rollout_tools on `root` holding `files` exactly as given (paths confined to root). A path
     leading out, or a value that is not text, raises ValueError."""
-    tools = rollout_tools(root, spec, limits)
+    tools = rollout_tools(root, spec, limits, unsafe_bash)
     base = str(tools.root)
     for rel, text in files.items():
         if not isinstance(rel, str) or not isinstance(text, str):

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from agent.tools import Tools
-from factory.backends import Requester
+from factory.backends import Requester, check_endpoint
 from factory.loop import Skip
 from factory.rollout import steady_run, system_message, workspace_tools
 from factory.scenario_spec import EVENTS, LANGUAGES, Scenario, load_spec, parse_spec, spec_files
@@ -234,14 +234,15 @@ def _summary(spec: Scenario) -> str:
 @dataclass
 class ScenarioConverter:
     system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
+    unsafe_bash = False         # set by the build (--unsafe-bash): Bash outside the sandbox
 
     def convert(self, seed: dict, soul, spec) -> dict:
         scenario = seed.get("scenario")
         if not isinstance(scenario, Scenario):
             raise Skip("convert", "not a scenario input (the scenario converter reads the scenarios source)")
         with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-            messages = [{"role": "user", "content": scenario.task},
-                        *expand(scenario, workspace_tools(root, scenario.files, spec))]
+            tools = workspace_tools(root, scenario.files, spec, unsafe_bash=self.unsafe_bash)
+            messages = [{"role": "user", "content": scenario.task}, *expand(scenario, tools)]
         if self.system_prompt:
             messages.insert(0, system_message(soul, spec))
         return {"messages": messages, "workspace": dict(scenario.files), "prompt": "scenario",
@@ -254,7 +255,7 @@ class ScenarioConverter:
         results do not line up are left as they are: the grammar critic reports them."""
         out = json.loads(json.dumps(messages))
         with tempfile.TemporaryDirectory(prefix="nanocode-ground-") as root:
-            tools, pending = workspace_tools(root, draft["workspace"], spec), []
+            tools, pending = workspace_tools(root, draft["workspace"], spec, unsafe_bash=self.unsafe_bash), []
             for m in out:
                 if m.get("role") == "assistant":
                     pending = [c for c in m.get("tool_calls") or [] if isinstance(c, dict)]
@@ -297,11 +298,13 @@ def _slug(spec: Scenario, n: int) -> str:
 
 
 def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperature: float = 0.8,
-             say=print) -> dict:
+             say=print, unsafe_bash=False) -> dict:
     """Ask the model for `n` new specs, few-shot from `examples` (spec ids under scenarios/);
     keep the ones that validate AND expand for real (their events happen, their tests pass)
     in `out_dir`, report and drop the rest. Calls go through the factory's request layer:
-    cached, retried, in the ledger (as version 0)."""
+    cached, retried, in the ledger (as version 0). The specs' commands are model-written: they
+    run in the sandbox unless `unsafe_bash`."""
+    check_endpoint(backend)
     texts = [(REPO_ROOT / "scenarios" / f"{e}.yaml").read_text(encoding="utf-8") for e in examples]
     prompts = Prompts(soul, tools)
     out_dir = Path(out_dir)
@@ -332,7 +335,7 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
             if spec.id == "generated":
                 spec.id = _slug(spec, i)
             with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-                expand(spec, workspace_tools(root, spec.files, tools))
+                expand(spec, workspace_tools(root, spec.files, tools, unsafe_bash=unsafe_bash))
         except InputError as e:
             dropped.append(str(e))
             say(f"dropped: {e}")
@@ -350,7 +353,7 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
     return {"kept": kept, "dropped": dropped}
 
 
-def check_specs(paths, tools, say=print) -> int:
+def check_specs(paths, tools, say=print, unsafe_bash=False) -> int:
     """`factory scenarios check`: validate and expand each spec; prints a line per spec and
     returns how many failed."""
     files = [f for p in map(Path, paths) for f in (spec_files(p) if p.is_dir() else [p])]
@@ -359,7 +362,7 @@ def check_specs(paths, tools, say=print) -> int:
         try:
             spec = load_spec(f)
             with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-                n = len(expand(spec, workspace_tools(root, spec.files, tools)))
+                n = len(expand(spec, workspace_tools(root, spec.files, tools, unsafe_bash=unsafe_bash)))
             say(f"ok   {f} ({spec.language}, {spec.domain}, {n} messages)")
         except (InputError, Skip) as e:
             bad += 1

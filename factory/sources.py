@@ -69,8 +69,12 @@ class LocalSource:
                 return pq.read_table(self.file).to_pylist()
             except Exception as e:  # pyarrow raises several kinds for a broken file
                 raise InputError(f"seed file {self.path}: not a readable Parquet file ({e})") from None
+        try:
+            text = self.file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"seed file {self.path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
         rows = []
-        for n, line in enumerate(self.file.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:

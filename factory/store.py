@@ -5,7 +5,8 @@
   versions     one row per build: version, status (building|done), created, finished,
                fingerprint, soul_sha256, tools_sha256, config_sha256, inputs_sha256,
                code_version, config (JSON), summary (JSON: counts, stages run without a model)
-  parts        the committed Parquet files: version, kind (sft|pairs|rejects), chunk, path, rows
+  parts        the committed Parquet files: version, kind (sft|pairs|rejects), chunk, path (relative
+               to the home: factory/v0001/sft-00000.parquet), rows
   done_inputs  per-input completion: version, input_id, chunk, outcome (sft|reject)
   llm_cache    key (sha256 of model, messages, params, attempt), model, reply (JSON), created
   ledger       one row per LLM request attempt: version, ts, input_id, purpose (generate|
@@ -28,11 +29,18 @@ Writes are crash-safe, a build's chunks (`commit_chunk`) and curation's copies (
 alike: the Parquet files are renamed into place, then their `parts` and `done_inputs` rows
 commit in one transaction. A kill between the two leaves files no catalog row names; the next
 build deletes them and redoes those inputs (their LLM calls are cached).
+
+A home can be moved or copied: a part is found by its version folder and file name under this
+home (`_part`), whatever path the catalog holds (stores made before paths were relative hold
+absolute ones), so a copy reads its own files. The plain-duckdb views are absolute globs
+(DuckDB reads a relative path from the cwd), remade on every writing open. Orphan cleanup
+looks only in unfinished versions' folders and keeps every file the catalog names. A part that
+is missing or damaged is a one-line InputError naming it.
 """
 
 import datetime
 import json
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import duckdb
 import pyarrow as pa
@@ -99,6 +107,7 @@ class Store:
             raise InputError(f"cannot open {self.path}: {' '.join(str(e).split())[:200]}") from None
         if not read_only:
             self.db.execute(_TABLES)
+            self._views()  # a moved or copied home: the views name this home's files
         self.ledger: list[list] = []  # ledger rows not yet written (see log_call)
         self.writer = None            # a cursor for the requester's writer thread
 
@@ -108,11 +117,18 @@ class Store:
             self.writer.close()
         self.db.close()
 
+    def _execute(self, sql, params=()):
+        """Execute SQL that may read Parquet parts: a missing or damaged one is one line."""
+        try:
+            return self.db.execute(sql, params)
+        except (duckdb.IOException, duckdb.InvalidInputException) as e:
+            raise InputError(f"{self.path}: cannot read a stored part: {str(e).splitlines()[0]}") from None
+
     def one(self, sql, *params):
-        return self.db.execute(sql, params).fetchone()
+        return self._execute(sql, params).fetchone()
 
     def all(self, sql, *params):
-        return self.db.execute(sql, params).fetchall()
+        return self._execute(sql, params).fetchall()
 
     # -------------------------------------------------------------------- versions
 
@@ -159,7 +175,7 @@ class Store:
             path = self.root / f"v{v:04d}" / f"{kind}-{chunk:05d}.parquet"
             with atomic_path(path) as tmp:
                 pq.write_table(table, tmp)
-            written.append((v, kind, chunk, str(path), table.num_rows))
+            written.append((v, kind, chunk, self._rel(path), table.num_rows))
         self._catalog(written, [(v, input_id, chunk, outcome) for input_id, outcome in done])
 
     def copy_version(self, src: int, dst: int, where: str = "true") -> None:
@@ -171,13 +187,13 @@ class Store:
             with atomic_path(path) as tmp:
                 rows = self.copy(f"SELECT * REPLACE (CAST({int(dst)} AS INTEGER) AS version) "
                                  f"FROM {self.relation(kind, src)} WHERE {where} ORDER BY input_id", tmp)
-            written.append((dst, kind, 0, str(path), rows))
+            written.append((dst, kind, 0, self._rel(path), rows))
         self._catalog(written, self.all(f"SELECT {int(dst)}, input_id, 0, outcome FROM done_inputs "
                                         f"WHERE version = ? AND {where}", src))
 
     def copy(self, query: str, path, format: str = "parquet") -> int:
         """A query's rows into a parquet or json file (DuckDB COPY); returns how many."""
-        return self.db.execute(f"COPY ({query}) TO {_quote(str(path))} (FORMAT {format})").fetchone()[0]
+        return self._execute(f"COPY ({query}) TO {_quote(str(path))} (FORMAT {format})").fetchone()[0]
 
     def _catalog(self, parts: list[tuple], done: list[tuple]) -> None:
         """Catalog written parts and mark inputs done in one transaction, then refresh the views."""
@@ -207,10 +223,20 @@ class Store:
                 pattern = _quote(str(self.root / "v*" / f"{kind}-*.parquet"))
                 self.db.execute(f"CREATE OR REPLACE VIEW {kind} AS SELECT * FROM read_parquet({pattern})")
 
+    def _part(self, path: str) -> Path:
+        """The file a catalog path names in this home: its version folder and name under root."""
+        p = PurePath(path)
+        return self.root / p.parent.name / p.name
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.home).as_posix()
+
     def remove_orphans(self) -> int:
-        """Delete Parquet files no catalog row names (a kill between rename and commit)."""
-        known = {r[0] for r in self.all("SELECT path FROM parts")}
-        orphans = [p for p in self.root.glob("v*/*.parquet") if str(p) not in known]
+        """Delete the Parquet files of unfinished versions that no catalog row names (a kill
+        between rename and commit), and temp files."""
+        known = {self._part(r[0]) for r in self.all("SELECT path FROM parts")}
+        open_ = {f"v{r[0]:04d}" for r in self.all("SELECT version FROM versions WHERE status != 'done'")}
+        orphans = [p for p in self.root.glob("v*/*.parquet") if p.parent.name in open_ and p not in known]
         orphans += list(self.root.glob("v*/.*.tmp"))
         for p in orphans:
             p.unlink(missing_ok=True)
@@ -221,8 +247,8 @@ class Store:
         name = f"{kind}_v{v}"
         paths = [r[0] for r in self.all("SELECT path FROM parts WHERE version = ? AND kind = ? ORDER BY chunk", v, kind)]
         if paths:
-            files = "[" + ", ".join(_quote(p) for p in paths) + "]"
-            self.db.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({files})")
+            files = "[" + ", ".join(_quote(str(self._part(p))) for p in paths) + "]"
+            self._execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({files})")
         else:
             self.db.register(name, pa.Table.from_pylist([], schema=SCHEMAS[kind]))
         return name
@@ -244,7 +270,7 @@ class Store:
 
     def read_rows(self, v: int, kind: str) -> list[dict]:
         """Every row of one version, JSON columns decoded: how the trainer reads `factory:VERSION`."""
-        cur = self.db.execute(f"SELECT * FROM {self.relation(kind, v)} ORDER BY input_id, id")
+        cur = self._execute(f"SELECT * FROM {self.relation(kind, v)} ORDER BY input_id, id")
         cols = [d[0] for d in cur.description]
         rows = [dict(zip(cols, r)) for r in cur.fetchall()]
         for row in rows:

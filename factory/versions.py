@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -103,17 +104,23 @@ def export(store: Store, v: int, directory, soul=None, tools=None, test_fraction
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise InputError(f"{directory} exists and is not a directory")
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     out = []
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as tmp:
-        for kind in SCHEMAS:
-            rel = store.relation(kind, v)
-            as_json = ", ".join(f"{c}::JSON AS {c}" for c in JSON_COLUMNS[kind])
-            store.copy(f"SELECT * FROM {rel} ORDER BY input_id", f"{tmp}/{kind}.parquet")
-            store.copy(f"SELECT * REPLACE ({as_json}) FROM {rel} ORDER BY input_id", f"{tmp}/{kind}.jsonl", "json")
-            out += [directory / f"{kind}.parquet", directory / f"{kind}.jsonl"]
-        out += [directory / rel for rel in write_hub(store, v, meta, Path(tmp), soul, tools, test_fraction, repo)]
-        for path in out:
-            path.parent.mkdir(exist_ok=True)
-            os.replace(Path(tmp) / path.relative_to(directory), path)
+    try:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as tmp:
+            for kind in SCHEMAS:
+                rel = store.relation(kind, v)
+                as_json = ", ".join(f"{c}::JSON AS {c}" for c in JSON_COLUMNS[kind])
+                store.copy(f"SELECT * FROM {rel} ORDER BY input_id", f"{tmp}/{kind}.parquet")
+                store.copy(f"SELECT * REPLACE ({as_json}) FROM {rel} ORDER BY input_id", f"{tmp}/{kind}.jsonl", "json")
+                out += [directory / f"{kind}.parquet", directory / f"{kind}.jsonl"]
+            out += [directory / rel for rel in write_hub(store, v, meta, Path(tmp), soul, tools, test_fraction, repo)]
+            for path in out:
+                path.parent.mkdir(exist_ok=True)
+                os.replace(Path(tmp) / path.relative_to(directory), path)
+    except BaseException:
+        if created:  # a damaged part: no empty folder left behind either
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     return out

@@ -1,14 +1,20 @@
 """The request layer against a real OpenAI-compatible server on loopback with injected faults:
-retries, Retry-After, timeouts, unusable 200s, the call cache, the ledger, adaptive
-concurrency, and litellm through the same server."""
+retries, Retry-After, timeouts, unusable 200s (a web page among them), length stops asked
+again bigger, permanent failures told from transient ones, the pre-flight check, the call
+cache, the ledger, adaptive concurrency, and litellm through the same server; the in-process
+vLLM batching with a stand-in for vllm.LLM."""
 
 import asyncio
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from factory.backends import AdaptiveLimit, BackendConfig, Requester, RequestFailed
+from factory.backends import (AdaptiveLimit, BackendConfig, Fatal, LengthStop, Reply, Requester, RequestFailed,
+                              Retryable, VLLMClient, check_endpoint)
 from factory.store import Store
+from nanocode.common import InputError
 from tests.scripted_server import ScriptedServer
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -37,14 +43,15 @@ def ledger(req):
 
 def test_faults_are_retried_until_a_good_reply_and_every_try_is_in_the_ledger(server, tmp_path):
     server.add({"status": 500}, {"empty": True}, {"body_error": "upstream overloaded"},
-               {"text": "cut", "finish": "length"}, {"text": "   "}, {"latency": 1.0, "text": "too slow"},
+               {"html": True}, {"text": "   "}, {"latency": 1.0, "text": "too slow"},
                {"text": "finally", "usage": [7, 2]})
     req = requester(server, tmp_path, timeout=0.3)
     assert chat(req) == "finally"
     rows = ledger(req)
     assert [r[0] for r in rows] == ["retry"] * 6 + ["ok"]
     errors = " | ".join(r[1] for r in rows[:-1])
-    for expected in ("500", "no choices", "upstream overloaded", "length", "no content", "timeout"):
+    for expected in ("500", "no choices", "upstream overloaded", "not a chat completion, the body is text: "
+                     "'<html><body><h1>Welcome to nginx!</h1></body></html>'", "no content", "timeout"):
         assert expected in errors
     assert rows[-1][2:] == (7, 2) and req.stats.tokens_in == 7 and req.stats.retries == 6
     assert len(server.requests) == 7
@@ -74,13 +81,34 @@ def test_cache_serves_repeats_but_not_a_new_attempt(server, tmp_path):
 def test_fatal_answers_and_exhausted_retries_fail_fast(server, tmp_path):
     server.add({"error": {"status": 401, "message": "bad key"}})
     req = requester(server, tmp_path, max_retries=2)
-    with pytest.raises(RequestFailed, match="401"):
+    with pytest.raises(RequestFailed, match="401") as e:
         chat(req)
-    assert len(server.requests) == 1  # never retried
+    assert len(server.requests) == 1 and not e.value.permanent  # never retried; the key's fault, not the input's
     server.add(*[{"status": 503}] * 3)
-    with pytest.raises(RequestFailed, match="503"):
+    with pytest.raises(RequestFailed, match="503") as e:
         chat(req, attempt=2)
     assert len(server.requests) == 4 and [r[0] for r in ledger(req)][-3:] == ["retry", "retry", "failed"]
+    assert not e.value.permanent  # the server may come back: a rerun tries again
+    server.add({"error": {"status": 400, "message": "maximum context length is 4096 tokens",
+                          "code": "context_length_exceeded"}})
+    with pytest.raises(RequestFailed, match="400: maximum context length") as e:
+        chat(req, attempt=3)
+    assert len(server.requests) == 5 and e.value.permanent  # this input can never fit: a reject
+
+
+def test_a_length_stop_is_asked_again_bigger_and_a_second_one_is_permanent(server, tmp_path):
+    req = requester(server, tmp_path)
+    ask = lambda attempt: asyncio.run(req.chat(HELLO, {"max_tokens": 100}, attempt=attempt,  # noqa: E731
+                                               purpose="generate", input_id="x"))
+    server.add({"text": "cut", "finish": "length"}, {"text": "whole"})
+    assert ask(1) == "whole"
+    first, second = server.requests
+    assert (first["max_tokens"], second["max_tokens"]) == (100, 200) and first["seed"] != second["seed"]
+    assert ask(1) == "whole" and len(server.requests) == 2  # cached under the call's own key
+    server.add({"text": "cut", "finish": "length"}, {"text": "cut again", "finish": "length"}, {"text": "never asked"})
+    with pytest.raises(RequestFailed, match=r"stopped for length twice \(max_tokens 100, then 200\)") as e:
+        ask(2)
+    assert e.value.permanent and len(server.requests) == 4
 
 
 def test_adaptive_limit_bounds_what_is_in_flight():
@@ -110,3 +138,94 @@ def test_litellm_reaches_the_same_server(server, tmp_path):
     assert server.requests[-1]["model"] == "scripted" and server.requests[-1]["messages"] == HELLO
     assert [r[0] for r in ledger(req)] == ["retry", "ok"]
     assert req.stats.cost == pytest.approx((3 * 1.0 + 2 * 2.0) / 1e6)
+
+
+def test_the_pre_flight_check_names_the_url_and_what_came_back(tmp_path):
+    cfg = lambda url, model="scripted": BackendConfig(name="openai", model=model, base_url=url)  # noqa: E731
+
+    def one_line(c) -> str:
+        with pytest.raises(InputError) as e:
+            check_endpoint(c)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+    with ScriptedServer() as ok, ScriptedServer(html_models=True) as html:
+        check_endpoint(cfg(ok.base_url))
+        check_endpoint(BackendConfig(name="litellm", model="openai/scripted", base_url=ok.base_url))
+        assert one_line(cfg(html.base_url)) == (f"{html.base_url} is not a usable OpenAI-compatible API: GET /models "
+                                                "answered 200 with text/html: '<html><body><h1>Welcome to nginx!</h1></body></html>'")
+        assert one_line(cfg(ok.base_url, "gpt-5")) == f"{ok.base_url} does not serve model 'gpt-5' (it serves: scripted)"
+        assert ok.requests == html.requests == []  # GET /models only: no chat call is paid for
+    assert one_line(cfg(ok.base_url)).startswith(f"cannot reach {ok.base_url}: ")  # stopped now
+
+
+class StandInLLM:
+    """vllm.LLM's chat(messages_list, sampling_params_list, use_tqdm) on the CPU: each batch takes
+    `seconds`; a prompt "long" stops for length; "boom" (out of memory) and "huge" (over the
+    model's length, which vLLM checks before it starts) fail the whole batch."""
+
+    def __init__(self, seconds=0.2):
+        self.seconds, self.batches, self.lock = seconds, [], threading.Lock()
+
+    def chat(self, messages_list, sampling_params, use_tqdm=True):
+        assert not self.lock.locked(), "two batches at once"
+        with self.lock:
+            self.batches.append([m[-1]["content"] for m in messages_list])
+            time.sleep(self.seconds)
+            if any(m[-1]["content"] == "boom" for m in messages_list):
+                raise RuntimeError("CUDA out of memory\nat step 3")
+            if any(m[-1]["content"] == "huge" for m in messages_list):
+                raise ValueError("The decoder prompt (length 9000) is longer than the maximum model length of 4096.")
+            return [SimpleNamespace(prompt_token_ids=[1, 2], outputs=[SimpleNamespace(
+                text=f"re: {m[-1]['content']} @{p.max_tokens}", token_ids=[3],
+                finish_reason="length" if m[-1]["content"] == "long" else "stop")])
+                for m, p in zip(messages_list, sampling_params)]
+
+
+def vllm_client(llm):
+    return VLLMClient(BackendConfig(name="vllm", model="stand-in"), llm=llm, sampling_params=SimpleNamespace)
+
+
+def test_vllm_requests_arriving_during_a_batch_make_the_next_one_at_once():
+    llm = StandInLLM()
+    client = vllm_client(llm)
+    say = lambda text: client.complete([{"role": "user", "content": text}], {"max_tokens": 8})  # noqa: E731
+
+    async def main():
+        first = asyncio.ensure_future(say("a"))
+        await asyncio.sleep(0.05)  # the first batch is running
+        start = time.monotonic()
+        later = await asyncio.gather(say("b"), say("c"), return_exceptions=True)
+        return await first, later, time.monotonic() - start
+    first, later, waited = asyncio.run(main())
+    assert first == Reply("re: a @8", 2, 1) and [r.text for r in later] == ["re: b @8", "re: c @8"]
+    assert llm.batches == [["a"], ["b", "c"]] and waited < 1.0  # not left for a later flush or a timeout
+
+
+def test_vllm_a_caller_that_gives_up_or_a_failing_request_does_not_break_the_rest_of_its_batch():
+    llm = StandInLLM()
+    client = vllm_client(llm)
+    say = lambda text: client.complete([{"role": "user", "content": text}], {})  # noqa: E731
+
+    async def main():
+        quitter = asyncio.ensure_future(asyncio.wait_for(say("quit"), 0.1))  # times out mid-batch
+        stayers = [asyncio.ensure_future(say(t)) for t in ("x", "long")]
+        results = await asyncio.gather(quitter, *stayers, return_exceptions=True)
+        failing = await asyncio.gather(say("boom"), say("huge"), say("y"), return_exceptions=True)
+        return results, failing, await say("z")
+    (quit_, x, long_), (boom, huge, y), after = asyncio.run(main())
+    assert isinstance(quit_, asyncio.TimeoutError) and x.text == "re: x @None" and isinstance(long_, LengthStop)
+    assert isinstance(boom, Retryable) and str(boom) == "vllm: CUDA out of memory at step 3"  # may pass on a retry
+    assert isinstance(huge, Fatal) and huge.permanent and "longer than the maximum model length" in str(huge)
+    assert y.text == "re: y @None"  # the failed batch was split: the others are answered
+    assert after.text == "re: z @None" and sorted(llm.batches[0]) == ["long", "quit", "x"]
+    assert llm.batches[1:] == [["boom", "huge", "y"], ["boom"], ["huge"], ["y"], ["z"]]
+
+
+def test_vllm_length_stops_go_through_the_requester_bigger(tmp_path):
+    llm = StandInLLM(seconds=0.0)
+    cfg = BackendConfig(name="vllm", model="stand-in", backoff=0.01)
+    req = Requester(cfg, Store(tmp_path / "home"), 1, client=vllm_client(llm))
+    with pytest.raises(RequestFailed, match=r"length twice \(max_tokens 16, then 32\)") as e:
+        asyncio.run(req.chat([{"role": "user", "content": "long"}], {"max_tokens": 16}, attempt=1,
+                             purpose="generate", input_id="x"))
+    assert e.value.permanent and len(llm.batches) == 2

@@ -254,3 +254,76 @@ def test_a_failing_backend_leaves_the_version_open_and_a_rerun_finishes_it(tmp_p
         down.clear()  # the server is back
         s = quiet_build(config=config, backend_overrides=backend, limit=4)
     assert (s["version"], s["sft rows"]) == (1, 4) and sql("SELECT status FROM versions") == [("done",)]
+
+
+def test_an_input_that_cannot_succeed_is_a_reject_and_retry_rejected_runs_it_again(tmp_path):
+    config = config_file(tmp_path, SEEDS)
+    broken = {"slugify": {"error": {"status": 400, "message": "the prompt is longer than the context (8192 tokens)",
+                                    "code": "context_length_exceeded"}},
+              "fizzbuzz": {"text": "[{\"role\": \"assistant\", \"content\": \"cut", "finish": "length"}}
+
+    def answer(body):
+        prompt = body["messages"][-1]["content"]
+        hit = next((r for name, r in broken.items() if f"`{name}" in prompt or f"{name} in python" in prompt), None)
+        return dict(hit) if hit else respond(body)
+    with ScriptedServer(respond=answer) as server:
+        backend = {"base_url": server.base_url, "model": "scripted", "backoff": 0.01}
+        s1 = quiet_build(config=config, backend_overrides=backend, limit=4)
+        assert (s1["version"], s1["sft rows"], s1["rejects by stage"]) == (1, 2, {"generate": 2})
+        assert sql("SELECT status FROM versions") == [("done",)]  # the version finishes: factory:latest reads it
+        assert sql("SELECT input_id, reason FROM rejects ORDER BY 1") == [
+            ("coding:fizzbuzz", "generate call failed: stopped for length twice (max_tokens 4096, then 8192)"),
+            ("coding:slugify", "generate call failed: 400: the prompt is longer than the context (8192 tokens)")]
+        fizz = [r for r in server.requests if "fizzbuzz in python" in r["messages"][-1]["content"]]
+        assert [r["max_tokens"] for r in fizz] == [4096, 8192] and fizz[0]["seed"] != fizz[1]["seed"]
+        assert len([r for r in server.requests if "`slugify" in r["messages"][-1]["content"]]) == 1  # never retried
+        assert quiet_build(config=config, backend_overrides=backend, limit=4)["up_to_date"]  # a rerun pays nothing
+        paid = len(server.requests)
+        broken.clear()  # a server with more context, say
+        s2 = quiet_build(config=config, backend_overrides=backend, limit=4, retry_rejected=True)
+        assert (s2["version"], s2["sft rows"], s2["rejects"], s2["retried from version"]) == (2, 4, 0, 1)
+        retried = server.requests[paid:]
+        assert retried and all("`slugify" in r["messages"][-1]["content"] or "fizzbuzz in python"
+                               in r["messages"][-1]["content"] for r in retried if "rating" not in str(r))
+        assert sql("SELECT count(*) FROM sft WHERE version = 2 AND id IN (SELECT id FROM sft WHERE version = 1)") == [(2,)]
+        again = quiet_build(config=config, backend_overrides=backend, limit=4, retry_rejected=True)
+        assert again["up_to_date"] and again["version"] == 2  # nothing left to retry
+
+
+def test_a_web_page_for_an_endpoint_is_one_line_before_any_version(tmp_path):
+    config = config_file(tmp_path, SEEDS)
+    with ScriptedServer(html_models=True) as server:
+        env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "home")}
+        out = subprocess.run([str(BIN / "factory"), "build", "--config", str(config), "--base-url", server.base_url,
+                              "--model", "scripted", "--limit", "2"], env=env, capture_output=True, text=True, timeout=60)
+        assert server.requests == []  # no chat call was made
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"error: {server.base_url} is not a usable OpenAI-compatible API: GET /models "
+                                 "answered 200 with text/html: '<html>")
+    assert not (tmp_path / "home" / "factory.duckdb").exists() or sql("SELECT count(*) FROM versions") == [(0,)]
+
+
+def test_a_seed_file_that_is_not_utf8_is_one_line(tmp_path):
+    seeds = tmp_path / "latin1.jsonl"
+    seeds.write_bytes('{"id": "x", "instruction": "caf\u00e9", "answer": "ok"}\n'.encode("latin-1"))
+    with pytest.raises(InputError) as e:
+        quiet_build(config=config_file(tmp_path, seeds))
+    assert str(e.value) == f"seed file {seeds}: not UTF-8 text (byte 31: invalid continuation byte)"
+
+
+def test_unsafe_bash_reaches_every_stage_that_runs_tools(tmp_path, monkeypatch):
+    import factory.rollout as rollout
+
+    asked = Counter()
+    real = rollout.rollout_tools
+    monkeypatch.setattr(rollout, "rollout_tools", lambda *a, **kw: asked.update([a[3] if len(a) > 3 else
+                                                                                  kw.get("unsafe_bash", False)])
+                        or real(*a, **kw))
+    scenario = BuildConfig(source={"name": "scenarios", "glob": "py-slugify-accents.yaml"})
+    for n, unsafe in enumerate((False, True)):
+        asked.clear()
+        assert quiet_build(limit=3, unsafe_bash=unsafe)["version"] == 2 * n + 1  # conversion and replay
+        assert quiet_build(config=scenario, unsafe_bash=unsafe)["sft rows"] == 1  # the scenario's expansion and replay
+        assert set(asked) == {unsafe} and asked[unsafe] == 3 * 2 + 2
+    # identity: an unsafe build is a new version, not "up to date" with a sandboxed one
+    assert json.loads(sql("SELECT config FROM versions WHERE version = 3")[0][0])["unsafe_bash"] is True

@@ -244,3 +244,29 @@ def test_generate_keeps_valid_specs_and_drops_invalid_ones(tmp_path):
     # few-shot: the shipped examples and the format are in every request
     assert len(prompts) == 4 and all("slugify" in p and "tests_fail_then_pass" in p for p in prompts)
     ScenarioConverter().convert({"scenario": load_spec(kept[0])}, SOUL, TOOLS)  # and it expands (again) for real
+
+
+def test_unsafe_bash_reaches_check_generate_expansion_and_ground(tmp_path, monkeypatch):
+    import factory.rollout as rollout
+    from factory.backends import BackendConfig
+    from factory.scenarios import check_specs, generate
+
+    asked, real = [], rollout.rollout_tools
+    monkeypatch.setattr(rollout, "rollout_tools", lambda root, spec, limits=None, unsafe_bash=False:
+                        asked.append(unsafe_bash) or real(root, spec, limits, unsafe_bash))
+    (tmp_path / "good.yaml").write_text(GOOD)
+    seed = {"scenario": load_spec(tmp_path / "good.yaml")}
+    with ScriptedServer(respond=lambda body: _spec_reply(GOOD.replace("calc", "mathx"))) as server:
+        backend = BackendConfig(name="openai", model="scripted", base_url=server.base_url)
+        for unsafe in (False, True):
+            asked.clear()
+            assert check_specs([tmp_path / "good.yaml"], TOOLS, say=lambda line: None, unsafe_bash=unsafe) == 0
+            conv = ScenarioConverter()
+            conv.unsafe_bash = unsafe  # what the build sets from --unsafe-bash
+            draft = conv.convert(seed, SOUL, TOOLS)
+            conv.ground(draft["messages"], draft, TOOLS)
+            kept = generate(1, backend, tmp_path / "gen", SOUL, TOOLS, say=lambda line: None, unsafe_bash=unsafe)
+            assert len(kept["kept"]) == 1 and asked == [unsafe] * 4
+    run = subprocess.run([str(BIN / "factory"), "scenarios", "check", "--unsafe-bash", str(tmp_path / "good.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr
