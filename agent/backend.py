@@ -14,7 +14,6 @@ The record <-> OpenAI translation it uses lives in `nanocode.openai_format` (the
 
 import json
 from collections.abc import Iterator
-from typing import Protocol
 from urllib.parse import urlsplit
 
 from nanocode.common import InputError
@@ -30,20 +29,10 @@ class BackendError(Exception):
     """The model server failed mid-session (one line for the user; the session goes on)."""
 
 
-class Backend(Protocol):
-    label: str
-
-    def check(self) -> None: ...
-
-    def stream(self, messages: list[dict], spec: ToolSpec) -> Iterator[tuple[str, object]]: ...
-
-
 def is_context_error(status: int | None, message: str, code=None) -> bool:
     """Servers word it differently (OpenAI, vLLM, llama.cpp); all say context, length or tokens."""
-    if code == "context_length_exceeded":
-        return True
-    text = message.lower()
-    return status in (400, 413, None) and any(w in text for w in ("context", "length", "tokens"))
+    return code == "context_length_exceeded" or (
+        status in (400, 413, None) and any(w in message.lower() for w in ("context", "length", "tokens")))
 
 
 # ------------------------------------------------------------------------------- backend
@@ -85,8 +74,7 @@ class OpenAIBackend:
         try:
             raw = self.client.models.with_raw_response.list()  # raw: a non-JSON body must not crash us
         except openai.APIConnectionError as e:
-            cause = e.__cause__ or e
-            reason = _one_line(cause) or "connection failed"
+            reason = _one_line(e.__cause__ or e) or "connection failed"
             raise InputError(f"cannot reach {self.base_url}: {reason}") from None
         except openai.APIStatusError as e:
             if e.status_code == 404 and self.model:  # a server without /models: trust --model
@@ -157,8 +145,7 @@ class OpenAIBackend:
 def _model_ids(response) -> list[str] | None:
     """The ids of an OpenAI `GET /models` body, or None when the body is not that."""
     try:
-        data = json.loads(response.text).get("data")
-        return [m["id"] for m in data]
+        return [m["id"] for m in json.loads(response.text).get("data")]
     except (ValueError, AttributeError, TypeError, KeyError):
         return None
 

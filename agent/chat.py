@@ -40,23 +40,15 @@ def clean(text: str) -> str:
     return _CONTROL.sub(lambda m: "" if m[0] == "\r" else repr(m[0])[1:-1], text)
 
 
+# a unified diff's line styles, by prefix (the first that matches): file names before +/- lines
+DIFF_STYLES = (("+++", "bold"), ("---", "bold"), ("+", "green"), ("-", "red"), ("@@", "cyan"), ("", "dim"))
 
 
 def diff_text(diff: str) -> Text:
     """A unified diff, coloured: additions green, removals red, hunk headers cyan."""
     out = Text()
     for line in diff.splitlines():
-        if line.startswith(("+++", "---")):
-            style = "bold"
-        elif line.startswith("+"):
-            style = "green"
-        elif line.startswith("-"):
-            style = "red"
-        elif line.startswith("@@"):
-            style = "cyan"
-        else:
-            style = "dim"
-        out.append(clean(line) + "\n", style=style)
+        out.append(clean(line) + "\n", style=next(s for prefix, s in DIFF_STYLES if line.startswith(prefix)))
     return out
 
 
@@ -151,14 +143,7 @@ def auto_approve(yes: bool):
     """Approvals for `nanocode run`: all yes, or all no with a reason the model reads.
 
     Yes covers Bash too: it runs in the workspace but, unlike the file tools, is not confined."""
-    def approve(call, preview):
-        return Decision(True) if yes else Decision(False, reason="not approved (run without --yes)")
-    return approve
-
-
-def _default_save_path(session: Session):
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return nanocode_home() / "sessions" / f"{stamp}-{session.record()['id'][:8]}.json"
+    return lambda call, preview: Decision(True) if yes else Decision(False, reason="not approved (run without --yes)")
 
 
 def command(session: Session, ui: ChatUI, line: str) -> bool:
@@ -176,7 +161,8 @@ def command(session: Session, ui: ChatUI, line: str) -> bool:
         session.clear()
         say("· cleared: a fresh conversation")
     elif name == "/save":
-        path = arg.strip() or _default_save_path(session)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = arg.strip() or nanocode_home() / "sessions" / f"{stamp}-{session.record()['id'][:8]}.json"
         try:
             saved = session.save(path)
         except OSError as e:

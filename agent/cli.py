@@ -12,7 +12,6 @@ from nanocode.spec import load_soul, load_tools, render_system_prompt
 app = cli_app(__doc__)
 
 
-
 @app.command()
 def prompt(soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file [default: soul/SOUL.md]"),
            tools: Optional[Path] = typer.Option(None, "--tools", help="tool spec [default: soul/tools.yaml]")

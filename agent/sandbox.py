@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 HIDDEN = ("/tmp", "/run")  # replaced by empty tmpfs: sockets live there
 SECRETS = ("~/.ssh", "~/.aws", "~/.azure", "~/.config/gcloud", "~/.config/gh", "~/.docker", "~/.kube",
@@ -63,7 +64,7 @@ class Sandbox:
         argv += [a for h in HIDDEN for a in ("--size", str(self.tmp_mb << 20), "--tmpfs", h)]
         argv += ["--bind", root, root]
         for p in self._secrets():  # those under a hidden folder are gone already, unless in the workspace
-            if not any(_inside(p, h) for h in HIDDEN) or _inside(p, root):
+            if not any(Path(p).is_relative_to(h) for h in HIDDEN) or Path(p).is_relative_to(root):
                 argv += ["--tmpfs", p, "--remount-ro", p] if os.path.isdir(p) else ["--ro-bind", os.devnull, p]
         argv += ["--chdir", root, "--"]
         limits = _LIMITS.format(cpu=self.cpu_seconds, mem=self.memory_mb << 10, fsize=self.file_mb << 10)
@@ -76,10 +77,6 @@ class Sandbox:
         hf += [os.environ["HF_TOKEN_PATH"]] if os.environ.get("HF_TOKEN_PATH") else []
         found = (os.path.realpath(os.path.expanduser(p)) for p in (*self.secrets, *hf))
         return [p for p in dict.fromkeys(found) if os.path.exists(p)]
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 @functools.cache

@@ -49,14 +49,10 @@ class Session:
                  max_steps: int = MAX_STEPS):
         self.backend, self.tools, self.approve = backend, tools, approve
         self.on_event = on_event or (lambda kind, payload: None)
-        self.system_prompt = system_prompt
+        self.system_prompt, self.max_steps = system_prompt, max_steps
         self.soul_sha, self.tools_sha, self.source = soul_sha, tools_sha, source
-        self.max_steps = max_steps
-        self.messages: list[dict] = []
         self.allowed: set[str] = set()  # tools the user said "always" to
         self.edits: list = []           # applied EditPlans, newest last: what /undo reverts
-        self.workspace: dict[str, str] = {}  # rel path -> contents when the session first touched it
-        self._notes: list[str] = []     # told to the model with the next user message
         self.clear()
 
     # ------------------------------------------------------------------ conversation
@@ -78,13 +74,16 @@ class Session:
                 if not calls:
                     return "done"
                 for call in calls:
-                    self._answer(call)
-            self._event("notice", f"stopped after {self.max_steps} model turns in a row; "
-                                  "send a message to let it go on")
+                    self.on_event("call", call)
+                    result = self._run(call)
+                    self.messages.append({"role": "tool", "name": call["name"], "content": result})
+                    self.on_event("result", (call, result))
+            self.on_event("notice", f"stopped after {self.max_steps} model turns in a row; "
+                                    "send a message to let it go on")
             return "step_limit"
         except KeyboardInterrupt:
             self.repair()
-            self._event("notice", "interrupted")
+            self.on_event("notice", "interrupted")
             return "interrupted"
 
     def _generate(self) -> tuple[dict | None, str]:
@@ -95,35 +94,27 @@ class Session:
                 for kind, value in self.backend.stream(self.messages, self.tools.spec):
                     if kind == "text":
                         parts.append(value)
-                        self._event("text", value)
+                        self.on_event("text", value)
                     elif kind == "message":
-                        self._event("assistant", value)
+                        self.on_event("assistant", value)
                         return value, "ok"
-                self._event("error", "the model server ended the reply without a message")
+                self.on_event("error", "the model server ended the reply without a message")
                 return None, "error"
             except ContextFull as e:
-                dropped = self._trim() if attempt == 0 else 0
-                if dropped:
-                    self._event("context_full", f"the context is full ({e}); dropped the "
-                                f"{dropped} oldest messages and trying again")
+                if dropped := (self._trim() if attempt == 0 else 0):
+                    self.on_event("context_full", f"the context is full ({e}); dropped the "
+                                  f"{dropped} oldest messages and trying again")
                     continue
-                self._event("context_full", f"the context is still full ({e}); the session goes "
-                            "on, but /clear starts a fresh conversation the model can answer")
+                self.on_event("context_full", f"the context is still full ({e}); the session goes "
+                              "on, but /clear starts a fresh conversation the model can answer")
                 return None, "context_full"
             except BackendError as e:
-                self._event("error", str(e))
+                self.on_event("error", str(e))
                 return None, "error"
             except KeyboardInterrupt:
                 if parts:  # keep what the user saw; a turn cut short is still a valid turn
                     self.messages.append({"role": "assistant", "content": "".join(parts)})
                 raise
-        return None, "context_full"
-
-    def _answer(self, call: dict) -> None:
-        self._event("call", call)
-        result = self._run(call)
-        self.messages.append({"role": "tool", "name": call["name"], "content": result})
-        self._event("result", (call, result))
 
     def _run(self, call: dict) -> str:
         args, error = type_args(call, self.tools.spec)
@@ -135,39 +126,34 @@ class Session:
             plan = self.tools.plan_edit(args)
             if isinstance(plan, str):
                 return plan
-            if self._must_ask(name):
-                decision = self._ask(typed, self.tools.diff(plan))
-                if not decision.allow:
-                    return refused(decision.reason)
+            if refusal := self._refusal(typed, lambda: self.tools.diff(plan)):
+                return refusal
             if plan.before is not None:
                 self.workspace.setdefault(plan.rel, plan.before)
-            self._event("running", typed)
+            self.on_event("running", typed)
             result = self.tools.apply(plan)
             if not result.startswith("error"):
                 self.edits.append(plan)
             return result
-        if self._must_ask(name):
-            decision = self._ask(typed, args.get("command") if name == "Bash" else None)
-            if not decision.allow:
-                return refused(decision.reason)
+        if refusal := self._refusal(typed, lambda: args.get("command") if name == "Bash" else None):
+            return refusal
         if name == "Read":
             self._snapshot(args.get("file_path"))
-        self._event("running", typed)
+        self.on_event("running", typed)
         return self.tools.run(typed)
 
-    def _must_ask(self, name: str) -> bool:
-        return self.tools.needs_approval(name) and name not in self.allowed
-
-    def _ask(self, call: dict, preview) -> "Decision":
-        decision = self.approve(call, preview)
+    def _refusal(self, call: dict, preview) -> str | None:
+        """Ask the user when the call needs it (`preview()`: what they are shown); the refusal
+        result if they say no, None if the call may run."""
+        if not self.tools.needs_approval(call["name"]) or call["name"] in self.allowed:
+            return None
+        decision = self.approve(call, preview())
         if decision.allow and decision.always:
             self.allowed.add(call["name"])
-        return decision
+        return None if decision.allow else refused(decision.reason)
 
     def _snapshot(self, file_path) -> None:
         """Keep a file's contents as first read, so the record can replay the rollout."""
-        if not isinstance(file_path, str):
-            return
         root = Path(self.tools.root).resolve()
         try:
             path = (root / file_path).resolve()
@@ -177,9 +163,6 @@ class Session:
             self.workspace[rel] = path.read_bytes().decode("utf-8")
         except (ValueError, OSError, UnicodeDecodeError):
             return  # outside the root, unreadable or binary: the tool itself reports it
-
-    def _event(self, kind: str, payload) -> None:
-        self.on_event(kind, payload)
 
     # ---------------------------------------------------------------- keeping it valid
 
@@ -197,7 +180,7 @@ class Session:
                 pending = []
         for call in pending:
             self.messages.append({"role": "tool", "name": call["name"], "content": INTERRUPTED})
-            self._event("result", (call, INTERRUPTED))
+            self.on_event("result", (call, INTERRUPTED))
         return len(pending)
 
     def _trim(self) -> int:
@@ -250,8 +233,8 @@ class Session:
     def clear(self) -> None:
         """Start a fresh conversation. Permissions ("always") and the /undo stack stay."""
         self.messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        self.workspace = {}
-        self._notes = []
+        self.workspace: dict[str, str] = {}  # rel path -> contents when the session first touched it
+        self._notes: list[str] = []          # told to the model with the next user message
 
     def record(self) -> dict:
         """The session as a conversation record (docs/DESIGN.md).

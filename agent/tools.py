@@ -98,12 +98,8 @@ def _unprefix(s: str) -> str:
 
 def _changed(a: list[str], b: list[str]) -> tuple[int, int]:
     """Where lines `b` differ from `a`: b[first:last] (empty for a pure deletion)."""
-    first = 0
-    while first < min(len(a), len(b)) and a[first] == b[first]:
-        first += 1
-    same = 0  # lines equal at the end, not reaching back into the common start
-    while same < min(len(a), len(b)) - first and a[-1 - same] == b[-1 - same]:
-        same += 1
+    first = len(os.path.commonprefix([a, b]))
+    same = len(os.path.commonprefix([a[first:][::-1], b[first:][::-1]]))  # equal at the end, after the start
     return first, len(b) - same
 
 
@@ -180,14 +176,13 @@ class Tools:
         self.spec = spec if spec is not None else load_tools()
         self.limits = limits or Limits()
         self.sandbox = sandbox
-        self._impl = {"Read": self._read, "Grep": self._grep, "Edit": self._edit, "Bash": self._bash}
+        self._impl = {"Read": self._read, "Grep": self._grep, "Edit": lambda args: self.apply(self.plan_edit(args)),
+                      "Bash": self._bash}
         path = os.pathsep.join([*map(str, bin_dirs), os.environ.get("PATH", "")])
         if sandbox is not None:
-            self.env = sandbox.env(path, QUIET_ENV)
-            self._shell = sandbox.argv(self.root)
+            self.env, self._shell = sandbox.env(path, QUIET_ENV), sandbox.argv(self.root)
         else:
-            self.env = {**os.environ, **QUIET_ENV, **({"PATH": path} if bin_dirs else {})}
-            self._shell = ["bash", "-c"]
+            self.env, self._shell = {**os.environ, **QUIET_ENV, **({"PATH": path} if bin_dirs else {})}, ["bash", "-c"]
 
     def needs_approval(self, name: str) -> bool:
         tool = self.spec.get(name)
@@ -351,8 +346,7 @@ class Tools:
         return files
 
     def _grep_late(self) -> str:
-        return (f"Grep ran past its {self.limits.grep_timeout:g}s limit; "
-                "narrow the path or glob")
+        return f"Grep ran past its {self.limits.grep_timeout:g}s limit; narrow the path or glob"
 
     @staticmethod
     def _glob_ok(rel: str, glob: str) -> bool:
@@ -361,9 +355,6 @@ class Tools:
             glob.startswith("**/") and fnmatch.fnmatchcase(rel, glob[3:]))
 
     # ------------------------------------------------------------------------ Edit
-
-    def _edit(self, args: dict) -> str:
-        return self.apply(self.plan_edit(args))
 
     @_errors_as_text
     def plan_edit(self, args: dict) -> EditPlan | str:
@@ -491,9 +482,8 @@ class Tools:
             d.start()
         code = None
         try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(timeout=timeout)
         finally:  # on KeyboardInterrupt too, which then goes on up to the agent
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # background jobs too: nothing outlives the call

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import tokenize
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from factory.heldout import held_out
@@ -144,9 +144,8 @@ def bugfix_task(p: dict) -> AgentTask | None:
 
 def build_tasks(kinds=KINDS, limit: int | None = None, problems: list[dict] | None = None) -> list[AgentTask]:
     """Tasks in a fixed order (problem by problem, stub then bugfix), the first `limit` of them."""
-    for k in kinds:
-        if k not in KINDS:
-            raise InputError(f"unknown task kind {k!r}: choose from {', '.join(KINDS)}")
+    if unknown := [k for k in kinds if k not in KINDS]:
+        raise InputError(f"unknown task kind {unknown[0]!r}: choose from {', '.join(KINDS)}")
     tasks = []
     for p in problems if problems is not None else held_out():
         for kind in KINDS:
@@ -186,27 +185,6 @@ def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT
     return r.returncode == 0, lines[-1][:200] if lines else ""
 
 
-@dataclass
-class ToolCallStats:
-    calls: int = 0
-    valid: int = 0
-    tool_errors: int = 0
-    recoveries: int = 0
-    _after_error: bool = field(default=False, repr=False)
-
-    def on_call(self, call: dict, spec) -> None:
-        self.calls += 1
-        self.valid += type_args(call, spec)[1] is None
-
-    def on_result(self, text: str) -> None:
-        if text.startswith("error"):
-            self.tool_errors += 1
-            self._after_error = True
-        elif self._after_error:
-            self.recoveries += 1
-            self._after_error = False
-
-
 def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int = 20, unsafe_bash: bool = False) -> dict:
     from agent.chat import auto_approve
     from agent.session import Session
@@ -216,13 +194,17 @@ def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int 
     try:
         for name, text in task.files.items():
             (workspace / name).write_text(text, encoding="utf-8")
-        stats, errors = ToolCallStats(), []
+        stats, errors = {"calls": 0, "valid": 0, "tool_errors": 0, "recoveries": 0, "failing": False}, []
 
         def on_event(kind, payload):
             if kind == "call":
-                stats.on_call(payload, spec)
-            elif kind == "result":
-                stats.on_result(payload[1])
+                stats["calls"] += 1
+                stats["valid"] += type_args(payload, spec)[1] is None
+            elif kind == "result":  # a recovery: a result that is not an error right after one that is
+                failed = payload[1].startswith("error")
+                stats["tool_errors"] += failed
+                stats["recoveries"] += stats["failing"] and not failed
+                stats["failing"] = failed
             elif kind in ("error", "context_full"):
                 errors.append(str(payload))
 
@@ -231,9 +213,9 @@ def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int 
         t0 = time.perf_counter()
         status = session.send(task.instruction)
         passed, detail = hidden_tests(task, workspace, sandbox=not unsafe_bash)
-        stats_d = {k: v for k, v in asdict(stats).items() if not k.startswith("_")}
+        stats.pop("failing")
         return {"id": task.id, "kind": task.kind, "problem": task.problem, "passed": passed, "status": status,
-                "test_output": detail, **stats_d, "server_errors": errors,
+                "test_output": detail, **stats, "server_errors": errors,
                 "seconds": time.perf_counter() - t0,
                 "messages": [m for m in session.messages if m["role"] != "system"]}
     finally:
@@ -252,8 +234,7 @@ def summarize(rows: list[dict]) -> dict:
            "recovery_rate": sum(r["recoveries"] for r in rows) / errors if errors else None,
            "statuses": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}}
     for kind in KINDS:
-        sub = [r for r in rows if r["kind"] == kind]
-        if sub:
+        if sub := [r for r in rows if r["kind"] == kind]:
             out[f"pass_rate_{kind}"] = sum(r["passed"] for r in sub) / len(sub)
     return out
 
@@ -274,8 +255,7 @@ def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = N
         raise InputError("no tasks to run (--limit 0?)")
     rows, t0 = [], time.perf_counter()
     for task in tasks:
-        rows.append(run_task(task, backend, spec, system_prompt, max_steps, unsafe_bash))
-        r = rows[-1]
+        rows.append(r := run_task(task, backend, spec, system_prompt, max_steps, unsafe_bash))
         log(f"{task.id}: {'pass' if r['passed'] else 'fail'} ({r['status']}, {r['calls']} calls)")
     seconds = time.perf_counter() - t0
     return {"kind": "agentic", "model": backend.model, "base_url": backend.base_url, "limit": limit,

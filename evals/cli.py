@@ -14,25 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nanocode.common import InputError, cli_app, run_cli
+from evals import runs
+from evals.report import cell, pct, result_table
+from nanocode.common import InputError, cli_app, nanocode_home, run_cli
 from nanocode.soul_checks import check_reply
-from nanocode.spec import load_soul
+from nanocode.spec import load_soul, read_file
 
 app = cli_app(__doc__)
-
-
-
-def _read_reply(source: str) -> str:
-    if source == "-":
-        return sys.stdin.read()
-    try:
-        return Path(source).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{source}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{source}: not UTF-8 text") from None
-    except OSError as e:
-        raise InputError(f"{source}: cannot read it ({e.strerror})") from None
 
 
 @app.command("soul-check")
@@ -42,7 +30,7 @@ def soul_check(reply: str = typer.Argument(..., metavar="TEXT_FILE_OR_-",
                ) -> None:
     """Run the SOUL's programmatic checks on one final reply; exit 1 if any fails."""
     rules = load_soul(soul).rules
-    checks = check_reply(_read_reply(reply), rules)
+    checks = check_reply(sys.stdin.read() if reply == "-" else read_file(Path(reply), empty_ok=True)[1], rules)
     console = Console(highlight=False)
     for c in checks:
         mark = "[green]pass[/]" if c.ok else "[red]fail[/]"
@@ -55,22 +43,17 @@ def soul_check(reply: str = typer.Argument(..., metavar="TEXT_FILE_OR_-",
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
-def _table(title: str, headers, rows) -> None:
-    t = Table(title=title)
-    for h in headers:
-        t.add_column(h)
-    for r in rows:
-        t.add_row(*(f"{c:.4f}" if isinstance(c, float) else "" if c is None else str(c) for c in r))
+def _table(title: str, r: dict) -> None:
+    """The result's table, as the report shows it."""
+    headers, rows = result_table(r["kind"], r)
+    t = Table(*headers, title=title)
+    for row in rows:
+        t.add_row(*map(cell, row))
     console.print(t)
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{v:.1%}"
 
 
 def _load(run: Path):
     """(the stage directory evaluated, load_model's result)."""
-    from evals import runs
     from trainer.checkpoint import load_model
 
     d = runs.model_dir(run)
@@ -78,8 +61,6 @@ def _load(run: Path):
 
 
 def _saved(run, name, result) -> None:
-    from evals import runs
-
     console.print(f"wrote {runs.write_result(run, name, result)}")
 
 
@@ -94,8 +75,7 @@ def bpb(run: Path = typer.Argument(..., help="run directory"),
 
     d, loaded = _load(run)
     r = bpb_eval.evaluate(d, corpus or default_corpus(), max_tokens, batch_size, loaded=loaded)
-    _table(f"bits per byte: {d} step {r['step']}", ["text", "bpb", "tokens"],
-           [(k, v, f"{r['tokens'][k]:,}") for k, v in r["bpb"].items()])
+    _table(f"bits per byte: {d} step {r['step']}", r)
     _saved(run, "bpb", r)
 
 
@@ -113,9 +93,7 @@ def core(run: str = typer.Argument(..., metavar="RUN|download",
         return
     d, loaded = _load(Path(run))
     r = core_eval.evaluate(d, bundle or core_eval.default_bundle(), max_per_task, loaded=loaded, log=console.print)
-    _table(f"CORE: {d} step {r['step']}", ["task", "type", "examples", "accuracy", "baseline", "centered"],
-           [(t["task"], t["type"], t["examples"], t["accuracy"], t["baseline"], t["centered"]) for t in r["tasks"]]
-           + [("CORE", "", "", None, None, r["core"])])
+    _table(f"CORE: {d} step {r['step']}", r)
     for m in r["missing"]:
         console.print(f"[yellow]skipped[/] {escape(m)}")
     _saved(Path(run), "core", r)
@@ -139,8 +117,6 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
             ) -> None:
     """Held-out HumanEval problems as small repos, solved through the agent; hidden tests decide."""
     from evals import agentic as agentic_eval
-    from evals import runs
-    from nanocode.common import nanocode_home
 
     if (run is None) == (base_url is None):
         raise InputError("pass a RUN directory or --base-url URL (not both)")
@@ -157,10 +133,7 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
                               kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), soul=soul, tools=tools,
                               max_steps=max_steps, max_tokens=max_tokens, unsafe_bash=unsafe_bash, log=console.print)
     s = r["summary"]
-    _table(f"agentic: {r['model']} ({s['tasks']} tasks, {r['tasks_per_s']:.3g} tasks/s)",
-           ["pass", "stub", "bugfix", "calls/task", "valid calls", "tool errors", "recoveries"],
-           [(_pct(s["pass_rate"]), _pct(s.get("pass_rate_stub")), _pct(s.get("pass_rate_bugfix")),
-             f"{s['calls_per_task']:.2f}", _pct(s["valid_call_rate"]), s["tool_errors"], s["recoveries"])])
+    _table(f"agentic: {r['model']} ({s['tasks']} tasks, {r['tasks_per_s']:.3g} tasks/s)", r)
     where = out or run or nanocode_home() / "evals" / "".join(c if c.isalnum() or c in "-_." else "_" for c in r["model"])
     _saved(where, "agentic", r)
 
@@ -192,8 +165,7 @@ def soul(run: Path = typer.Argument(..., help="run directory"),
     d, loaded = _load(run)
     r = soul_eval.evaluate(d, data=data, limit=limit, soul=soul_path, tools=tools, max_tokens=max_tokens,
                            judge_cfg=judge_cfg, loaded=loaded)
-    _table(f"SOUL checks: {r['replies']} replies, all pass {_pct(r['all_pass_rate'])}", ["rule", "replies", "pass rate"],
-           [(k, v["replies"], _pct(v["pass_rate"])) for k, v in r["rules"].items()])
+    _table(f"SOUL checks: {r['replies']} replies, all pass {pct(r['all_pass_rate'])}", r)
     if r.get("judge"):
         console.print(f"judge {r['judge']['model']}: mean rating {r['judge']['mean_rating']} "
                       f"({r['judge']['unrated']} unrated)")
@@ -211,18 +183,16 @@ def preference(run: Path = typer.Argument(..., help="run directory"),
 
     d, loaded = _load(run)
     r = pref_eval.evaluate(d, data, val_fraction=val_fraction, all_pairs=all_pairs, beta=beta, loaded=loaded)
-    _table(f"preference: {r['pairs']} {r['split']} pairs", ["reward accuracy", "log-prob accuracy", "reference"],
-           [(_pct(r.get("reward_accuracy")), _pct(r["logp_accuracy"]), r.get("reference") or r.get("note"))])
+    _table(f"preference: {r['pairs']} {r['split']} pairs", r)
     _saved(run, "preference", r)
 
 
 @app.command()
 def report(run: Path = typer.Argument(..., help="a stage directory or a root with pretrain/ sft/ dpo/")) -> None:
-    """One self-contained HTML page (and a markdown twin) for a run: config, curves, evals, samples."""
+    """One self-contained HTML page for a run: config, curves, evals, samples."""
     from evals import report as report_mod
 
-    html_path, md_path = report_mod.write(run, log=lambda m: console.print(f"[yellow]{escape(m)}[/]"))
-    console.print(f"wrote {html_path} and {md_path}")
+    console.print(f"wrote {report_mod.write(run, log=lambda m: console.print(f'[yellow]{escape(m)}[/]'))}")
 
 
 def main() -> None:

@@ -21,7 +21,9 @@ named in the result.
 import csv
 import functools
 import json
+import os
 import random
+import shutil
 import time
 import urllib.request
 import zipfile
@@ -34,6 +36,7 @@ import numpy as np
 import yaml
 
 from nanocode.common import InputError, nanocode_home
+from trainer import model
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"  # nanochat's
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
@@ -139,44 +142,29 @@ def prompts(item: dict, kind: str, delim: str, fewshot: list[dict]) -> list[str]
     return [context.strip(), context + item["continuation"]]
 
 
-def _common(seqs: list[list[int]], from_end: bool) -> int:
-    n = min(map(len, seqs))
-    for i in range(n):
-        pos = -1 - i if from_end else i
-        if any(s[pos] != seqs[0][pos] for s in seqs):
-            return i
-    return n
-
-
 def spans(token_seqs: list[list[int]], kind: str) -> tuple[list[list[int]], list[int], list[int]]:
     """(sequences to run, start, end) of the scored span of each: the continuations (mc: after the
     common prefix), the shared continuation (schema: the common suffix), the continuation (lm)."""
     if kind == "multiple_choice":
-        start = _common(token_seqs, from_end=False)
+        start = len(os.path.commonprefix(token_seqs))
         return token_seqs, [start] * len(token_seqs), [len(s) for s in token_seqs]
     if kind == "schema":
-        suffix = _common(token_seqs, from_end=True)
+        suffix = len(os.path.commonprefix([s[::-1] for s in token_seqs]))
         return token_seqs, [len(s) - suffix for s in token_seqs], [len(s) for s in token_seqs]
     without, with_ = token_seqs
-    start = len(without) if with_[:len(without)] == without else _common(token_seqs, from_end=False)
+    start = len(without) if with_[:len(without)] == without else len(os.path.commonprefix(token_seqs))
     return [with_], [start], [len(with_)]
 
 
 # ----------------------------------------------------------------------------- scoring
 
 
-@functools.cache
-def _losses_fn(cfg):
-    """One jitted (losses, argmax) function per model shape, shared by every Scorer."""
-    from trainer import model
-
-    def run(p, ids):
-        logits = model.forward(p, ids, cfg)
-        targets = jnp.roll(ids, -1, axis=1)
-        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        return jax.nn.logsumexp(logits, axis=-1) - picked, logits.argmax(-1)
-
-    return jax.jit(run)
+@functools.partial(jax.jit, static_argnames="cfg")  # compiled once per model shape, shared by every Scorer
+def _losses_and_argmax(params, ids, cfg):
+    logits = model.forward(params, ids, cfg)
+    targets = jnp.roll(ids, -1, axis=1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked, logits.argmax(-1)
 
 
 class Scorer:
@@ -184,7 +172,6 @@ class Scorer:
 
     def __init__(self, params, cfg, tok):
         self.params, self.cfg, self.tok = params, cfg, tok
-        self.fn = _losses_fn(cfg)
 
     def __call__(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         # padded shapes, so few compiles: rows a power of two from 4 (most tasks have 2-4
@@ -194,7 +181,7 @@ class Scorer:
         ids = np.full((rows, width), self.tok.bos_id, np.int32)
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = s
-        losses, preds = self.fn(self.params, ids)
+        losses, preds = _losses_and_argmax(self.params, ids, cfg=self.cfg)
         return np.asarray(losses), np.asarray(preds)
 
 
@@ -261,8 +248,7 @@ def download(dest=None, url: str = BUNDLE_URL, log=print) -> Path:
     log(f"downloading {url} ...")
     try:
         with urllib.request.urlopen(url, timeout=60) as r, zip_path.open("wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
+            shutil.copyfileobj(r, f)
     except OSError as e:
         zip_path.unlink(missing_ok=True)
         raise InputError(f"cannot download {url}: {e}") from None
@@ -272,7 +258,6 @@ def download(dest=None, url: str = BUNDLE_URL, log=print) -> Path:
     inner = tmp / "eval_bundle" if (tmp / "eval_bundle" / "core.yaml").exists() else tmp
     inner.rename(dest)
     zip_path.unlink()
-    if tmp.exists():
-        tmp.rmdir()
+    shutil.rmtree(tmp, ignore_errors=True)  # what is left of it once the bundle moved out
     log(f"unpacked to {dest}")
     return dest

@@ -45,8 +45,7 @@ def evaluate(run_dir, data, *, val_fraction: float = 0.05, all_pairs: bool = Fal
         out.update(reference=str(ref_run), reward_accuracy=float((ratio[:, 0] > ratio[:, 1]).mean()),
                    reward_margin=float(beta * (ratio[:, 0] - ratio[:, 1]).mean()))
     else:
-        out["reference"] = None
-        out["note"] = ("no reward accuracy: " + (f"the reference run {ref_run} is gone" if ref_run
-                                                 else "this checkpoint did not start from another run"))
+        why = f"the reference run {ref_run} is gone" if ref_run else "this checkpoint did not start from another run"
+        out.update(reference=None, note=f"no reward accuracy: {why}")
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -1,62 +1,59 @@
-"""`evals report RUN`: one self-contained HTML page and a markdown twin for a run.
+"""`evals report RUN`: one self-contained HTML page for a run.
 
 RUN is a stage directory or a root holding pretrain/ sft/ dpo/ (see evals/runs.py). Written:
     RUN/report.html          plots embedded as base64 PNG: opens offline, mails as one file
-    RUN/report.md            the same content; plots as files in RUN/report_files/
-The page is built as a list of blocks (heading, text, table, plot, conversation) rendered twice,
-so the two never disagree. Each section is built on its own: a missing stage, an empty or
-unreadable eval result, a checkpoint whose tokenizer does not match, or a stage without metrics
-leaves that section out and adds a line to "what is missing" at the top.
+The page is built block by block (heading, text, table, plot, conversation), each written as HTML when it
+is added. Each section is built on its own: a missing stage, an empty or unreadable eval result, a
+checkpoint whose tokenizer does not match, or a stage without metrics leaves that section out and adds a
+line to "what is missing" at the top.
 """
 
 import base64
-import html
 import io
 import json
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 from evals import runs
-from nanocode.common import InputError, write_text_atomic
-from nanocode.record import call_text, message_text
+from nanocode.common import InputError, version, write_text_atomic
+from nanocode.record import call_text
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class Block:
-    kind: str            # h2 | h3 | p | table | plot | conversation | pre
-    text: str = ""
-    headers: tuple = ()
-    rows: tuple = ()
-    png: bytes = b""
-    messages: tuple = ()
-
-
 class Page:
     def __init__(self):
-        self.blocks: list[Block] = []
+        self.body: list[str] = []
         self.missing: list[str] = []
 
-    def h2(self, t): self.blocks.append(Block("h2", t))
-    def h3(self, t): self.blocks.append(Block("h3", t))
-    def p(self, t): self.blocks.append(Block("p", t))
-    def pre(self, t): self.blocks.append(Block("pre", t))
+    def h2(self, t): self.body.append(f"<h2>{escape(t)}</h2>")
+    def h3(self, t): self.body.append(f"<h3>{escape(t)}</h3>")
+    def p(self, t): self.body.append(f"<p>{escape(t)}</p>")
+    def pre(self, t): self.body.append(f"<pre>{escape(t)}</pre>")
 
     def table(self, headers, rows):
-        self.blocks.append(Block("table", headers=tuple(headers), rows=tuple(tuple(_cell(c) for c in r) for r in rows)))
+        self.body.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>" +
+                         "".join("<tr>" + "".join(f"<td>{escape(cell(c))}</td>" for c in r) + "</tr>" for r in rows)
+                         + "</table>")
 
     def plot(self, name, png):
-        self.blocks.append(Block("plot", name, png=png))
+        self.body.append(f"<img alt='{escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
 
     def conversation(self, title, messages):
-        self.blocks.append(Block("conversation", title, messages=tuple(messages)))
+        self.body.append(f"<h4>{escape(title)}</h4>")
+        for m in messages:
+            role = m["role"]
+            body = escape(m.get("content") or "")[:3000]
+            calls = "".join(f"<div class='call'>→ {escape(call_text(c))}</div>" for c in m.get("tool_calls") or [])
+            label = role + (f" · {m['name']}" if m.get("name") else "")
+            self.body.append(f"<div class='msg {escape(role)}'><div class='role'>{escape(label)}</div>"
+                             f"<div style='white-space:pre-wrap'>{body}</div>{calls}</div>")
 
 
-def _cell(v) -> str:
+def cell(v) -> str:
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     if isinstance(v, int) and not isinstance(v, bool):
@@ -64,7 +61,7 @@ def _cell(v) -> str:
     return "" if v is None else str(v)
 
 
-def _pct(v) -> str:
+def pct(v) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
@@ -80,9 +77,7 @@ def _figure(series: dict[str, tuple[list, list]], title: str, ylabel: str) -> by
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
     for label, (x, y) in series.items():
         ax.plot(x, y, label=label, marker="o" if len(x) < 30 else None, markersize=3)
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
@@ -97,22 +92,14 @@ def _figure(series: dict[str, tuple[list, list]], title: str, ylabel: str) -> by
 
 
 def _versions(page: Page) -> None:
-    import importlib.metadata as md
-
-    def version(name):
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return "not installed"
-
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
                                 text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         commit = "unknown"
     page.h2("versions")
-    page.table(["what", "version"], [("nanocode", commit), ("python", platform.python_version()),
-                                     *[(n, version(n)) for n in ("jax", "numpy", "orbax-checkpoint", "tiktoken")],
+    packages = [(n, version(n, "not installed")) for n in ("jax", "numpy", "orbax-checkpoint", "tiktoken")]
+    page.table(["what", "version"], [("nanocode", commit), ("python", platform.python_version()), *packages,
                                      ("machine", f"{platform.machine()} {platform.system()}")])
 
 
@@ -120,8 +107,7 @@ def _stage_config(page: Page, name: str, d: Path) -> dict | None:
     """The stage's config table; returns its checkpoint meta (or None)."""
     from trainer.checkpoint import find_checkpoints
 
-    events = runs.read_metrics(d)
-    start = next((e for e in reversed(events) if e.get("event") == "start"), None)
+    start = next((e for e in reversed(runs.read_metrics(d)) if e.get("event") == "start"), None)
     meta = None
     try:
         ckpt = find_checkpoints(d)
@@ -147,7 +133,7 @@ def _stage_config(page: Page, name: str, d: Path) -> dict | None:
     return meta
 
 
-def _curves(page: Page, name: str, d: Path, files: dict) -> None:
+def _curves(page: Page, name: str, d: Path) -> None:
     events = runs.read_metrics(d)
     train = [e for e in events if e.get("event") == "train"]
     val = [e for e in events if e.get("event") == "val"]
@@ -156,29 +142,21 @@ def _curves(page: Page, name: str, d: Path, files: dict) -> None:
     page.h3(f"{name}: curves")
     if train:
         series = {"loss": ([e["step"] for e in train], [e["loss"] for e in train])}
-        png = _figure(series, f"{name}: training loss", "loss")
-        files[f"{name}_loss.png"] = png
-        page.plot(f"{name}_loss.png", png)
+        page.plot(f"{name}_loss.png", _figure(series, f"{name}: training loss", "loss"))
     val_keys = sorted({k for e in val for k in e if k.startswith("val_")})
-    bpb_keys = [k for k in val_keys if "bpb" in k]
-    other = [k for k in val_keys if k not in bpb_keys]
-    for keys, title in ((bpb_keys, "validation bits per byte"), (other, "validation metrics")):
-        if keys:
+    for tag, title, ylabel in (("bpb", "validation bits per byte", "bpb"), ("val", "validation metrics", "value")):
+        if keys := [k for k in val_keys if ("bpb" in k) == (tag == "bpb")]:
             series = {k: ([e["step"] for e in val if k in e], [e[k] for e in val if k in e]) for k in keys}
-            png = _figure(series, f"{name}: {title}", "bpb" if keys is bpb_keys else "value")
-            fname = f"{name}_{'bpb' if keys is bpb_keys else 'val'}.png"
-            files[fname] = png
-            page.plot(fname, png)
+            page.plot(f"{name}_{tag}.png", _figure(series, f"{name}: {title}", ylabel))
     if train:
         steady = train[1:] or train  # the first step carries warm-up costs
         med = lambda k: sorted(e[k] for e in steady)[len(steady) // 2]  # noqa: E731
         last = val[-1] if val else {}
         page.table(["stage", "steps", "final loss", "median tokens/s", "median MFU", "median step ms",
-                    *[k for k in val_keys]],
-                   [(name, train[-1]["step"], train[-1]["loss"], med("tokens_per_s"), _pct(med("mfu")),
+                    *val_keys],
+                   [(name, train[-1]["step"], train[-1]["loss"], med("tokens_per_s"), pct(med("mfu")),
                      1000 * med("dt"), *[last.get(k) for k in val_keys])])
-    samples = [e for e in events if e.get("event") == "sample"]
-    if samples:
+    if samples := [e for e in events if e.get("event") == "sample"]:
         last_step = samples[-1]["step"]
         page.p(f"samples at step {last_step}:")
         page.pre("\n---\n".join(e["text"] for e in samples if e["step"] == last_step))
@@ -191,15 +169,13 @@ def _tokenizer(page: Page, run_dir: Path, meta: dict | None) -> None:
 
     page.h2("tokenizer")
     try:
-        tdir = tokenizer_dir(run_dir)
-        tok = Tokenizer.load(tdir)
+        tok = Tokenizer.load(tdir := tokenizer_dir(run_dir))
     except InputError as e:
         page.missing.append(f"tokenizer: {e}")
         page.p("no tokenizer beside the checkpoint.")
         return
-    info = tok.info or {}
     rows = [("directory", str(tdir)), ("vocab", tok.vocab_size), ("fingerprint", tok.fingerprint()[:16])]
-    rows += [(k, info[k]) for k in ("chars", "code_ratio", "max_chars", "seconds") if k in info]
+    rows += [(k, tok.info[k]) for k in ("chars", "code_ratio", "max_chars", "seconds") if k in tok.info]
     if meta:
         ok = meta["fingerprint"].get("tokenizer") == tok.fingerprint()
         rows.append(("matches the checkpoint", "yes" if ok else "NO"))
@@ -207,10 +183,8 @@ def _tokenizer(page: Page, run_dir: Path, meta: dict | None) -> None:
             page.missing.append(f"tokenizer: {tdir} is not the tokenizer {run_dir}'s checkpoint was trained with "
                                 "(model evals on this run are not meaningful)")
     page.table(["", ""], rows)
-    r = tokenizer_eval.compare(tok, None, tokenizer_eval.eval_texts())
     page.p("bytes per token on texts written for this project (higher is better):")
-    page.table(["text", "bytes", "tokens", "bytes/token"],
-               [(x["text"], x["bytes"], x["ours_tokens"], x["ours_bpt"]) for x in r])
+    page.table(*tokenizer_eval.table(tokenizer_eval.compare(tok, None, tokenizer_eval.eval_texts())))
 
 
 def _dataset(page: Page, metas: dict) -> None:
@@ -241,9 +215,8 @@ def _dataset(page: Page, metas: dict) -> None:
             v = done[-1]
             page.p(f"factory store {store.path}: {len(done)} finished version(s). The checkpoints name no factory "
                    f"version they trained on, so this is the latest: v{v['version']}.")
-        figures = store.figures(v["version"])
         page.table(["figure", "value"], [(k, json.dumps(val) if isinstance(val, dict) else val)
-                                          for k, val in figures.items()])
+                                          for k, val in store.figures(v["version"]).items()])
     finally:
         store.close()
 
@@ -261,78 +234,63 @@ def _eval_tables(page: Page, results: dict) -> None:
             page.missing.append(f"evals/{name}.json: cannot show it ({type(e).__name__}: {e})")
 
 
+def result_table(kind: str, r: dict) -> tuple[list[str], list[tuple]] | None:
+    """An eval result as (headers, rows), what `evals KIND` prints and the report shows; None for
+    a kind this code does not know."""
+    if kind == "bpb":
+        return ["text", "bits per byte", "tokens"], [(k, v, r["tokens"].get(k)) for k, v in r["bpb"].items()]
+    if kind == "core":
+        return (["task", "type", "shots", "examples", "accuracy", "baseline", "centered"],
+                [(t["task"], t["type"], t["shots"], t["examples"], t["accuracy"], t["baseline"], t["centered"])
+                 for t in r["tasks"]] + [("CORE", "", "", "", "", "", r["core"])])
+    if kind == "agentic":
+        s = r["summary"]
+        return (["pass rate", "stub", "bugfix", "calls/task", "valid calls", "tool errors", "recoveries", "statuses"],
+                [(pct(s["pass_rate"]), pct(s.get("pass_rate_stub")), pct(s.get("pass_rate_bugfix")),
+                  s["calls_per_task"], pct(s["valid_call_rate"]), s["tool_errors"], s["recoveries"],
+                  ", ".join(f"{k} {v}" for k, v in s["statuses"].items()))])
+    if kind == "soul":
+        return ["rule", "replies", "pass rate"], [(rule, v["replies"], pct(v["pass_rate"]))
+                                                  for rule, v in r["rules"].items()]
+    if kind == "preference":
+        return (["pairs", "split", "reward accuracy", "log-prob accuracy", "reference"],
+                [(r["pairs"], r["split"], pct(r.get("reward_accuracy")), pct(r["logp_accuracy"]),
+                  r.get("reference") or r.get("note"))])
+    return None
+
+
 def _one_eval(page: Page, name: str, r: dict) -> None:
     if "error" in r:
         page.missing.append(r["error"])
         return
-    kind = r.get("kind", name)
+    kind, table = r.get("kind", name), result_table(r.get("kind", name), r)
     page.h3(name)
-    if kind == "bpb":
-        page.table(["text", "bits per byte", "tokens"], [(k, v, r["tokens"].get(k)) for k, v in r["bpb"].items()])
-    elif kind == "core":
-        page.table(["task", "type", "shots", "examples", "accuracy", "baseline", "centered"],
-                   [(t["task"], t["type"], t["shots"], t["examples"], t["accuracy"], t["baseline"], t["centered"])
-                    for t in r["tasks"]] + [("CORE", "", "", "", "", "", r["core"])])
-        for m in r.get("missing", []):
-            page.missing.append(f"core bundle: {m}")
+    if table is None:
+        page.pre(json.dumps(r, indent=2)[:4000])
+        return
+    if kind == "agentic":
+        page.p(f"model {r.get('model')} at {r.get('base_url')}; {r['summary']['tasks']} task(s), "
+               f"{r['tasks_per_s']:.3g} tasks/s")
+    elif kind == "soul":
+        page.p(f"{r['replies']} replies to {r['prompts']} prompts; all checks pass: {pct(r['all_pass_rate'])}"
+               + (f"; {r['too_long']} prompt(s) did not fit the context" if r.get("too_long") else ""))
+    page.table(*table)
+    if kind == "core":
+        page.missing += [f"core bundle: {m}" for m in r.get("missing", [])]
     elif kind == "agentic":
-        s = r["summary"]
-        page.p(f"model {r.get('model')} at {r.get('base_url')}; {s['tasks']} task(s), {r['tasks_per_s']:.3g} tasks/s")
-        page.table(["pass rate", "stub", "bugfix", "calls/task", "valid calls", "tool errors", "recoveries", "statuses"],
-                   [(_pct(s["pass_rate"]), _pct(s.get("pass_rate_stub")), _pct(s.get("pass_rate_bugfix")),
-                     s["calls_per_task"], _pct(s["valid_call_rate"]), s["tool_errors"], s["recoveries"],
-                     ", ".join(f"{k} {v}" for k, v in s["statuses"].items()))])
         tasks = r.get("tasks", [])
-        shown = [t for t in tasks if t["passed"]][:1] + [t for t in tasks if not t["passed"]][:1]
-        for t in shown:
+        for t in [t for t in tasks if t["passed"]][:1] + [t for t in tasks if not t["passed"]][:1]:
             page.conversation(f"{t['id']}: {'passed' if t['passed'] else 'failed'} ({t['status']}, "
                               f"hidden tests: {t['test_output']})", t["messages"])
     elif kind == "soul":
-        rows = [(rule, v["replies"], _pct(v["pass_rate"])) for rule, v in r["rules"].items()]
-        page.p(f"{r['replies']} replies to {r['prompts']} prompts; all checks pass: {_pct(r['all_pass_rate'])}"
-               + (f"; {r['too_long']} prompt(s) did not fit the context" if r.get("too_long") else ""))
-        page.table(["rule", "replies", "pass rate"], rows)
-        if r.get("judge"):
-            j = r["judge"]
+        if j := r.get("judge"):
             page.p(f"LLM judge {j['model']}: mean rating {j['mean_rating']} over {j['rated']} replies "
                    f"({j['unrated']} unrated)")
         for s in r.get("samples", [])[:2]:
             page.conversation("a reply", [{"role": "user", "content": s["prompt"]}, s["message"]])
-    elif kind == "preference":
-        page.table(["pairs", "split", "reward accuracy", "log-prob accuracy", "reference"],
-                   [(r["pairs"], r["split"], _pct(r.get("reward_accuracy")), _pct(r["logp_accuracy"]),
-                     r.get("reference") or r.get("note"))])
-    else:
-        page.pre(json.dumps(r, indent=2)[:4000])
 
 
 # ----------------------------------------------------------------------------- rendering
-
-
-
-def to_markdown(page: Page, title: str) -> str:
-    out = [f"# {title}", ""]
-    if page.missing:
-        out += ["**what is missing**", ""] + [f"- {m}" for m in page.missing] + [""]
-    for b in page.blocks:
-        if b.kind in ("h2", "h3"):
-            out += [("## " if b.kind == "h2" else "### ") + b.text, ""]
-        elif b.kind == "p":
-            out += [b.text, ""]
-        elif b.kind == "pre":
-            out += ["```", b.text, "```", ""]
-        elif b.kind == "table":
-            esc = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-            out += ["| " + " | ".join(map(esc, b.headers)) + " |", "|" + "---|" * len(b.headers)]
-            out += ["| " + " | ".join(map(esc, r)) + " |" for r in b.rows] + [""]
-        elif b.kind == "plot":
-            out += [f"![{b.text}](report_files/{b.text})", ""]
-        elif b.kind == "conversation":
-            out += [f"**{b.text}**", ""]
-            for m in b.messages:
-                body = message_text(m).replace("```", "'''")
-                out += [f"*{m['role']}{' ' + m['name'] if m.get('name') else ''}*", "", "```", body[:3000], "```", ""]
-    return "\n".join(out)
 
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
@@ -344,34 +302,12 @@ th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-
 
 
 def to_html(page: Page, title: str) -> str:
-    e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{e(title)}</h1>"]
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+           f"<style>{CSS}</style></head><body>", f"<h1>{escape(title)}</h1>"]
     if page.missing:
         out.append("<div class='missing'><b>what is missing</b><ul>" +
-                   "".join(f"<li>{e(m)}</li>" for m in page.missing) + "</ul></div>")
-    for b in page.blocks:
-        if b.kind in ("h2", "h3"):
-            out.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
-        elif b.kind == "p":
-            out.append(f"<p>{e(b.text)}</p>")
-        elif b.kind == "pre":
-            out.append(f"<pre>{e(b.text)}</pre>")
-        elif b.kind == "table":
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.headers) + "</tr>" +
-                       "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows) + "</table>")
-        elif b.kind == "plot":
-            out.append(f"<img alt='{e(b.text)}' src='data:image/png;base64,{base64.b64encode(b.png).decode()}'>")
-        elif b.kind == "conversation":
-            out.append(f"<h4>{e(b.text)}</h4>")
-            for m in b.messages:
-                role = m["role"]
-                body = e(m.get("content") or "")[:3000]
-                calls = "".join(f"<div class='call'>→ {e(call_text(c))}</div>"
-                                for c in m.get("tool_calls") or [])
-                label = role + (f" · {m['name']}" if m.get("name") else "")
-                out.append(f"<div class='msg {e(role)}'><div class='role'>{e(label)}</div>"
-                           f"<div style='white-space:pre-wrap'>{body}</div>{calls}</div>")
+                   "".join(f"<li>{escape(m)}</li>" for m in page.missing) + "</ul></div>")
+    out += page.body
     out.append(f"<p style='color:#888'>generated {time.strftime('%Y-%m-%d %H:%M:%S')} by evals report</p></body></html>")
     return "\n".join(out)
 
@@ -379,21 +315,20 @@ def to_html(page: Page, title: str) -> str:
 # ----------------------------------------------------------------------------- the report
 
 
-def build(run) -> tuple[Page, dict[str, bytes]]:
+def build(run) -> Page:
     run = Path(run)
     found = runs.stages(run)  # InputError when RUN is not a directory at all
-    page, files, metas = Page(), {}, {}
+    page, metas = Page(), {}
     if not found:
         page.missing.append(f"{run}: no stage directories (pretrain/, sft/, dpo/) and no metrics.jsonl")
-    for name in runs.STAGES:
-        if len(found) > 1 and name not in found:
-            page.missing.append(f"stage {name}: no {run / name} directory")
+    if len(found) > 1:
+        page.missing += [f"stage {name}: no {run / name} directory" for name in runs.STAGES if name not in found]
     _versions(page)
     page.h2("stages")
     for name, d in found.items():
         try:
             metas[name] = _stage_config(page, name, d)
-            _curves(page, name, d, files)
+            _curves(page, name, d)
         except Exception as e:
             page.missing.append(f"{name}: cannot read it ({type(e).__name__}: {e})")
     _dataset(page, metas)
@@ -404,19 +339,14 @@ def build(run) -> tuple[Page, dict[str, bytes]]:
         except Exception as e:
             page.missing.append(f"tokenizer: {type(e).__name__}: {e}")
     _eval_tables(page, runs.read_results(run))
-    return page, files
+    return page
 
 
-def write(run, log=print) -> tuple[Path, Path]:
+def write(run, log=print) -> Path:
     run = Path(run)
-    page, files = build(run)
-    title = f"nanocode run report: {run.resolve().name}"
-    for name, png in files.items():
-        (run / "report_files").mkdir(exist_ok=True)
-        (run / "report_files" / name).write_bytes(png)
-    html_path, md_path = run / "report.html", run / "report.md"
-    write_text_atomic(html_path, to_html(page, title))
-    write_text_atomic(md_path, to_markdown(page, title) + "\n")
+    page = build(run)
+    html_path = run / "report.html"
+    write_text_atomic(html_path, to_html(page, f"nanocode run report: {run.resolve().name}"))
     for m in page.missing:
         log(f"missing: {m}")
-    return html_path, md_path
+    return html_path

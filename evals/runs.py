@@ -26,19 +26,11 @@ def stages(run) -> dict[str, Path]:
     run = Path(run)
     if not run.is_dir():
         raise InputError(f"no such run directory: {run}")
-    found = {name: run / name for name in STAGES if is_stage(run / name)}
-    if found:
+    if found := {name: run / name for name in STAGES if is_stage(run / name)}:
         return found
     if is_stage(run):
-        return {stage_name(run): run}
+        return {next((e.get("stage", "run") for e in read_metrics(run) if e.get("event") == "start"), "run"): run}
     return {}
-
-
-def stage_name(d: Path) -> str:
-    for event in read_metrics(d):
-        if event.get("event") == "start":
-            return event.get("stage", "run")
-    return "run"
 
 
 def read_metrics(d: Path) -> list[dict]:

@@ -122,6 +122,5 @@ def evaluate(run_dir, *, data=None, limit: int | None = None, soul=None, tools=N
            else "held-out HumanEval", "too_long": too_long, **rates(replies, soul_.rules)}
     if judge_cfg is not None:
         out["judge"] = judge(replies, soul_, spec, judge_cfg)
-    out["seconds"] = time.perf_counter() - t0
-    out["samples"] = replies
+    out.update(seconds=time.perf_counter() - t0, samples=replies)
     return out

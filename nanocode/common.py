@@ -61,13 +61,15 @@ def cli_app(help: str | None = None, root: bool = True):
     return app
 
 
-def version() -> str:
+def version(package: str = "nanocode", missing: str = "0+unknown") -> str:
+    """An installed package's version; `missing` when it is not installed (nanocode: a checkout
+    run without `pip install -e .`)."""
     import importlib.metadata
 
     try:
-        return importlib.metadata.version("nanocode")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
-        return "0+unknown"
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return missing
 
 
 def run_cli(app) -> None:

@@ -15,16 +15,12 @@ _JSON_TYPES = {"string": "string", "int": "integer", "bool": "boolean"}
 
 def tools_schema(spec: ToolSpec) -> list[dict]:
     """The tool spec as OpenAI `tools=`: one function per tool, its args as a JSON schema."""
-    out = []
-    for tool in spec.tools:
-        params = {"type": "object",
-                  "properties": {a.name: {"type": _JSON_TYPES[a.type], "description": a.description}
-                                 for a in tool.args},
-                  "required": [a.name for a in tool.args if a.required]}
-        out.append({"type": "function",
-                    "function": {"name": tool.name, "description": tool.description,
-                                 "parameters": params}})
-    return out
+    return [{"type": "function",
+             "function": {"name": t.name, "description": t.description, "parameters": {
+                 "type": "object",
+                 "properties": {a.name: {"type": _JSON_TYPES[a.type], "description": a.description} for a in t.args},
+                 "required": [a.name for a in t.args if a.required]}}}
+            for t in spec.tools]
 
 
 def call_id(message_index: int, call_index: int) -> str:
@@ -42,12 +38,9 @@ def to_openai(messages: list[dict]) -> list[dict]:
             tid = pending.pop(0) if pending else call_id(i, 0)
             out.append({"role": "tool", "tool_call_id": tid, "content": content})
         elif role == "assistant" and m.get("tool_calls"):
-            calls = []
-            for j, c in enumerate(m["tool_calls"]):
-                calls.append({"id": call_id(i, j), "type": "function",
-                              "function": {"name": c["name"],
-                                           "arguments": json.dumps(c.get("args") or {},
-                                                                   ensure_ascii=False)}})
+            calls = [{"id": call_id(i, j), "type": "function",
+                      "function": {"name": c["name"], "arguments": json.dumps(c.get("args") or {}, ensure_ascii=False)}}
+                     for j, c in enumerate(m["tool_calls"])]
             pending = [c["id"] for c in calls]
             out.append({"role": "assistant", "content": content or None, "tool_calls": calls})
         else:
@@ -60,8 +53,7 @@ def _text(content, i: int) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        kinds = {p.get("type") for p in content} - {"text"}
-        if kinds:
+        if kinds := {p.get("type") for p in content} - {"text"}:
             raise InputError(f"messages[{i}]: only text content is supported, got {sorted(map(str, kinds))}")
         return "".join(str(p.get("text", "")) for p in content)
     raise InputError(f"messages[{i}]: content must be a string or a list of text parts")
@@ -127,13 +119,9 @@ def parse_call(name, arguments) -> dict:
     if not isinstance(args, dict):
         call["error"] = f"{call['name']} arguments must be a JSON object, got {type(args).__name__}"
         return call
-    bad = []
-    for key, value in args.items():
-        if value is None or isinstance(value, (str, bool, int, float)):
-            call["args"][key] = value
-        else:  # lists/objects cannot be rendered as one argument value: keep them as text
-            call["args"][key] = json.dumps(value, ensure_ascii=False)
-            bad.append(key)
+    # lists/objects cannot be rendered as one argument value: kept as text, and the call refused
+    bad = [key for key, value in args.items() if not (value is None or isinstance(value, (str, bool, int, float)))]
+    call["args"] = {k: json.dumps(v, ensure_ascii=False) if k in bad else v for k, v in args.items()}
     if bad:
         call["error"] = f"{call['name']} argument(s) {', '.join(map(repr, bad))} must be plain values"
     return call

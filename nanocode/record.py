@@ -109,7 +109,6 @@ def refused(reason: str = "") -> str:
     return f"{REFUSED}: {reason}" if reason else REFUSED
 
 
-
 def hash_unit(*parts) -> float:
     """A stable number in [0, 1) from the parts (unlike hash(), the same in every process)."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode("utf-8")).digest()

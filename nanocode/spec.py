@@ -25,7 +25,7 @@ so pass `--soul/--tools` there. Every problem is an `InputError` of one line nam
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -87,26 +87,15 @@ class Tool:
     needs_approval: bool
     args: tuple[Arg, ...] = ()
 
-    def arg(self, name: str) -> Arg | None:
-        return next((a for a in self.args if a.name == name), None)
-
 
 @dataclass(frozen=True)
 class ToolSpec:
     path: Path
     tools: tuple[Tool, ...]
     sha256: str
-    by_name: dict[str, Tool] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "by_name", {t.name: t for t in self.tools})
 
     def get(self, name) -> Tool | None:
-        return self.by_name.get(name)
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.tools]
+        return next((t for t in self.tools if t.name == name), None)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -116,7 +105,9 @@ def _fail(path, problem: str):
     raise InputError(" ".join(f"{path}: {problem}".split()))
 
 
-def _read(path: Path) -> tuple[bytes, str]:
+def read_file(path: Path, empty_ok: bool = False) -> tuple[bytes, str]:
+    """(the file's bytes, its text): InputError of one line naming the file when it cannot be
+    read, is not UTF-8 or (unless `empty_ok`) is empty."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -129,7 +120,7 @@ def _read(path: Path) -> tuple[bytes, str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         _fail(path, f"not UTF-8 text (bad byte at offset {e.start})")
-    if not text.strip():
+    if not text.strip() and not empty_ok:
         _fail(path, "is empty")
     return raw, text.removeprefix("\ufeff")
 
@@ -173,8 +164,7 @@ def _sections(body: str) -> dict[str, str]:
         elif stripped.startswith(("```", "~~~")):
             fence = stripped[:3]
         else:
-            m = re.match(r"(#{1,2})\s+(.*?)\s*#*\s*$", line)
-            if m:
+            if m := re.match(r"(#{1,2})\s+(.*?)\s*#*\s*$", line):
                 current = m[2].lower() if len(m[1]) == 2 else None
                 if current in sections:
                     raise ValueError(f"section '## {current}' appears twice")
@@ -189,7 +179,7 @@ def _sections(body: str) -> dict[str, str]:
 def load_soul(path=None) -> Soul:
     """Load and validate a SOUL file (default `soul/SOUL.md`); InputError on any problem."""
     path = Path(path) if path is not None else DEFAULT_SOUL
-    raw, text = _read(path)
+    raw, text = read_file(path)
     m = _FRONT.match(text)
     if not m and re.match(r"---[ \t]*\r?\n", text):
         _fail(path, "the YAML front matter opened on line 1 has no closing '---' line")
@@ -198,11 +188,9 @@ def load_soul(path=None) -> Soul:
     meta = _yaml(path, m[1], first_line=2)
     if not isinstance(meta, dict):
         _fail(path, "the front matter must be a YAML mapping of rule keys")
-    unknown = sorted(set(meta) - _SOUL_KEYS)
-    if unknown:
+    if unknown := sorted(set(meta) - _SOUL_KEYS):
         _fail(path, f"unknown front matter key(s): {', '.join(map(str, unknown))}")
-    missing = [k for k in _SOUL_REQUIRED if k not in meta]
-    if missing:
+    if missing := [k for k in _SOUL_REQUIRED if k not in meta]:
         _fail(path, f"front matter is missing key(s): {', '.join(missing)}")
     if not isinstance(meta["summary"], str) or not meta["summary"].strip():
         _fail(path, "front matter key 'summary' must be a non-empty string")
@@ -221,11 +209,9 @@ def load_soul(path=None) -> Soul:
         sections = _sections(body)
     except ValueError as e:
         _fail(path, str(e))
-    missing = [s for s in REQUIRED_SECTIONS if s not in sections]
-    if missing:
+    if missing := [s for s in REQUIRED_SECTIONS if s not in sections]:
         _fail(path, f"missing section(s): {', '.join('## ' + s for s in missing)}")
-    empty = [s for s in REQUIRED_SECTIONS if not sections[s]]
-    if empty:
+    if empty := [s for s in REQUIRED_SECTIONS if not sections[s]]:
         _fail(path, f"empty section(s): {', '.join('## ' + s for s in empty)}")
     return Soul(path=path, text=text, body=body.strip(), summary=meta["summary"].strip(),
                 sections=sections, rules=rules, sha256=hashlib.sha256(raw).hexdigest())
@@ -235,8 +221,7 @@ def _fields(path, where: str, item, required: dict, optional: dict) -> dict:
     """Check a mapping's keys and value types: {key: type}; returns the mapping."""
     if not isinstance(item, dict):
         _fail(path, f"{where} must be a mapping")
-    unknown = sorted(set(item) - set(required) - set(optional))
-    if unknown:
+    if unknown := sorted(set(item) - set(required) - set(optional)):
         _fail(path, f"{where}: unknown field(s): {', '.join(map(str, unknown))}")
     for key, kind in {**required, **optional}.items():
         if key not in item or (key in optional and item[key] is None):  # `args:` left empty
@@ -253,7 +238,7 @@ def _fields(path, where: str, item, required: dict, optional: dict) -> dict:
 def load_tools(path=None) -> ToolSpec:
     """Load and validate a tool spec (default `soul/tools.yaml`); InputError on any problem."""
     path = Path(path) if path is not None else DEFAULT_TOOLS
-    raw, text = _read(path)
+    raw, text = read_file(path)
     doc = _yaml(path, text)
     if not isinstance(doc, dict) or set(doc) != {"tools"}:
         _fail(path, "must be a mapping with exactly one key, 'tools'")
@@ -320,13 +305,13 @@ def type_args(call, spec: ToolSpec) -> tuple[dict | None, str | None]:
     name = call.get("name")
     tool = spec.get(name) if isinstance(name, str) else None
     if tool is None:
-        return None, f"error: unknown tool {name!r} (the tools are {', '.join(spec.names)})"
+        return None, f"error: unknown tool {name!r} (the tools are {', '.join(t.name for t in spec.tools)})"
     given = call.get("args") or {}
     if not isinstance(given, dict):
         return None, f"error: {name} arguments must be key/value pairs"
     typed, problems = {}, []
     for key, value in given.items():
-        arg = tool.arg(key)
+        arg = next((a for a in tool.args if a.name == key), None)
         if arg is None:
             known = ", ".join(a.name for a in tool.args) or "none"
             problems.append(f"{name} has no argument {key!r} (its arguments: {known})")
@@ -348,7 +333,7 @@ def render_system_prompt(soul: Soul, tools: ToolSpec, template=None) -> str:
     purpose: a tiny model reads it in every conversation). `template` overrides the path
     of `nanocode/prompts/system.j2`."""
     path = Path(template) if template is not None else PROMPTS / "system.j2"
-    _, source = _read(path)
+    _, source = read_file(path)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, autoescape=False)
     try:

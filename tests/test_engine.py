@@ -117,8 +117,8 @@ def test_tool_calls_are_run_and_their_results_forced(tiny_tok):
     sampled = [e.id for e in tokens if not e.forced]
     assert sampled == turn + turn  # the model goes on after the results: a second, identical turn
     assert len(calls) == 2 and isinstance(events[-1], Done) and events[-1].reason == "stop"
-    # the whole stream parses back into the conversation it stands for
+    # the whole stream is the rendering of the conversation it stands for
     ids = prompt + [e.id for e in tokens]
-    messages = template.parse(ids, tiny_tok)
-    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
-    assert messages[2] == {"role": "tool", "name": "Read", "content": "1→hello"}
+    conversation = [{"role": "user", "content": "hi"}, calls[0],
+                    {"role": "tool", "name": "Read", "content": "1→hello"}, calls[1]]
+    assert template.render(conversation, tiny_tok)[0] == ids

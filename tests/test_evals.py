@@ -308,15 +308,14 @@ def test_the_report_renders_a_whole_run_and_names_what_is_missing(root, loaded, 
         runs.write_result(run, "agentic", agentic.evaluate(server.base_url, limit=1))
     (run / "evals/broken.json").write_text("{oops")
     said = []
-    assert report.write(run, log=said.append) == (run / "report.html", run / "report.md")
+    assert report.write(run, log=said.append) == run / "report.html"
     assert f"missing: stage sft: no {run / 'sft'} directory" in said
-    page, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4  # loss and bpb of two stages, embedded
     assert "src='http" not in page and "<link" not in page  # nothing fetched: opens offline
     for text in ("tiny_mc", "CORE", "reward accuracy", "pass rate", "bytes/token", "jax", "→ Edit("):
-        assert text in md, text
-    assert "stage sft: no" in md and "evals/broken.json: unreadable" in md
-    assert (run / "report_files/pretrain_loss.png").read_bytes()[:4] == b"\x89PNG"
+        assert text in page, text
+    assert "stage sft: no" in page and "evals/broken.json: unreadable" in page
 
 
 def test_the_report_survives_bad_runs(root, tiny_tok, tmp_path):
@@ -325,17 +324,17 @@ def test_the_report_survives_bad_runs(root, tiny_tok, tmp_path):
     shutil.copytree(root / "run" / "pretrain", stage)
     shutil.rmtree(stage / "tokenizer")
     tiny_tok.save(stage / "tokenizer")
-    page, _ = report.build(stage)
+    page = report.build(stage)
     assert any("not the tokenizer" in m for m in page.missing)
     assert any(m.startswith("evals: no results") for m in page.missing)
     # a stage that never got a checkpoint, and a root with nothing in it
     (tmp_path / "bare" / "sft").mkdir(parents=True)
     (tmp_path / "bare" / "sft" / "metrics.jsonl").write_text('{"step": 0, "event": "start", "stage": "sft"}\n{"ste')
-    page, _ = report.build(tmp_path / "bare")
+    page = report.build(tmp_path / "bare")
     assert any("sft:" in m and "checkpoint" in m for m in page.missing)
-    assert "stage" in report.to_markdown(page, "t")
+    assert "stage" in report.to_html(page, "t")
     (tmp_path / "nothing").mkdir()
-    page, _ = report.build(tmp_path / "nothing")
+    page = report.build(tmp_path / "nothing")
     assert any("no stage directories" in m for m in page.missing)
     r = subprocess.run([str(BIN / "evals"), "report", str(tmp_path / "absent")], capture_output=True, text=True,
                        timeout=60)

@@ -35,7 +35,7 @@ def test_defaults_load_and_hash_the_file_bytes(soul, tools):
     assert load_soul().sha256 == soul.sha256 and load_tools().sha256 == tools.sha256
     assert {"voice", "values", "rules", "examples"} <= set(soul.sections)
     assert soul.rules.lowercase_prose and soul.rules.max_reply_words
-    assert tools.names == ["Read", "Grep", "Edit", "Bash"]
+    assert [t.name for t in tools.tools] == ["Read", "Grep", "Edit", "Bash"]
 
 
 def test_default_tools_match_design(tools):

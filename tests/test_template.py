@@ -39,7 +39,7 @@ def conversations(draw, value=TEXT):
 
 
 def as_parsed(messages):
-    """What parsing gives back: assistant content always present, argument values as text."""
+    """The assistant turns as parsing gives them back: content always present, argument values as text."""
     out = []
     for m in messages:
         m = dict(m)
@@ -49,20 +49,32 @@ def as_parsed(messages):
                 m["tool_calls"] = [{"name": c["name"], "args": {k: R.value_text(v) for k, v in c["args"].items()}}
                                    for c in m["tool_calls"]]
         out.append(m)
-    return out
+    return [m for m in out if m["role"] == "assistant"]
+
+
+def parsed_turns(messages, tok):
+    """Each assistant turn of the rendered conversation read back as the engine reads it: the
+    turn's prompt is a prefix of the whole, and parse_assistant reads what follows it."""
+    ids, _ = T.render(messages, tok)
+    turns = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            prompt = T.render_prompt(messages[:i], tok)
+            assert ids[:len(prompt)] == prompt
+            turns.append(T.parse_assistant(ids[len(prompt):], tok))
+    return turns
 
 
 @given(conversations())
 def test_render_parse_round_trip(tiny_tok, messages):
     ids, mask = T.render(messages, tiny_tok)
     assert len(ids) == len(mask)
-    assert T.parse(ids, tiny_tok) == as_parsed(messages)
+    assert parsed_turns(messages, tiny_tok) == as_parsed(messages)
 
 
 @given(conversations(value=SCALAR))
 def test_scalar_arguments_come_back_as_text(tiny_tok, messages):
-    ids, _ = T.render(messages, tiny_tok)
-    assert T.parse(ids, tiny_tok) == as_parsed(messages)
+    assert parsed_turns(messages, tiny_tok) == as_parsed(messages)
 
 
 def test_very_long_multiline_text_round_trips(tiny_tok):
@@ -72,7 +84,7 @@ def test_very_long_multiline_text_round_trips(tiny_tok):
                     {"name": "Edit", "args": {"file_path": "a.py", "old_string": code, "new_string": code + "\n"}}]},
                 {"role": "tool", "name": "Edit", "content": code}]
     assert len(code) > 200_000
-    assert T.parse(T.render(messages, tiny_tok)[0], tiny_tok) == as_parsed(messages)
+    assert parsed_turns(messages, tiny_tok) == as_parsed(messages)
 
 
 @given(st.lists(st.one_of(st.text(), SPELLINGS), max_size=8).map("".join))
@@ -110,18 +122,19 @@ def test_render_prompt_primes_an_assistant_turn(tiny_tok):
     prompt = T.render_prompt(messages, tiny_tok)
     assert prompt[-1] == tiny_tok.special_id(T.ASSISTANT_START)
     generated = tiny_tok.encode("hey") + [tiny_tok.special_id(T.ASSISTANT_END)]
-    assert T.parse(prompt + generated, tiny_tok) == messages + [{"role": "assistant", "content": "hey"}]
+    reply = {"role": "assistant", "content": "hey"}
+    assert T.parse_assistant(generated, tiny_tok) == reply
+    assert T.render(messages + [reply], tiny_tok)[0] == prompt + generated
 
 
 @given(st.data())
 def test_parsing_any_id_stream_never_raises(tiny_tok, data):
     specials = st.sampled_from([tiny_tok.special_id(s) for s in T.SPECIAL_TOKENS])
     ids = data.draw(st.lists(st.one_of(st.integers(0, tiny_tok.vocab_size - 1), specials), max_size=120))
-    for parsed in (T.parse(ids, tiny_tok), [T.parse_assistant(ids, tiny_tok)]):
-        for m in parsed:
-            assert m["role"] in R.ROLES and isinstance(m["content"], str)
-            for c in m.get("tool_calls", []):
-                assert isinstance(c["name"], str) and isinstance(c["args"], dict)
+    m = T.parse_assistant(ids, tiny_tok)
+    assert m["role"] == "assistant" and isinstance(m["content"], str)
+    for c in m.get("tool_calls", []):
+        assert isinstance(c["name"], str) and isinstance(c["args"], dict)
 
 
 def _ids(tok, *parts):

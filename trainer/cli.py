@@ -129,16 +129,11 @@ def tokenizer_eval_cmd(
         print(tokenizer_eval.markdown_table(rows))
         return
     table = Table(title=f"our tokenizer vs a prose-only one, vocab {ours.vocab_size:,}")
-    columns = ["text", "bytes", "tokens", "bytes/tok"]
-    if base:
-        columns += ["prose-only\ntokens", "prose-only\nbytes/tok", "ours\nsaves"]
-    for c in columns:
+    headers, cells = tokenizer_eval.table(rows)
+    for c in headers:
         table.add_column(c, justify="left" if c == "text" else "right", no_wrap=True)
-    for r in rows:
-        cells = [r["text"], f"{r['bytes']:,}", f"{r['ours_tokens']:,}", f"{r['ours_bpt']:.2f}"]
-        if base:
-            cells += [f"{r['base_tokens']:,}", f"{r['base_bpt']:.2f}", f"{r['fewer_tokens']:+.1%}"]
-        table.add_row(*cells)
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
     if base is None:
         console.print(f"(no prose-only baseline at {baseline}: train one with "

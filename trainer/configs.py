@@ -94,8 +94,7 @@ def for_depth(depth: int, *, vocab_size: int = 32768, seq_len: int = 2048, head_
               **overrides) -> TrainConfig:
     """Derive a full run from one depth. Overrides may name TrainConfig or GPTConfig fields; model
     overrides apply before the batch and horizon are derived, so those follow them."""
-    unknown = set(overrides) - _MODEL_FIELDS - _TRAIN_FIELDS
-    if unknown:
+    if unknown := set(overrides) - _MODEL_FIELDS - _TRAIN_FIELDS:
         raise InputError(f"unknown config field(s): {', '.join(sorted(unknown))}")
     model_kw = {k: v for k, v in overrides.items() if k in _MODEL_FIELDS}
     train_kw = {k: v for k, v in overrides.items() if k in _TRAIN_FIELDS}
@@ -126,8 +125,7 @@ def get_config(name: str, **overrides) -> TrainConfig:
     """A preset by name, or "d<N>" for any depth with the GPU defaults (vocab 32768, seq 2048)."""
     if name in PRESET_RECIPES:
         return for_depth(**{**PRESET_RECIPES[name], "name": name, **overrides})
-    m = re.fullmatch(r"d([1-9][0-9]*)", name)
-    if m:
+    if m := re.fullmatch(r"d([1-9][0-9]*)", name):
         return for_depth(int(m[1]), **{"name": name, **overrides})
     raise InputError(f"unknown config {name!r}: choose one of {', '.join(PRESET_RECIPES)}, or d<N> for any depth N")
 

@@ -142,8 +142,8 @@ def load(spec, kind: str = "conversations", val_fraction: float = 0.05, seed: in
             where = f"{source} row {i}"
             try:
                 item, row_id = _item(row, kind, where)
-            except _Drop as d:
-                out["dropped"][d.reason] = out["dropped"].get(d.reason, 0) + 1
+            except _Drop as reason:
+                out["dropped"][str(reason)] = out["dropped"].get(str(reason), 0) + 1
                 continue
             kept["val" if hash_unit(row_id) < val_fraction else "train"].append(item)
         out["train"] += _weighted(kept["train"], weight, seed)
@@ -160,8 +160,7 @@ def source_names(loaded: dict) -> list[str]:
 
 
 class _Drop(Exception):
-    def __init__(self, reason: str):
-        self.reason = reason
+    """A row left out of the data; its message is the reason it is counted under."""
 
 
 def _item(row, kind: str, where: str):
@@ -175,8 +174,7 @@ def _item(row, kind: str, where: str):
         if not has_assistant(messages):
             raise _Drop("no assistant content")
         return messages, row.get("id") or record_id(messages)
-    missing = [f for f in PAIR_FIELDS if f not in row]
-    if missing:
+    if missing := [f for f in PAIR_FIELDS if f not in row]:
         raise InputError(f"{where}: a preference pair needs {', '.join(PAIR_FIELDS)}; missing {', '.join(missing)}")
     pair = {f: _messages(row[f], f"{where} {f}") for f in PAIR_FIELDS}
     for side in ("chosen", "rejected"):

@@ -48,7 +48,6 @@ def default_corpus() -> Path:
     return nanocode_home() / "corpus" / "local"
 
 
-
 # ------------------------------------------------------------------------------ shards
 
 
@@ -125,7 +124,6 @@ def _check_corpus(corpus_dir: Path) -> None:
 
 
 def shards(corpus_dir: str | os.PathLike, kind: str, split: str = "train") -> list[Path]:
-    corpus_dir = Path(corpus_dir)
     check_kind(kind)
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
@@ -144,15 +142,9 @@ def _counts(files: list[Path]) -> dict:
 
 def describe(corpus_dir: str | os.PathLike) -> list[dict]:
     """One row per kind and split present: shards, docs, chars, bytes on disk."""
-    corpus_dir = Path(corpus_dir)
     _check_corpus(corpus_dir)
-    rows = []
-    for kind in KINDS:
-        for split in SPLITS:
-            if files := shard_files(corpus_dir, kind, split):
-                rows.append({"kind": kind, "split": split, **_counts(files),
-                             "bytes": sum(f.stat().st_size for f in files)})
-    return rows
+    return [{"kind": kind, "split": split, **_counts(files), "bytes": sum(f.stat().st_size for f in files)}
+            for kind in KINDS for split in SPLITS if (files := shard_files(corpus_dir, kind, split))]
 
 
 def read_manifest(corpus_dir: Path) -> dict:
@@ -332,17 +324,13 @@ def _fatal(e: BaseException) -> bool:
     return isinstance(e, HfHubHTTPError) and status is not None and 400 <= status < 500 and status != 429
 
 
-def _retryable() -> tuple[type[BaseException], ...]:
-    import httpx
-
-    return (OSError, httpx.TransportError)
-
-
 def _resilient(open_at, start: int, retries: int, backoff: float, what: str) -> Iterator:
     """Rows from open_at(start), re-opened at the next unread row after a network error.
 
     `retries` counts consecutive failures; a row read resets it. Backoff doubles each time.
     """
+    import httpx
+
     pos, failures = start, 0
     while True:
         try:
@@ -351,7 +339,7 @@ def _resilient(open_at, start: int, retries: int, backoff: float, what: str) -> 
                 pos += 1
                 failures = 0
             return
-        except _retryable() as e:
+        except (OSError, httpx.TransportError) as e:
             if _fatal(e):
                 raise InputError(f"cannot read {what}: {_short(e)}") from None
             failures += 1
@@ -428,8 +416,7 @@ def download(dataset: str, kind: str, out_dir: str | os.PathLike, column: str = 
             "split": split, "column": column, "val_docs": val_docs, "docs_per_shard": docs_per_shard}
     entry = read_manifest(out_dir).get("kinds", {}).get(kind)
     if entry is not None:
-        changed = [f"{k} was {entry.get(k)!r}, now {v!r}" for k, v in spec.items() if entry.get(k) != v]
-        if changed:
+        if changed := [f"{k} was {entry.get(k)!r}, now {v!r}" for k, v in spec.items() if entry.get(k) != v]:
             raise InputError(f"{kind_dir} already holds other data ({'; '.join(changed)}): "
                              "pick another --out")
     elif kind_dir.is_dir() and any(kind_dir.iterdir()):

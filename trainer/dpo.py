@@ -23,7 +23,7 @@ import numpy as np
 from nanocode.common import InputError
 from trainer import checkpoint, conversations, model, sft, template, train
 from trainer.configs import TrainConfig
-from trainer.sft import EpochCursor, data_fingerprint, render_all
+from trainer.sft import EpochCursor, data_fingerprint, render_all, targets
 from trainer.train import Stage, bits_per_byte
 
 LOSSES = ("sigmoid", "ipo")
@@ -45,21 +45,16 @@ def render_pair(pair: dict, tok, seq_len: int) -> tuple[np.ndarray, np.ndarray] 
 
 
 def render_pairs(pairs: list[dict], tok, seq_len: int) -> tuple[list, int]:
-    out, dropped = [], 0
-    for pair in pairs:
-        r = render_pair(pair, tok, seq_len)
-        if r is None:
-            dropped += 1
-        elif r[1][0].any() and r[1][1].any():
-            out.append(r)
-    return out, dropped
+    """(pairs that fit, both sides with assistant tokens to score; how many did not fit)."""
+    rendered = [render_pair(pair, tok, seq_len) for pair in pairs]
+    return [r for r in rendered if r is not None and r[1][0].any() and r[1][1].any()], rendered.count(None)
 
 
 def as_batch(items, idx) -> dict:
     """Pairs items[idx] -> {"inputs", "targets"}: (rows, 2, seq) arrays, [chosen, rejected] per row."""
     ids = np.stack([items[i][0] for i in idx])
     mask = np.stack([items[i][1] for i in idx])
-    return {"inputs": ids[..., :-1], "targets": np.where(mask[..., 1:] > 0, ids[..., 1:], -1).astype(np.int32)}
+    return {"inputs": ids[..., :-1], "targets": targets(ids, mask)}
 
 
 def sequence_logps(params, inputs, targets, cfg):
@@ -112,10 +107,12 @@ class PairLoader(EpochCursor):
         return batch
 
 
+_logps = jax.jit(lambda p, x, y, cfg: sequence_logps(p, x, y, cfg)[0], static_argnames="cfg")
+
+
 def reference_logps(params, items, cfg, batch_size: int) -> np.ndarray:
     """(pairs, 2) summed log-probs of [chosen, rejected] under `params`, in batches."""
-    fn = jax.jit(lambda p, x, y: sequence_logps(p, x, y, cfg)[0])
-    out = [np.asarray(fn(params, b["inputs"], b["targets"])) for b in _batches(items, batch_size)]
+    out = [np.asarray(_logps(params, b["inputs"], b["targets"], cfg=cfg)) for b in _batches(items, batch_size)]
     return np.concatenate(out)[:len(items)]
 
 
@@ -149,20 +146,16 @@ def dpo_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str, ref
     # data's, else the held-out pairs' prompt + chosen) to show the SFT skills did not regress
     val_ref = reference_logps(ref_params, val_items, cfg.model, batch) if val_items else None
     conv_batches = sft.val_batches(data["val_convs"], batch, seq, tok.bos_id) if data["val_convs"] else []
-    logps_fn = jax.jit(lambda p, x, y: sequence_logps(p, x, y, cfg.model)[0])
-    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
     token_bytes = tok.token_bytes()
 
     def evaluate(params):
         out = {}
         if val_items:
-            policy = np.concatenate([np.asarray(logps_fn(params, b["inputs"], b["targets"]))
-                                     for b in _batches(val_items, batch)])[:len(val_items)]
-            ratio = policy - val_ref
+            ratio = reference_logps(params, val_items, cfg.model, batch) - val_ref
             out["val_rewards/accuracies"] = float((ratio[:, 0] > ratio[:, 1]).mean())
             out["val_rewards/margins"] = float(beta * (ratio[:, 0] - ratio[:, 1]).mean())
         if conv_batches:
-            out["val_bpb"] = bits_per_byte(eval_fn, params, conv_batches, token_bytes)
+            out["val_bpb"] = bits_per_byte(params, conv_batches, cfg.model, token_bytes)
         return out
 
     ref_logps = None

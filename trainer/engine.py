@@ -53,17 +53,6 @@ class _Row:
     done: bool = False
 
 
-def cache_length(needed: int, seq_len: int) -> int:
-    n = MIN_CACHE
-    while n < needed:
-        n *= 2
-    return min(n, seq_len)
-
-
-def chunk_length(n: int) -> int:
-    return next((c for c in CHUNK_BUCKETS if c >= n), n)
-
-
 def sample_next(logits, keys, temperature, top_k, top_p, mode: str):
     """(B, V) fp32 logits -> (B,) ids. Per row: temperature 0 is greedy; top_k 0 and top_p 1 are
     off. `mode` (static) skips what no row needs: "greedy" draws no random numbers (on CPU the
@@ -106,12 +95,6 @@ class Engine:
         self.assistant_start, self.assistant_end = sid(template.ASSISTANT_START), sid(template.ASSISTANT_END)
         self.default_stop = (self.assistant_end, tok.bos_id)
 
-    def new_cache(self, batch: int, length: int):
-        c = self.cfg
-        shape = (c.n_layer, batch, c.n_kv_head, length, c.head_dim)
-        dtype = jnp.dtype(c.compute_dtype)
-        return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int] = 256, *,
                  temperature: float | list[float] = 0.0, top_k: int | list[int] = 0,
                  top_p: float | list[float] = 1.0, seed: int | list[int] = 0, stop: tuple[int, ...] | None = None,
@@ -130,8 +113,8 @@ class Engine:
         max_tokens, temperature, top_k, top_p, seed = (
             list(v) if isinstance(v, (list, tuple)) else [v] * B for v in (max_tokens, temperature, top_k, top_p, seed))
         longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
-        # tool results arrive unannounced: give tool-using rows the whole context up front
-        S = seq_len if on_tool_calls else cache_length(longest, seq_len)
+        # a power of two (few compiles); tool results arrive unannounced: tool-using rows get the whole context
+        S = seq_len if on_tool_calls else min(max(MIN_CACHE, 1 << (longest - 1).bit_length()), seq_len)
         rows = [_Row(feed=list(p)) for p in prompts]
         for i, r in enumerate(rows):
             if not r.feed:
@@ -139,7 +122,8 @@ class Engine:
             if len(r.feed) > S:
                 r.done = True
                 yield Done(i, "context_full", f"the prompt has {len(r.feed)} tokens; the context holds {S}")
-        kv = self.new_cache(B, S)
+        shape, dtype = (self.cfg.n_layer, B, self.cfg.n_kv_head, S, self.cfg.head_dim), self.cfg.compute_dtype
+        kv = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))  # the cache: every layer's keys and values
         seeds = jnp.asarray(np.asarray(seed, np.int64) % (1 << 32), jnp.uint32)
         settings = (jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32),
                     jnp.asarray(top_p, jnp.float32))
@@ -153,7 +137,8 @@ class Engine:
                     yield Done(i, "cancelled")
             if all(r.done for r in rows):
                 break
-            C = chunk_length(max(len(r.feed) for r in rows if not r.done))
+            feed = max(len(r.feed) for r in rows if not r.done)
+            C = next((c for c in CHUNK_BUCKETS if c >= feed), feed)  # a few chunk shapes: few compiles
             ids = np.zeros((B, C), np.int32)
             n = np.zeros(B, np.int32)
             for i, r in enumerate(rows):

@@ -15,6 +15,7 @@ tokenizer, seed, split) refuses a state from another setup.
 """
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -36,11 +37,6 @@ def _digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def _corpus_id(files: list[Path]) -> str:
-    """Names and sizes of the shards (a stat each, no reads): a rebuilt corpus differs."""
-    return _digest(*(f"{f.parent.name}/{f.name}:{f.stat().st_size}" for f in files))
-
-
 class PackedLoader:
     def __init__(self, corpus_dir, tokenizer, batch_size: int, seq_len: int, *, split="train",
                  code_ratio=corpus.DEFAULT_RATIO, seed=0, buffer_docs=1000, state: dict | None = None,
@@ -56,9 +52,10 @@ class PackedLoader:
         if state is not None and state["version"] != STATE_VERSION:
             raise InputError(f"loader state version {state['version']} is not {STATE_VERSION}")
         self.stream = corpus.MixedStream(corpus_dir, split, code_ratio, seed, loop, state and state["stream"])
+        # the corpus by its shards' names and sizes (a stat each, no reads): a rebuilt corpus differs
         files = [f for k in corpus.KINDS for f in corpus.shard_files(corpus_dir, k, split)]
-        self.fingerprint = {"corpus": _corpus_id(files), "tokenizer": tokenizer.fingerprint(),
-                            "seed": seed, "split": split}
+        self.fingerprint = {"corpus": _digest(*(f"{f.parent.name}/{f.name}:{f.stat().st_size}" for f in files)),
+                            "tokenizer": tokenizer.fingerprint(), "seed": seed, "split": split}
         for key, value in (state or {}).get("fingerprint", {}).items():
             if self.fingerprint.get(key) != value:
                 raise InputError(f"the loader state was saved with another {key} ({value!r}, this run "
@@ -81,12 +78,8 @@ class PackedLoader:
         self.lens = np.concatenate([self.lens, np.asarray(lens, np.int64)])
 
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
-        out = []
-        for tokens in self.tok.encode_batch(texts, num_threads=min(8, os.cpu_count() or 1)):
-            doc = np.empty(len(tokens) + 1, np.int32)
-            doc[0], doc[1:] = self.bos, tokens
-            out.append(doc)
-        return out
+        return [np.array([self.bos, *tokens], np.int32)
+                for tokens in self.tok.encode_batch(texts, num_threads=min(8, os.cpu_count() or 1))]
 
     def _fill(self) -> None:
         """Top the buffer up to buffer_docs from the stream (it may end when not looping)."""
@@ -152,12 +145,8 @@ def val_batches(corpus_dir, tokenizer, kind: str, batch_size, seq_len,
     ratio = (1, 0) if kind == "code" else (0, 1)
     loader = PackedLoader(corpus_dir, tokenizer, batch_size, seq_len, split="val", code_ratio=ratio,
                           loop=False)
-    out = []
-    for _ in range(max(1, max_tokens // (batch_size * seq_len))):
-        try:
-            out.append(loader.next_batch())
-        except StopIteration:
-            break
+    # next_batch raises StopIteration when the split runs out, which ends the iterator
+    out = list(itertools.islice(iter(loader.next_batch, None), max(1, max_tokens // (batch_size * seq_len))))
     if not out:
         raise InputError(f"{kind} val split of {corpus_dir} is too small for one batch of "
                          f"{batch_size} x {seq_len} tokens")

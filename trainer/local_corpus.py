@@ -19,6 +19,7 @@ code and its docstrings land in the same split. The layout is trainer/corpus.py'
 import ast
 import gzip
 import hashlib
+import itertools
 import os
 import random
 import shutil
@@ -43,15 +44,15 @@ NOT_PROSE_NAMES = {"makefile", "postinst", "postrm", "preinst", "prerm", "gdbini
 MIN_PROSE_COMPRESSION = 0.15
 
 
-def _write_split(kind_dir: Path, split: str, docs: list[str], docs_per_shard: int) -> dict:
+def _write_split(kind_dir: Path, split: str, docs: list[str]) -> dict:
     """Write one split as shards (train) or val.parquet; return its counts."""
     if split == "val":
         corpus.write_shard(kind_dir / "val.parquet", docs)
         n_shards = 1
     else:
-        starts = range(0, max(len(docs), 1), docs_per_shard)
+        starts = range(0, max(len(docs), 1), DOCS_PER_SHARD)
         for i, start in enumerate(starts):
-            corpus.write_shard(kind_dir / f"shard_{i:05d}.parquet", docs[start:start + docs_per_shard])
+            corpus.write_shard(kind_dir / f"shard_{i:05d}.parquet", docs[start:start + DOCS_PER_SHARD])
         n_shards = len(starts)
     return {"docs": len(docs), "chars": sum(map(len, docs)), "shards": n_shards}
 
@@ -75,20 +76,12 @@ def _chunk(text: str, doc_chars: int) -> Iterator[str]:
         yield "".join(doc)
 
 
-def _stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
 def _walk(root: Path, skip_dirs=frozenset()) -> Iterator[Path]:
     """Files under root in a fixed order, not following directory symlinks."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)  # prune: site-packages is huge
         for name in sorted(filenames):
             yield Path(dirpath) / name
-
-
-def _code_files(root: Path) -> list[Path]:
-    return [p for p in _walk(root, {"site-packages", "dist-packages", "__pycache__"}) if p.suffix == ".py"]
 
 
 def _is_prose_name(path: Path) -> bool:
@@ -105,10 +98,6 @@ def _decode(data: bytes) -> str | None:
     return None if "\0" in text else text
 
 
-def _read_code(path: Path) -> str | None:
-    return _decode(path.read_bytes())
-
-
 def _read_doc(path: Path) -> str | None:
     data = path.read_bytes()
     if path.suffix == ".gz":
@@ -122,20 +111,18 @@ def _read_doc(path: Path) -> str | None:
 
 def _read_docstrings(path: Path, module: str) -> str | None:
     """A module's docstrings as prose: each headed by its dotted name, separated by blank lines."""
-    source = _read_code(path)
+    source = _decode(path.read_bytes())
     if source is None:
         return None
     try:
-        with warnings.catch_warnings():  # invalid escapes in old modules are not our business
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):  # invalid escapes in old modules are not our business
             tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError):
         return None
     parts = []
 
     def visit(node, name):
-        doc = ast.get_docstring(node)
-        if doc:
+        if doc := ast.get_docstring(node):
             parts.append(f"{name}\n\n{doc.strip()}\n")
         for child in node.body:
             if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -151,7 +138,7 @@ def _local_sources(kind: str, stdlib: Path, doc_root: Path) -> list[tuple[str, P
         parts = p.relative_to(stdlib).with_suffix("").parts
         return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-    py = _code_files(stdlib) if stdlib.is_dir() else []
+    py = [p for p in _walk(stdlib, {"site-packages", "dist-packages", "__pycache__"}) if p.suffix == ".py"]
     if kind == "code":
         return [(f"stdlib/{p.relative_to(stdlib)}", p, "code") for p in py]
     tests = {"test", "tests", "idle_test"}
@@ -166,7 +153,7 @@ def _local_sources(kind: str, stdlib: Path, doc_root: Path) -> list[tuple[str, P
 def _read_source(path: Path, reader: str) -> str | None:
     try:
         if reader == "code":
-            return _read_code(path)
+            return _decode(path.read_bytes())
         if reader == "doc":
             return _read_doc(path)
         return _read_docstrings(path, reader)
@@ -174,20 +161,13 @@ def _read_source(path: Path, reader: str) -> str | None:
         return None
 
 
-def _compression(text: str) -> float:
-    data = text.encode()
-    return len(zlib.compress(data, 1)) / max(len(data), 1)
-
-
 def _collect_local(kind: str, seed: int, cap: float | None, doc_chars: int, val_fraction: float,
                    stdlib: Path, doc_root: Path) -> dict[str, list[str]]:
     rng = random.Random(f"{seed}:{kind}")
     sources = _local_sources(kind, stdlib, doc_root)
     rng.shuffle(sources)  # with a cap, read a random subset of files, stopping once it is met
-    caps = {"train": None, "val": None} if cap is None else \
-        {"train": cap * (1 - val_fraction), "val": cap * val_fraction}
-    docs = {"train": [], "val": []}
-    chars = {"train": 0, "val": 0}
+    caps = dict.fromkeys(SPLITS) if cap is None else {"train": cap * (1 - val_fraction), "val": cap * val_fraction}
+    docs, chars = {s: [] for s in SPLITS}, dict.fromkeys(SPLITS, 0)
     seen_files, seen_docs = set(), set()
     for key, path, reader in sources:
         full = [s for s in SPLITS if caps[s] is not None and chars[s] >= caps[s]]
@@ -205,8 +185,9 @@ def _collect_local(kind: str, seed: int, cap: float | None, doc_chars: int, val_
             continue
         seen_files.add(digest)
         for doc in _chunk(text, doc_chars):
-            digest = hashlib.sha256(doc.encode()).digest()
-            if kind == "prose" and _compression(doc) < MIN_PROSE_COMPRESSION:
+            data = doc.encode()
+            digest = hashlib.sha256(data).digest()
+            if kind == "prose" and len(zlib.compress(data, 1)) / max(len(data), 1) < MIN_PROSE_COMPRESSION:
                 continue
             if doc.strip() and digest not in seen_docs:
                 seen_docs.add(digest)
@@ -215,13 +196,8 @@ def _collect_local(kind: str, seed: int, cap: float | None, doc_chars: int, val_
     for split in SPLITS:
         rng.shuffle(docs[split])
         if caps[split] is not None:  # the last files read overshoot: drop random docs past the cap
-            kept, total = [], 0
-            for doc in docs[split]:
-                if total >= caps[split]:
-                    break
-                kept.append(doc)
-                total += len(doc)
-            docs[split] = kept
+            before = itertools.accumulate(map(len, docs[split]), initial=0)  # chars of the docs before each
+            docs[split] = [doc for doc, n in zip(docs[split], before) if n < caps[split]]
     return docs
 
 
@@ -243,7 +219,7 @@ def build(out_dir: str | os.PathLike, max_chars: int | None = None, seed: int = 
         raise InputError(f"{out_dir} is a file, not a corpus directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and corpus.read_manifest(out_dir).get("source") != "local":
         raise InputError(f"{out_dir} is not empty and holds no local corpus: pick another --out")
-    stdlib = Path(stdlib) if stdlib else _stdlib_root()
+    stdlib = Path(stdlib or sysconfig.get_paths()["stdlib"])
     doc_root = Path(doc_root)
     manifest = {"source": "local", "seed": seed, "max_chars": max_chars, "doc_chars": doc_chars,
                 "val_fraction": val_fraction, "code_ratio": [c, p], "kinds": {}}
@@ -263,7 +239,7 @@ def build(out_dir: str | os.PathLike, max_chars: int | None = None, seed: int = 
                                  f"({describes[kind]}); raise --max-chars")
             entry = {"source": describes[kind]}
             for split in SPLITS:
-                entry[split] = _write_split(tmp / kind, split, docs[split], DOCS_PER_SHARD)
+                entry[split] = _write_split(tmp / kind, split, docs[split])
             manifest["kinds"][kind] = entry
         corpus.write_manifest(tmp, manifest)
         old = out_dir.with_name(f".{out_dir.name}.old")

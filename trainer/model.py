@@ -153,8 +153,7 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     if cache is None:
-        positions = jnp.arange(ids.shape[1])
-        valid = None
+        positions, valid = jnp.arange(ids.shape[1]), None
     else:
         positions = cache["pos"][:, None] + jnp.arange(ids.shape[1])[None, :]
         valid = jnp.arange(ids.shape[1])[None, :] < cache["n"][:, None]

@@ -87,12 +87,10 @@ def _label(path, leaf):
     top = keys[0]
     if top == "blocks":  # stacked (L, in, out) matrices -> Muon; stacked vectors (L, D) -> Adam
         return "matrix" if leaf.ndim >= 3 else "scalar"
-    if top == "wte":
-        return "embedding"
-    if top == "lm_head":
-        return "unembedding"
-    if top == "resid_lambdas":
-        return "resid"  # scales the whole residual stream: nanochat moves it 100x slower
+    # resid_lambdas scale the whole residual stream: nanochat moves them 100x slower
+    named = {"wte": "embedding", "lm_head": "unembedding", "resid_lambdas": "resid"}
+    if top in named:
+        return named[top]
     if leaf.ndim <= 1:
         return "scalar"  # x0_lambdas and any future per-layer scalars
     raise ValueError(f"no optimizer group for param {'/'.join(map(str, keys))} {leaf.shape}")

@@ -167,8 +167,8 @@ class ModelServer:
         room = self.seq_len - len(prompt) + 1  # the last position still predicts one token
         limit = _number(body, "max_completion_tokens", None, 1, 1 << 30, integer=True)
         limit = _number(body, "max_tokens", limit, 1, 1 << 30, integer=True)
-        temperature = _number(body, "temperature", 1.0, 0, 2)
-        sampling = dict(temperature=float(temperature), top_p=float(_number(body, "top_p", 1.0, 0, 1)),
+        sampling = dict(temperature=float(_number(body, "temperature", 1.0, 0, 2)),
+                        top_p=float(_number(body, "top_p", 1.0, 0, 1)),
                         top_k=_number(body, "top_k", 0, 0, 1 << 30, integer=True),  # vLLM's extension
                         seed=_number(body, "seed", None, -(1 << 63), (1 << 63) - 1, integer=True))
         # no seed: a different sample every time, as OpenAI does; jax keys take 32 bits
@@ -265,8 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _route(self) -> str:
-        path = urlsplit(self.path).path.rstrip("/")
-        return path.removeprefix("/v1")
+        return urlsplit(self.path).path.rstrip("/").removeprefix("/v1")
 
     def do_GET(self):
         t0, route = time.perf_counter(), self._route()

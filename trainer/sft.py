@@ -25,7 +25,7 @@ from nanocode.common import InputError
 from trainer import checkpoint, conversations, model, template, train
 from trainer.configs import TrainConfig
 from trainer.engine import Engine
-from trainer.train import Stage, bits_per_byte
+from trainer.train import Stage, bits_per_byte, eval_losses
 
 STATE_VERSION = 1
 LR_SCALE = {"sft": 0.8, "dpo": 0.1}  # preference steps move a tuned model: far gentler than SFT
@@ -61,11 +61,12 @@ def pack_rows(items, order, cursor: int, n_rows: int, seq_len: int, pad_id: int)
             ids[r, pos:pos + len(conv_ids)], mask[r, pos:pos + len(conv_ids)] = conv_ids, conv_mask
             pos += len(conv_ids)
             cursor += 1
-    return ids[:, :-1], _targets(ids, mask), cursor
+    return ids[:, :-1], targets(ids, mask), cursor
 
 
-def _targets(ids, mask):
-    return np.where(mask[:, 1:] > 0, ids[:, 1:], -1).astype(np.int32)
+def targets(ids, mask):
+    """Next-token targets of rendered rows (..., seq_len + 1): -1 where the model is not trained."""
+    return np.where(mask[..., 1:] > 0, ids[..., 1:], -1).astype(np.int32)
 
 
 def rows_per_epoch(items, seq_len: int) -> int:
@@ -157,8 +158,7 @@ def prompts_of(convs: list[list[dict]], tok, seq_len: int, n: int = 3) -> list[l
     """Prompts for samples: held-out conversations up to their first assistant turn."""
     out = []
     for messages in convs:
-        first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
-        if first:
+        if first := next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None):
             ids = template.render_prompt(messages[:first], tok)
             if len(ids) < seq_len - 16:
                 out.append(ids)
@@ -190,13 +190,12 @@ def sft_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str) -> 
     seq, train_items = cfg.model.seq_len, data["train"]
     fp = data_fingerprint(train_items)
     val = val_batches(data["val"] or train_items[:batch], batch, seq, tok.bos_id)
-    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
     token_bytes = tok.token_bytes()
 
     def evaluate(params):
-        nats = sum(float(np.asarray(eval_fn(params, x, y)).sum()) for x, y in val)
+        nats = sum(float(np.asarray(eval_losses(params, x, y, cfg=cfg.model)).sum()) for x, y in val)
         n = sum(int((y >= 0).sum()) for _, y in val)
-        return {"val_loss": nats / max(n, 1), "val_bpb": bits_per_byte(eval_fn, params, val, token_bytes)}
+        return {"val_loss": nats / max(n, 1), "val_bpb": bits_per_byte(params, val, cfg.model, token_bytes)}
 
     engine = Engine(None, cfg.model, tok)
     prompts = prompts_of(data["val_convs"], tok, seq)

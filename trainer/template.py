@@ -8,19 +8,18 @@
 
 Text is encoded with the tokenizer's ordinary encoder, which never emits a special id, so a
 user pasting `<|user_end|>` cannot inject structure. Everything is rendered verbatim (no
-stripping), so code edits keep their indentation and trailing newlines. Parsing never raises:
-a malformed tool call comes back as a call with an `error` the agent reports to the model.
+stripping), so code edits keep their indentation and trailing newlines. Only what the model
+writes is ever parsed (`parse_assistant`), and that never raises: a malformed tool call comes
+back as a call with an `error` the agent reports to the model.
 
 `tok` is anything with `encode(text) -> ids` (ordinary text only), `decode(ids) -> str` and
 `special_id(name) -> id`, i.e. `trainer.tokenizer.Tokenizer`.
 """
 
+import itertools
+
 from nanocode.record import (ARG, ASSISTANT_END, ASSISTANT_START, BOS, CALL_END, CALL_START, RESULT_END,
                              RESULT_START, SPECIAL_TOKENS, USER_END, USER_START, VAL, validate, value_text)
-
-
-def _messages(conversation) -> list[dict]:
-    return conversation["messages"] if isinstance(conversation, dict) else conversation
 
 
 def render(conversation, tok) -> tuple[list[int], list[int]]:
@@ -29,7 +28,7 @@ def render(conversation, tok) -> tuple[list[int], list[int]]:
     The mask is 1 on what the model writes (after <|assistant_start|> up to and including
     <|assistant_end|>) and 0 on what the engine forces or the world says.
     """
-    messages = _messages(conversation)
+    messages = conversation["messages"] if isinstance(conversation, dict) else conversation
     validate(messages)
     sid = tok.special_id
     ids, mask = [sid(BOS)], [0]
@@ -76,17 +75,9 @@ def render_prompt(conversation, tok) -> list[int]:
 def _segments(ids, tok):
     """Split ids into ('special', name) and ('text', str) pieces; text runs decode together."""
     names = {tok.special_id(name): name for name in SPECIAL_TOKENS}
-    out, run = [], []
-    for i in ids:
-        if i in names:
-            if run:
-                out.append(("text", tok.decode(run)))
-                run = []
-            out.append(("special", names[i]))
-        else:
-            run.append(i)
-    if run:
-        out.append(("text", tok.decode(run)))
+    out = []
+    for special, run in itertools.groupby(ids, key=lambda i: i in names):
+        out += [("special", names[i]) for i in run] if special else [("text", tok.decode(list(run)))]
     return out
 
 
@@ -173,29 +164,3 @@ def parse_assistant(ids, tok) -> dict:
     Malformed tool calls carry an `error` string; the agent answers them with that error.
     """
     return _read_assistant(_Reader(_segments(ids, tok)))
-
-
-def parse(ids, tok) -> list[dict]:
-    """Parse a whole rendered conversation back into messages. Never raises.
-
-    A system message cannot be told apart from the first user turn once rendered, so it comes
-    back as part of that user's text. Tool results get the name of the call they answer.
-    Stray tokens outside any turn are skipped.
-    """
-    r = _Reader(_segments(ids, tok))
-    messages: list[dict] = []
-    pending: list[str] = []
-    while r.peek()[0] != "end":
-        kind, value = r.next()
-        if value == USER_START:
-            messages.append({"role": "user", "content": r.text()})
-            r.take(USER_END)
-        elif value == ASSISTANT_START:
-            message = _read_assistant(r)
-            pending = [c["name"] for c in message.get("tool_calls", [])]
-            messages.append(message)
-        elif value == RESULT_START:
-            tool = {"role": "tool", "name": pending.pop(0) if pending else "", "content": r.text()}
-            messages.append(tool)
-            r.take(RESULT_END)
-    return messages

@@ -62,9 +62,8 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
         with atomic_path(directory / "tokenizer.tiktoken") as tmp:
-            with open(tmp, "w") as f:
-                for token, rank in sorted(self.ranks.items(), key=lambda kv: kv[1]):
-                    f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+            tmp.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                                   for token, rank in sorted(self.ranks.items(), key=lambda kv: kv[1])))
         meta = {"vocab_size": self.vocab_size, "pattern": self.pattern, "special_tokens": self.specials,
                 "info": self.info}
         write_text_atomic(directory / "tokenizer.json", json.dumps(meta, indent=2) + "\n")
@@ -121,6 +120,5 @@ class Tokenizer:
     def token_bytes(self) -> np.ndarray:
         """UTF-8 bytes each id stands for (0 for specials): turns nats/token into bits/byte."""
         out = np.zeros(self.vocab_size, dtype=np.int32)
-        for token, rank in self.ranks.items():
-            out[rank] = len(token)
+        out[list(self.ranks.values())] = [len(token) for token in self.ranks]
         return out

@@ -32,25 +32,26 @@ def compare(ours: Tokenizer, baseline: Tokenizer | None, texts: dict[str, str]) 
     """One row per text: bytes, tokens and bytes/token for each tokenizer, and the token saving."""
     rows = []
     for name, text in texts.items():
-        n_bytes = len(text.encode("utf-8"))
-        row = {"text": name, "bytes": n_bytes, "ours_tokens": len(ours.encode(text))}
-        row["ours_bpt"] = n_bytes / row["ours_tokens"]
+        n_bytes, n = len(text.encode("utf-8")), len(ours.encode(text))
+        rows.append({"text": name, "bytes": n_bytes, "ours_tokens": n, "ours_bpt": n_bytes / n})
         if baseline is not None:
-            row["base_tokens"] = len(baseline.encode(text))
-            row["base_bpt"] = n_bytes / row["base_tokens"]
-            row["fewer_tokens"] = 1 - row["ours_tokens"] / row["base_tokens"]  # > 0: ours is better
-        rows.append(row)
+            base = len(baseline.encode(text))  # fewer_tokens > 0: ours is better
+            rows[-1].update(base_tokens=base, base_bpt=n_bytes / base, fewer_tokens=1 - n / base)
     return rows
 
 
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """compare()'s rows as (headers, cells) of text, for the terminal (a header's `\n` breaks it
+    there) and for markdown."""
+    base = "base_tokens" in rows[0]
+    headers = ["text", "bytes", "ours\ntokens", "ours\nbytes/token"]
+    headers += ["prose-only\ntokens", "prose-only\nbytes/token", "ours uses\nfewer tokens"] if base else []
+    return headers, [[r["text"], f"{r['bytes']:,}", f"{r['ours_tokens']:,}", f"{r['ours_bpt']:.2f}"]
+                     + ([f"{r['base_tokens']:,}", f"{r['base_bpt']:.2f}", f"{r['fewer_tokens']:+.1%}"] if base else [])
+                     for r in rows]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    has_base = "base_tokens" in rows[0]
-    head = "| text | bytes | ours tokens | ours bytes/token |"
-    head += " prose-only tokens | prose-only bytes/token | ours uses fewer tokens |" if has_base else ""
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        line = f"| {r['text']} | {r['bytes']:,} | {r['ours_tokens']:,} | {r['ours_bpt']:.2f} |"
-        if has_base:
-            line += f" {r['base_tokens']:,} | {r['base_bpt']:.2f} | {r['fewer_tokens']:+.1%} |"
-        lines.append(line)
-    return "\n".join(lines)
+    headers, cells = table(rows)
+    lines = [[h.replace("\n", " ") for h in headers], ["---"] * len(headers), *cells]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

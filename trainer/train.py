@@ -54,10 +54,8 @@ class RunPaths:
 
 def device_peak_flops(dtype: str) -> float:
     kind = jax.devices()[0].device_kind
-    for name, peak in PEAK_FLOPS.items():
-        if name in kind:
-            return peak
-    return measured_matmul_peak(jnp.dtype(dtype))
+    known = [peak for name, peak in PEAK_FLOPS.items() if name in kind]
+    return known[0] if known else measured_matmul_peak(jnp.dtype(dtype))
 
 
 def measured_matmul_peak(dtype=jnp.float32, n: int = 1024, reps: int = 8) -> float:
@@ -103,10 +101,9 @@ class Stage:
 def pretrain_stage(cfg: TrainConfig, corpus_dir: Path, tok: Tokenizer, batch: int) -> Stage:
     seq, token_bytes = cfg.model.seq_len, tok.token_bytes()
     val = {kind: val_batches(corpus_dir, tok, kind, batch, seq, cfg.eval_tokens) for kind in ("prose", "code")}
-    eval_fn = jax.jit(lambda p, x, y: model.token_losses(p, x, y, cfg.model))
 
     def evaluate(params):
-        return {f"val_bpb_{k}": bits_per_byte(eval_fn, params, v, token_bytes) for k, v in val.items()}
+        return {f"val_bpb_{k}": bits_per_byte(params, v, cfg.model, token_bytes) for k, v in val.items()}
 
     engine = Engine(None, cfg.model, tok)  # one engine: its compiled steps serve every sampling
 
@@ -140,12 +137,16 @@ def make_train_step(loss_fn, tx):
     return train_step
 
 
-def bits_per_byte(eval_fn, params, batches, token_bytes) -> float:
+# the validation forward of every stage and of the evals: compiled once per model shape
+eval_losses = jax.jit(model.token_losses, static_argnames="cfg")
+
+
+def bits_per_byte(params, batches, cfg: model.GPTConfig, token_bytes) -> float:
     """Summed nats over target tokens that stand for bytes, over ln 2 times those bytes."""
     nats = n_bytes = 0.0
     for x, y in batches:
         b = token_bytes[np.maximum(y, 0)] * (y >= 0)  # masked targets (-1) count no bytes
-        losses = np.asarray(eval_fn(params, x, y))
+        losses = np.asarray(eval_losses(params, x, y, cfg=cfg))
         nats += float((losses * (b > 0)).sum())
         n_bytes += float(b.sum())
     return nats / (math.log(2) * max(n_bytes, 1))
@@ -157,11 +158,6 @@ def bits_per_byte(eval_fn, params, batches, token_bytes) -> float:
 def fingerprint(cfg: TrainConfig, tok: Tokenizer) -> dict:
     """What a checkpoint must match to be resumed: the model's shape and the tokenizer's merges."""
     return {"model": asdict(cfg.model), "tokenizer": tok.fingerprint()}
-
-
-def stack(batches: list):
-    """Micro-batches (pytrees of (rows, ...) arrays) -> one pytree of (accum, rows, ...) arrays."""
-    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
 def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, stage: Stage | None = None) -> dict:
@@ -188,8 +184,7 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
     if resume:
         step, meta = ckpt.read_meta()
         saved = {**meta["fingerprint"], "stage": meta.get("stage", "pretrain"), "data": meta.get("data", {})}
-        differ = [k for k in identity if saved.get(k) != identity[k]]
-        if differ:
+        if differ := [k for k in identity if saved.get(k) != identity[k]]:
             raise InputError(f"the checkpoint in {ckpt.directory} is from another {' and '.join(differ)}; "
                              "resume with the ones it was trained with")
         state = ckpt.restore({"params": params, "opt": optim.init_state(tx, params)}, step)
@@ -211,8 +206,9 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
     # ---- compile once, ahead of time, so compile time is reported apart from step time
     batch_sharding = NamedSharding(mesh, P(None, "data"))  # (accum, rows, ...): rows over the devices
 
-    def next_step_batch():
-        return jax.device_put(stack([loader.next_batch() for _ in range(accum)]), batch_sharding)
+    def next_step_batch():  # accum micro-batches (pytrees of (rows, ...) arrays) as one of (accum, rows, ...)
+        micro = [loader.next_batch() for _ in range(accum)]
+        return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *micro), batch_sharding)
 
     pending = next_step_batch()  # its shapes are what we compile for
     step_fn = jax.jit(make_train_step(stage.loss, tx), donate_argnums=(0, 1),
