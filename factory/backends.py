@@ -103,10 +103,9 @@ class RequestFailed(Exception):
 # ------------------------------------------------------------------------------ clients
 
 def _retry_after(e) -> float | None:
-    headers = getattr(getattr(e, "response", None), "headers", None) or {}
     try:
-        return float(headers.get("retry-after"))
-    except (TypeError, ValueError):
+        return float(e.response.headers.get("retry-after"))
+    except (AttributeError, TypeError, ValueError):  # no response, no header, not a number of seconds
         return None
 
 
@@ -138,8 +137,7 @@ def reply_of(response) -> Reply:
     if extra.get("error"):
         error = extra["error"]
         raise Retryable(f"error in a 200 body: {error.get('message', error) if isinstance(error, dict) else error}")
-    choices = getattr(response, "choices", None)
-    if not choices:
+    if not (choices := getattr(response, "choices", None)):
         raise Retryable("empty reply (no choices)")
     choice = choices[0]
     if choice.finish_reason == "length":
@@ -190,11 +188,13 @@ class OpenAIClient:
 
     async def complete(self, messages: list[dict], params: dict) -> Reply:
         try:
-            response = await self.client.chat.completions.create(
-                model=self.cfg.model, messages=messages, **params)
+            response = await self._create(messages, params)
         except Exception as e:
             raise classify(e) from None
         return reply_of(response)
+
+    def _create(self, messages, params):
+        return self.client.chat.completions.create(model=self.cfg.model, messages=messages, **params)
 
     def cost(self, reply: Reply) -> float:
         return ((self.cfg.price_in or 0) * reply.tokens_in + (self.cfg.price_out or 0) * reply.tokens_out) / 1e6
@@ -208,17 +208,12 @@ class LiteLLMClient(OpenAIClient):
         litellm.suppress_debug_info = True  # its help banner on every failure, retries included
         self.cfg, self.litellm = cfg, litellm
 
-    async def complete(self, messages: list[dict], params: dict) -> Reply:
+    def _create(self, messages, params):
         # no env var named: litellm finds the provider's own (ANTHROPIC_API_KEY...); a local
         # openai/ server still needs some key
         key = self.cfg.api_key if self.cfg.api_key_env or self.cfg.base_url else None
-        try:
-            response = await self.litellm.acompletion(
-                model=self.cfg.model, messages=messages, api_base=self.cfg.base_url, api_key=key,
-                timeout=self.cfg.timeout, num_retries=0, max_retries=0, **params)
-        except Exception as e:
-            raise classify(e) from None
-        return reply_of(response)
+        return self.litellm.acompletion(model=self.cfg.model, messages=messages, api_base=self.cfg.base_url,
+                                        api_key=key, timeout=self.cfg.timeout, num_retries=0, max_retries=0, **params)
 
     def cost(self, reply: Reply) -> float:
         if self.cfg.price_in is not None or self.cfg.price_out is not None:
@@ -260,12 +255,8 @@ class VLLMClient(OpenAIClient):
             await asyncio.sleep(0.01)  # let the requests of this moment gather into one batch
             batch, self.queue = [q for q in self.queue if not q[2].done()], []
             for (_, _, future), result in zip(batch, await self._chat(batch) if batch else []):
-                if future.done():
-                    continue  # cancelled: its caller timed out while the batch ran
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                if not future.done():  # done: cancelled, its caller timed out while the batch ran
+                    (future.set_exception if isinstance(result, Exception) else future.set_result)(result)
 
     async def _chat(self, batch) -> list:
         """A Reply or an exception per request. A batch that fails is split, so a request vLLM
@@ -318,11 +309,6 @@ class AdaptiveLimit:
                 if self.streak >= int(self.limit) and self.limit < self.ceiling:
                     self.limit, self.streak = min(self.ceiling, self.limit + 1), 0
             self.cond.notify_all()
-
-
-def call_key(model, messages, params, attempt) -> str:
-    text = json.dumps([model, messages, params, attempt], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -385,10 +371,10 @@ class Requester:
         params = {**params, "seed": seed}
         if self.cfg.json_mode:
             params["response_format"] = {"type": "json_object"}
-        key = call_key(self.cfg.model, messages, params, attempt)
+        key = hashlib.sha256(json.dumps([self.cfg.model, messages, params, attempt], sort_keys=True,
+                                        ensure_ascii=False).encode()).hexdigest()
         meta = {"input_id": input_id, "purpose": purpose, "attempt": attempt}
-        hit = self.store.cache_get(key)
-        if hit is not None:
+        if (hit := self.store.cache_get(key)) is not None:
             self.stats.cached += 1
             self.store.log_call(self._call(key, meta, "cached", Reply(**hit)))
             return hit["text"]
@@ -398,9 +384,8 @@ class Requester:
             start, reply, error = time.monotonic(), None, None
             try:
                 reply = await asyncio.wait_for(self.client.complete(messages, params), self.cfg.timeout + 5)
-                latency = time.monotonic() - start
                 cost = self.client.cost(reply)
-                self.store.log_call(self._call(key, meta, "ok", reply, latency, cost))
+                self.store.log_call(self._call(key, meta, "ok", reply, time.monotonic() - start, cost))
                 # committed before use, and before the slot frees: a kill loses at most the
                 # `concurrency` calls in flight, never one whose answer we had
                 await self._save(key, reply)

@@ -23,7 +23,6 @@ skipped. The summary says which stages ran without a model.
 
 import asyncio
 import hashlib
-import importlib.metadata
 import json
 import sys
 import time
@@ -37,12 +36,12 @@ from factory.convert import CONVERTERS
 from factory.critics import CRITICS
 from factory.dedup import screen
 from factory.loop import Context, Stages, entry_key, run_input
-from factory.progress import Counts, Progress, summary_table
+from factory.progress import Counts, Progress, facts_table
 from factory.replay import ToolReplay, replay_figures
 from factory.sources import SOURCES
 from factory.store import Store
 from factory.writers import GENERATORS, REVISERS, Prompts
-from nanocode.common import InputError
+from nanocode.common import InputError, version
 from nanocode.spec import load_soul, load_tools
 
 
@@ -55,11 +54,7 @@ def code_version(stages=()) -> str:
     files = sorted(FACTORY.glob("*.py")) + sorted((FACTORY / "prompts").glob("*.j2"))
     for path in files + sorted(Path(m.__file__) for m in own if getattr(m, "__file__", None)):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
-    try:
-        package = importlib.metadata.version("nanocode")
-    except importlib.metadata.PackageNotFoundError:
-        package = "0"
-    return f"nanocode {package} factory {h.hexdigest()[:12]}"
+    return f"nanocode {version('nanocode', missing='0')} factory {h.hexdigest()[:12]}"
 
 
 def _sha(obj) -> str:
@@ -121,9 +116,7 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
     backend = construct("backend", BackendConfig, settings, config.path)
     stages, effective, notes = plan(config, backend)
     source = make("source", SOURCES, config.source, config.path)
-    seeds = source.seeds()
-    if limit is not None:
-        seeds = seeds[:limit]
+    seeds = source.seeds()[:limit]  # limit None: all
     screened = screen(seeds, dedup=config.dedup)  # dedup + decontamination: marked seeds become rejects
     own = {entry_key(s["converter"]): (s["converter"], s["source"]) for s in seeds if "converter" in s}
     stages.converters = {key: make("converter", CONVERTERS, entry, f"source {label}")
@@ -160,7 +153,7 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
             console.print(f"up to date: version {found['version']} was built from the same SOUL, tools, "
                           "config, inputs and code (--new builds another" +
                           ("; it has no generate rejects to retry)" if retry_rejected else ")"))
-            return {"version": found["version"], "up_to_date": True, **json.loads(found["summary"] or "{}")}
+            return {"version": found["version"], "up_to_date": True, **found["summary"]}
         if backend.name != "offline":
             check_endpoint(backend)  # a wrong URL, key or model: one line now, before any version
         resumed = found is not None and found["status"] == "building" and not new
@@ -188,7 +181,7 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
             raise InputError(f"{counts.failed} input(s) failed on the backend ({error}); version {v} is "
                              "incomplete: run the same command again to finish it")
         store.finish(v, summary)
-        console.print(summary_table(summary))
+        console.print(facts_table(f"version {v}", {k: val for k, val in summary.items() if k != "version"}))
         return summary
     finally:
         store.close()

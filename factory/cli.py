@@ -115,8 +115,7 @@ def ls() -> None:
     from factory.store import Store
     from factory.versions import ls_table
 
-    store = Store(read_only=True)
-    _console().print(ls_table(store))
+    _console().print(ls_table(Store(read_only=True)))
 
 
 @app.command()

@@ -48,23 +48,28 @@ class BuildConfig:
             raise InputError(f"{self.path}: replay must be a mapping of its settings, or null")
 
 
-def load_config(path=None) -> BuildConfig:
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+def read_yaml(path: Path, what: str):
+    """A YAML file's contents (a build config, a scenario spec); InputError naming the file, and
+    the line of a syntax error."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{path}: no such config file") from None
+        raise InputError(f"{path}: no such {what} file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read it ({e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise InputError(f"{path}: bad YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def load_config(path=None) -> BuildConfig:
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    data = read_yaml(path, "config")
     if not isinstance(data, dict):
         raise InputError(f"{path}: a build config must be a YAML mapping")
     known = {f.name for f in dataclasses.fields(BuildConfig)} - {"path"}
-    unknown = sorted(set(data) - known)
-    if unknown:
+    if unknown := sorted(set(data) - known):
         raise InputError(f"{path}: unknown key(s): {', '.join(map(str, unknown))} "
                          f"(known: {', '.join(sorted(known))})")
     return BuildConfig(**data, path=str(path))
@@ -104,8 +109,7 @@ def construct(what: str, cls, settings: dict, where: str):
     one-line InputErrors."""
     if dataclasses.is_dataclass(cls):
         fields = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(settings) - fields)
-        if unknown:
+        if unknown := sorted(set(settings) - fields):
             raise InputError(f"{where}: {what} has no setting(s) {', '.join(unknown)} "
                              f"(its settings: {', '.join(sorted(fields)) or 'none'})")
     try:

@@ -53,8 +53,7 @@ def _target(seed: dict, ext: str, ident: str | None) -> str:
     """The file the code goes into: one the seed names with the right extension, else one
     named after the code's first definition."""
     for text in (seed["instruction"], seed["answer"]):
-        m = re.search(rf"(?<![\w/.])([\w/-]+\.{ext})\b", text)
-        if m:
+        if m := re.search(rf"(?<![\w/.])([\w/-]+\.{ext})\b", text):
             return m[1]
     stem = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", ident).lower() if ident else "solution"
     return f"{stem}.{ext}"
@@ -67,8 +66,7 @@ def check_seed(seed: dict) -> None:
     for where, text in texts.items():
         if "\x00" in text or _CONTROL.search(text):
             raise Skip("input", f"binary content (control bytes) in the {where}")
-        token = next((t for t in SPECIAL_TOKENS if t in text), None)
-        if token:
+        if token := next((t for t in SPECIAL_TOKENS if t in text), None):
             raise Skip("input", f"the {where} spells the special token {token}")
     if len(seed["instruction"]) + len(seed["answer"]) > MAX_TEXT:
         raise Skip("input", f"instruction + answer are {len(seed['instruction']) + len(seed['answer'])} "
@@ -92,10 +90,8 @@ def answer_code(answer: str) -> tuple[re.Match, str, str]:
 
 def _pasted(instruction: str, ext: str) -> str | None:
     """Code the user pasted into the instruction in the answer's language (or unlabeled)."""
-    for m in _FENCED.finditer(instruction):
-        if EXT.get(m[1].lower(), m[1].lower() or ext) == ext and m[2].strip():
-            return m[2]
-    return None
+    return next((m[2] for m in _FENCED.finditer(instruction)
+                 if EXT.get(m[1].lower(), m[1].lower() or ext) == ext and m[2].strip()), None)
 
 
 def kept_share(old: str, new: str) -> float:
@@ -156,9 +152,7 @@ class CodeEdit:
         target = _target(seed, ext, ident)
         before, after = seed["answer"][:m.start()].strip(), seed["answer"][m.end():].strip()
         workspace = dict(seed["workspace"])
-        original = workspace.get(target)
-        if original is None and (pasted := _pasted(seed["instruction"], ext)) is not None:
-            original = pasted
+        original = workspace[target] if target in workspace else _pasted(seed["instruction"], ext)
         modifies = original is not None and original.strip() and kept_share(original, code) >= KEEP
         if self.diff_only and not modifies:
             raise Skip("convert", "the instruction holds no code that the answer modifies")

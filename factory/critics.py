@@ -90,11 +90,10 @@ class BannedPhrases:
     needs_model = False
 
     async def judge(self, messages, ctx) -> Verdict:
-        problems = []
-        for i, m in enumerate(messages):
-            text = " ".join((m.get("content") or "").lower().split()) if m["role"] == "assistant" else ""
-            problems += [f"message {i}: contains {p!r}" for p in self.phrases if p.lower() in text]
-        return _verdict("banned_phrases", problems)
+        texts = {i: " ".join((m.get("content") or "").lower().split())
+                 for i, m in enumerate(messages) if m["role"] == "assistant"}
+        return _verdict("banned_phrases", [f"message {i}: contains {p!r}" for i, text in texts.items()
+                                           for p in self.phrases if p.lower() in text])
 
 
 @dataclass
@@ -103,11 +102,8 @@ class TokenLength:
     chars_per_token: float = 4.0  # the demo's 8k tokenizer gets ~3-3.5 on code: set it lower to be safe
     needs_model = False
 
-    def count(self, messages) -> int:
-        return int(len(json.dumps(messages, ensure_ascii=False)) / self.chars_per_token)
-
     async def judge(self, messages, ctx) -> Verdict:
-        n = self.count(messages)
+        n = int(len(json.dumps(messages, ensure_ascii=False)) / self.chars_per_token)
         return _verdict("token_length", [f"{n} tokens, over the limit of {self.max_tokens}"] * (n > self.max_tokens))
 
 

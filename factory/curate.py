@@ -26,10 +26,8 @@ def exclusions(store: Store, v: int) -> list[dict]:
     """Marks on version v, oldest first; none in a store made before marks existed."""
     if not has_table(store, "exclusions"):
         return []
-    cur = store.db.execute("SELECT row_id, input_id, note, created FROM exclusions WHERE version = ? "
-                           "ORDER BY created, row_id", [v])
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+    return store.rows("SELECT row_id, input_id, note, created FROM exclusions WHERE version = ? "
+                      "ORDER BY created, row_id", v)
 
 
 def mark(store: Store, v: int, row_id: str, note: str) -> None:
@@ -51,26 +49,22 @@ def derive(v: int, console=None) -> dict:
     console = console or Console(highlight=False)
     store = Store()
     try:
-        meta = store.version(v)
-        if meta["status"] != "done":
-            raise InputError(f"version {v} is not finished (status {meta['status']}): build it to the end first")
-        marks = exclusions(store, v)
-        if not marks:
+        meta = store.finished(v)
+        if not (marks := exclusions(store, v)):
             raise InputError(f"version {v} has no rows marked excluded: mark some in `factory view --curate`")
         ids = sorted(m["row_id"] for m in marks)
         fingerprint = hashlib.sha256(json.dumps([meta["fingerprint"], ids]).encode()).hexdigest()
-        found = store.find(fingerprint)
-        if found and found["status"] == "done":
+        if (found := store.find(fingerprint)) and found["status"] == "done":
             console.print(f"up to date: version {found['version']} is version {v} minus the same {len(ids)} marked rows")
-            return {"version": found["version"], "up_to_date": True, **json.loads(found["summary"] or "{}")}
-        config = {**json.loads(meta["config"] or "{}"), "from_version": v, "excluded": len(ids)}
+            return {"version": found["version"], "up_to_date": True, **found["summary"]}
+        config = {**meta["config"], "from_version": v, "excluded": len(ids)}
         new = store.create_version({**{k: meta[k] for k in ("soul_sha256", "tools_sha256", "config_sha256",
                                                               "inputs_sha256", "code_version")},
                                     "fingerprint": fingerprint, "config": config})
         store.copy_version(v, new, f"input_id NOT IN (SELECT input_id FROM exclusions WHERE version = {int(v)})")
         summary = {"version": new, **store.figures(new), **replay_figures(store, new), "from version": v,
                    "excluded": len(ids), "excluded ids": ids,
-                   "models": json.loads(meta["summary"] or "{}").get("models", {})}
+                   "models": meta["summary"].get("models", {})}
         store.finish(new, summary)
         console.print(f"version {new} = version {v} minus {len(ids)} marked row(s): "
                       f"{summary['sft rows']} sft rows, {summary['pairs']} pairs, {summary['rejects']} rejects")
@@ -83,12 +77,11 @@ def diff_lines(store: Store, v1: int, v2: int) -> list[str]:
     """What `factory diff` adds about marks: those on either version, and whether v2 is v1
     minus them."""
     lines = []
-    summary2 = json.loads(store.version(v2)["summary"] or "{}")
+    summary2 = store.version(v2)["summary"]
     if summary2.get("from version") == v1:
         lines.append(f"version {v2} is version {v1} minus {summary2.get('excluded', 0)} marked row(s)")
     for v in (v1, v2):
-        marks = exclusions(store, v)
-        if marks:
+        if marks := exclusions(store, v):
             lines.append(f"exclusions marked on version {v}: {len(marks)}")
             lines += [f"  {m['row_id'][:16]}  {m['input_id']}  {m['note'] or '(no note)'}" for m in marks]
     return lines

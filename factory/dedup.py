@@ -17,9 +17,12 @@ The MinHash is hand-rolled on numpy (multiply-shift hashing): no listed dependen
 
 import hashlib
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from functools import lru_cache
 
 import numpy as np
+
+from factory.heldout import held_out
 
 SHINGLE = 3       # words per shingle: short prompts need short shingles (one changed word
                   # spoils SHINGLE of them)
@@ -35,25 +38,18 @@ _A = _rng.integers(1, 2**63, PERMS, dtype=np.uint64) | np.uint64(1)  # odd multi
 _B = _rng.integers(0, 2**63, PERMS, dtype=np.uint64)
 
 
-def prompt_text(seed: dict) -> str:
-    return "\n".join([seed["instruction"], *(f"{p}\n{t}" for p, t in sorted(seed["workspace"].items()))])
-
-
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def _word_hash(word: str, cache: dict) -> int:
-    h = cache.get(word)
-    if h is None:
-        h = cache[word] = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
-    return h
+@lru_cache(maxsize=2**20)  # a word recurs across prompts: hash it once
+def _word_hash(word: str) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
 
 
-def signature(text: str, cache: dict | None = None) -> np.ndarray:
+def signature(text: str) -> np.ndarray:
     """MinHash signature (PERMS uint32 values) of the text's word shingles."""
-    cache = {} if cache is None else cache
-    w = np.array([_word_hash(x, cache) for x in words(text)] or [0], dtype=np.uint64)
+    w = np.array([_word_hash(x) for x in words(text)] or [0], dtype=np.uint64)
     k = min(SHINGLE, len(w))
     shingles = np.zeros(len(w) - k + 1, dtype=np.uint64)
     for j in range(k):  # a shingle's hash: a polynomial in its word hashes (wrapping uint64)
@@ -74,11 +70,8 @@ def _ngrams(text: str) -> set:
 class Contamination:
     """An index of the held-out problems' n-grams; `check(text)` names the one a text overlaps."""
 
-    def __init__(self, problems: list[dict] | None = None):
-        if problems is None:
-            from factory.heldout import held_out
-            problems = held_out()
-        self.grams = {p["task_id"]: _ngrams(p["prompt"]) for p in problems}
+    def __init__(self):
+        self.grams = {p["task_id"]: _ngrams(p["prompt"]) for p in held_out()}
         self.index = defaultdict(set)
         for tid, grams in self.grams.items():
             for g in grams:
@@ -86,10 +79,7 @@ class Contamination:
 
     def check(self, text: str) -> tuple[str, float] | None:
         grams = _ngrams(text)
-        hits = defaultdict(int)
-        for g in grams:
-            for tid in self.index.get(g, ()):
-                hits[tid] += 1
+        hits = Counter(tid for g in grams for tid in self.index.get(g, ()))
         best = max(((n / max(1, min(len(grams), len(self.grams[tid]))), tid) for tid, n in hits.items()),
                    default=None)
         return (best[1], best[0]) if best and best[0] >= OVERLAP else None
@@ -102,24 +92,23 @@ def screen(seeds: list[dict], contamination: Contamination | None = None, dedup:
     live = [s for s in seeds if not s.get("skip")]
     for seed in live:
         text = seed["instruction"] + "\n" + seed["answer"] + "\n" + "\n".join(seed["workspace"].values())
-        found = contamination.check(text)
-        if found:
+        if found := contamination.check(text):
             tid, share = found
             seed["skip"] = ["decontaminate", f"overlaps held-out {tid} ({share:.0%} of {NGRAM}-word n-grams)"]
             counts["decontaminated"] += 1
     if not dedup:
         return {"decontaminated": counts["decontaminated"]}
-    exact, buckets, sigs, cache = {}, defaultdict(list), {}, {}
+    exact, buckets, sigs = {}, defaultdict(list), {}
     rows = PERMS // BANDS
     for seed in (s for s in live if not s.get("skip")):
-        text = prompt_text(seed)
+        text = "\n".join([seed["instruction"], *(f"{p}\n{t}" for p, t in sorted(seed["workspace"].items()))])
         key = hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
         if key in exact:
             seed["skip"] = ["dedup", f"exact duplicate of {exact[key]}"]
             counts["exact duplicates"] += 1
             continue
         exact[key] = seed["input_id"]
-        sig = signature(text, cache)
+        sig = signature(text)
         bands = [(b, sig[b * rows:(b + 1) * rows].tobytes()) for b in range(BANDS)]
         candidates = dict.fromkeys(other for band in bands for other in buckets.get(band, ()))
         match = max(((float(np.mean(sigs[o] == sig)), o) for o in candidates), default=(0.0, None))

@@ -141,12 +141,11 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
         if not e.permanent:
             raise
         return reject("generate", str(e))
-    final = attempts[-1] if attempts else None
-    if final is None or final["kind"] is not None:
+    final = attempts[-1]  # attempt 1 is always recorded (max_rounds >= 1)
+    if final["kind"] is not None:
         last = next((a for a in reversed(attempts) if a["messages"]), None)
         stage = "critique" if last else "generate"  # generate: no attempt ever parsed
-        reason = "; ".join(final["problems"]) if final else "no attempt was made"
-        return reject(stage, reason, last and last["messages"])
+        return reject(stage, "; ".join(final["problems"]), last and last["messages"])
     if stages.replay is not None:  # the final rollout's tool calls run for real (in a thread: Bash may take seconds)
         replayed = await asyncio.to_thread(stages.replay.replay, final["messages"], draft["workspace"], ctx.spec)
         if replayed.status == "rejected":

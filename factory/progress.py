@@ -3,6 +3,7 @@ stdout is a pipe or a file (CI logs), and the summary table at the end."""
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from rich.live import Live
 from rich.table import Table
@@ -18,11 +19,6 @@ class Counts:
     rejects: int = 0
     revisions: int = 0
     failed: int = 0     # inputs the backend could not serve (left for a rerun)
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class Progress:
@@ -42,7 +38,7 @@ class Progress:
                 "rows/s": f"{rate:.1f}",
                 "tokens/min": f"{tokens / elapsed * 60:,.0f}",
                 "cost": f"${cost:.4f} (projected ${cost + cost / max(1, c.done) * left:.4f})",
-                "eta": _clock(left / rate) if rate > 0 else "?"}
+                "eta": str(timedelta(seconds=int(left / rate))) if rate > 0 else "?"}
 
     def _table(self) -> Table:
         table = Table(title=f"factory build: version {self.version}", show_header=False, box=None)
@@ -70,11 +66,11 @@ class Progress:
             self.live.stop()
 
 
-def summary_table(summary: dict) -> Table:
-    table = Table(title=f"version {summary['version']}", show_header=False)
+def facts_table(title: str, facts: dict) -> Table:
+    """Names in bold, values folded: the build summary, `factory show`."""
+    table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    for key, value in summary.items():
-        if key != "version":
-            table.add_row(key.replace("_", " "), value if isinstance(value, str) else str(value))
+    for key, value in facts.items():
+        table.add_row(key, str(value))
     return table

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import jinja2
 import pyarrow.parquet as pq
 import yaml
 
@@ -45,10 +46,6 @@ def split_of(input_id: str, test_fraction: float) -> str:
     return "test" if hash_unit(input_id) < test_fraction else "train"
 
 
-def _sha_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _licenses(config: dict, sources: list[str]) -> dict:
     """source label -> license id: a source entry's `license` (a `mix` is looked into), else the
     known table, else `other`."""
@@ -64,11 +61,8 @@ def _licenses(config: dict, sources: list[str]) -> dict:
 
 
 def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
-        if n < limit:
-            return name
-    return "n>10M"
+    return next((name for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                                          (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")) if n < limit), "n>10M")
 
 
 def write_hub(store, v: int, meta: dict, directory: Path, soul=None, tools=None,
@@ -79,9 +73,9 @@ def write_hub(store, v: int, meta: dict, directory: Path, soul=None, tools=None,
     if not 0 <= test_fraction < 1:
         raise InputError(f"test fraction must be in [0, 1), got {test_fraction}")
     soul, spec = load_soul(soul), load_tools(tools)
-    for what, obj, want in (("SOUL", soul, meta["soul_sha256"]), ("tool spec", spec, meta["tools_sha256"])):
+    for what, flag, obj, want in (("SOUL", "--soul", soul, meta["soul_sha256"]),
+                                  ("tool spec", "--tools", spec, meta["tools_sha256"])):
         if obj.sha256 != want:
-            flag = "--soul" if what == "SOUL" else "--tools"
             raise InputError(f"{obj.path} is not the {what} version {v} was built with (sha256 {obj.sha256[:12]}, "
                              f"the version has {want[:12]}): pass {flag} with that file")
     directory = Path(directory)
@@ -101,24 +95,23 @@ def write_hub(store, v: int, meta: dict, directory: Path, soul=None, tools=None,
             counts[config][split] = part.num_rows
     shutil.copyfile(soul.path, directory / "SOUL.md")
     shutil.copyfile(spec.path, directory / "tools.yaml")
-    config = json.loads(meta["config"]) if isinstance(meta["config"], str) else meta["config"]
-    summary = json.loads(meta["summary"] or "{}")
+    summary = meta["summary"]
     manifest = {k: (str(val) if k in ("created", "finished") else val) for k, val in meta.items()}
-    manifest.update(config=config, summary=summary, counts=counts, test_fraction=test_fraction,
+    manifest.update(counts=counts, test_fraction=test_fraction,
                     split="test if sha256(input_id)[:8] / 2**32 < test_fraction",
-                    models=summary.get("models", {}), licenses=_licenses(config, sorted(sources)),
+                    models=summary.get("models", {}), licenses=_licenses(meta["config"], sorted(sources)),
                     rates={k: summary.get(k) for k in ("pass rate", "first-try pass rate", "mean revisions")},
                     replay=replay_figures(store, v), rejects=summary.get("rejects by stage", {}),
                     sources=dict(sorted(sources.items())))
     (directory / "README.md").write_text(card(manifest, repo), encoding="utf-8")
-    manifest["files"] = {rel: _sha_file(directory / rel)
+    manifest["files"] = {rel: hashlib.sha256((directory / rel).read_bytes()).hexdigest()
                          for rel in written + ["SOUL.md", "tools.yaml", "README.md"]}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return list(HUB_FILES) + written
 
 
 def card(m: dict, repo: str | None = None) -> str:
-    """The dataset card: the YAML the Hub and `load_dataset` read, then the provenance."""
+    """The dataset card (templates/card.md): the YAML the Hub and `load_dataset` read, then the provenance."""
     licenses = sorted(set(m["licenses"].values())) or ["other"]
     header = {
         "license": licenses[0] if len(licenses) == 1 else licenses,
@@ -133,45 +126,10 @@ def card(m: dict, repo: str | None = None) -> str:
     }
     if "other" in licenses:
         header["license_name"] = "see-card"
-    r = m["replay"]
-    replay = (f"{r['replay pass rate']} of replayed rows matched for real "
-              f"({', '.join(f'{k} {n}' for k, n in r['replayed rows'].items())}); by source: "
-              + ", ".join(f"{s} {rate}" for s, rate in r["replay pass rate by source"].items())
-              if "replayed rows" in r else "not run")
-    c = m["counts"]
-    rows = [("version", m["version"]), ("built", f"{m['created']} - {m['finished']}"),
-            ("SOUL", f"`SOUL.md`, sha256 `{m['soul_sha256']}`"),
-            ("tool spec", f"`tools.yaml`, sha256 `{m['tools_sha256']}`"),
-            ("config sha256", f"`{m['config_sha256']}`"), ("inputs sha256", f"`{m['inputs_sha256']}`"),
-            ("code", m["code_version"]),
-            ("models", ", ".join(f"{k}: {val}" for k, val in m["models"].items()) or "none"),
-            ("sft rows", f"{c['sft']['train']} train, {c['sft']['test']} test"),
-            ("preference pairs", f"{c['preference']['train']} train, {c['preference']['test']} test"),
-            ("rejects", ", ".join(f"{k} {n}" for k, n in m["rejects"].items()) or "none"),
-            ("pass rate", (f"{m['rates']['pass rate']} (first try {m['rates']['first-try pass rate']}, "
-                          f"mean revisions {m['rates']['mean revisions']})")),
-            ("replay", replay)]
-    name = repo or "USER/NAME"
-    lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# nanocode factory, version {m['version']}", "",
-             ("Tool-using coding conversations (config `sft`) and chosen/rejected pairs (config `preference`), "
-             "made by the nanocode factory: seed rows are converted into Read/Grep/Edit/Bash rollouts, "
-             "critiqued against the SOUL, revised, and every chosen rollout's tool calls are replayed "
-             "for real. JSON-valued columns (`messages`, `prompt`, `chosen`, `rejected`, `workspace`, "
-             "`scores`, `models`) are JSON text."), "",
-             "```python", "from datasets import load_dataset",
-             f'sft = load_dataset("{name}", "sft", split="train", revision="v{m["version"]}")',
-             f'pairs = load_dataset("{name}", "preference", split="train", revision="v{m["version"]}")', "```", "",
-             f"Splits: {m['split']} (test fraction {m['test_fraction']}); an input's row and pair share a split.", "",
-             "## Provenance", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {val} |" for k, val in rows]
-    lines += ["", "## Sources and licenses", "", "| source | sft rows | license |", "|---|---|---|"]
-    lines += [f"| {s} | {n} | {m['licenses'][s]} |" for s, n in m["sources"].items()]
-    if "other" in licenses:
-        lines += ["", ("A source marked `other` has no license recorded in the build config: read that seed "
-                  "dataset's own card before using these rows.")]
-    lines += ["", "`manifest.json` holds the same figures and the sha256 of every file in this repo.", ""]
-    return "\n".join(lines)
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    template = env.from_string((Path(__file__).parent / "templates" / "card.md").read_text(encoding="utf-8"))
+    return template.render(m=m, repo=repo or "USER/NAME", other="other" in licenses,
+                           header=yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip())
 
 
 def publish(store, v: int, repo: str, private: bool = False, revision: str | None = None, soul=None,
@@ -188,9 +146,7 @@ def publish(store, v: int, repo: str, private: bool = False, revision: str | Non
     if "/" not in repo:
         raise InputError(f"--repo {repo!r}: give the owner too, as USER/NAME")
     tag = revision or f"v{v}"
-    meta = store.version(v)
-    if meta["status"] != "done":
-        raise InputError(f"version {v} is not finished (status {meta['status']}): build it to the end first")
+    meta = store.finished(v)
     token = huggingface_hub.get_token()
     if not token:
         raise InputError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token)")

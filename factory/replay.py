@@ -62,11 +62,8 @@ class ToolReplay:
                 tools = workspace_tools(root, workspace or {}, spec,
                                         Limits(bash_timeout=self.bash_timeout, bash_max_timeout=self.bash_timeout),
                                         self.unsafe_bash)
-            except ValueError as e:  # a path leading out of the workspace, a file that is not text
-                return ReplayResult("rejected", messages, reason=str(e))
-            try:
                 return self._walk(messages, tools)
-            except _Reject as e:
+            except (ValueError, _Reject) as e:  # ValueError: a workspace path leading out, a file not text
                 return ReplayResult("rejected", messages, reason=str(e))
 
     def _walk(self, messages: list[dict], tools: Tools) -> ReplayResult:

@@ -107,8 +107,7 @@ def fix_messages(messages: list[dict], rules, fallbacks: list[dict]) -> list[dic
 
 
 def fallback_text(message: dict, fallbacks: list[dict]) -> str:
-    calls = message.get("tool_calls") or []
-    if calls:
+    if calls := message.get("tool_calls"):
         args = calls[0].get("args") or {}
         what = args.get("file_path") or args.get("pattern") or args.get("command") or ""
         return f"running `{calls[0]['name']}` on `{what}`" if what else f"running `{calls[0]['name']}`"

@@ -11,8 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from factory.config import read_yaml
 from nanocode.common import InputError
 from nanocode.spec import REPO_ROOT
 
@@ -56,23 +55,18 @@ class Scenario:
         return d
 
 
-
-
 def _bad_path(p) -> bool:
     return not isinstance(p, str) or not p or p.startswith(("/", "~")) or ".." in Path(p).parts
 
 
 def _args(where: str, name: str, args, known: tuple) -> dict:
     required, optional = known
-    if args is None:
-        args = {}
+    args = {} if args is None else args
     if not isinstance(args, dict):
         raise InputError(f"{where}: {name} takes a mapping of arguments, got {type(args).__name__}")
-    missing = sorted(required - set(args))
-    if missing:
+    if missing := sorted(required - set(args)):
         raise InputError(f"{where}: {name} needs {', '.join(missing)}")
-    unknown = sorted(set(args) - required - optional)
-    if unknown:
+    if unknown := sorted(set(args) - required - optional):
         raise InputError(f"{where}: {name} has unknown field(s) {', '.join(map(str, unknown))} "
                          f"(its fields: {', '.join(sorted(required | optional))})")
     for k, v in args.items():
@@ -85,8 +79,7 @@ def parse_spec(data, path: str, default_id: str = "") -> Scenario:
     """A parsed YAML document -> Scenario, or InputError naming `path` and the field."""
     if not isinstance(data, dict):
         raise InputError(f"{path}: a scenario spec must be a YAML mapping")
-    unknown = sorted(set(map(str, data)) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
+    if unknown := sorted(set(map(str, data)) - set(REQUIRED) - set(OPTIONAL)):
         raise InputError(f"{path}: unknown field(s) {', '.join(unknown)} "
                          f"(fields: {', '.join(sorted(REQUIRED))}; optional {', '.join(sorted(OPTIONAL))})")
     for key, kind in {**REQUIRED, **OPTIONAL}.items():
@@ -171,8 +164,7 @@ def _apply(state: dict, e: dict, where: str) -> None:
             raise InputError(f"{where}: creates {p!r}, which already exists (give old_string to change it)")
         state[p] = e["new_string"]
         return
-    text = state.get(p)
-    if text is None:
+    if (text := state.get(p)) is None:
         raise InputError(f"{where}.file_path: {p!r} is neither a starting file nor created by an earlier edit")
     n = text.count(old)
     if n != 1:
@@ -182,19 +174,7 @@ def _apply(state: dict, e: dict, where: str) -> None:
 
 def load_spec(path) -> Scenario:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read it ({e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"{path}: bad YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    return parse_spec(data, str(path), default_id=path.stem)
+    return parse_spec(read_yaml(path, "scenario"), str(path), default_id=path.stem)
 
 
 def spec_files(where: str | Path, glob: str = "*.yaml") -> list[Path]:

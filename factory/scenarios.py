@@ -221,14 +221,16 @@ def expand(spec: Scenario, tools: Tools) -> list[dict]:
         res = r.call(r.say("test_after", _code(spec.test), None, 0), "Bash", {"command": spec.test})
         if not res.startswith("exit code: 0"):
             raise _fail(spec, f"the tests fail after the edits ({spec.test!r}):\n{res[:600]}")
-    r.messages.append({"role": "assistant", "content": spec.summary or _summary(spec)})
+    changed = ", ".join(f"`{p}`" for p in sorted({e["file_path"] for e in spec.edits}))
+    default = f"done: changed {changed}." + (f" {_code(spec.test)} passes now." if spec.test else "")
+    r.messages.append({"role": "assistant", "content": spec.summary or default})
     return r.messages
 
 
-def _summary(spec: Scenario) -> str:
-    changed = sorted({e["file_path"] for e in spec.edits})
-    text = "done: changed " + ", ".join(f"`{p}`" for p in changed) + "."
-    return text + (f" {_code(spec.test)} passes now." if spec.test else "")
+def expand_in_temp(spec: Scenario, tools_spec, unsafe_bash=False) -> list[dict]:
+    """`expand` in a temp folder holding the spec's starting files."""
+    with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
+        return expand(spec, workspace_tools(root, spec.files, tools_spec, unsafe_bash=unsafe_bash))
 
 
 @dataclass
@@ -240,9 +242,7 @@ class ScenarioConverter:
         scenario = seed.get("scenario")
         if not isinstance(scenario, Scenario):
             raise Skip("convert", "not a scenario input (the scenario converter reads the scenarios source)")
-        with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-            tools = workspace_tools(root, scenario.files, spec, unsafe_bash=self.unsafe_bash)
-            messages = [{"role": "user", "content": scenario.task}, *expand(scenario, tools)]
+        messages = [{"role": "user", "content": scenario.task}, *expand_in_temp(scenario, spec, self.unsafe_bash)]
         if self.system_prompt:
             messages.insert(0, system_message(soul, spec))
         return {"messages": messages, "workspace": dict(scenario.files), "prompt": "scenario",
@@ -261,8 +261,7 @@ class ScenarioConverter:
                     pending = [c for c in m.get("tool_calls") or [] if isinstance(c, dict)]
                 elif m.get("role") == "tool" and pending:
                     call = pending.pop(0)
-                    said = m.get("content") or ""
-                    if said.startswith(REFUSED) and tools.needs_approval(str(call.get("name"))):
+                    if (m.get("content") or "").startswith(REFUSED) and tools.needs_approval(str(call.get("name"))):
                         continue
                     m["content"], m["name"] = steady_run(tools, call), call.get("name")
         return out
@@ -290,11 +289,6 @@ class _Dumper(yaml.SafeDumper):
 
 _Dumper.add_representer(str, lambda d, s: d.represent_scalar(
     "tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
-
-
-def _slug(spec: Scenario, n: int) -> str:
-    words = re.findall(r"[a-z0-9]+", spec.task.lower())[:5]
-    return f"gen-{spec.language}-{'-'.join(words) or 'task'}-{n}"
 
 
 def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperature: float = 0.8,
@@ -332,24 +326,20 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
             if isinstance(reply, Exception):
                 raise InputError(f"{where}: the backend failed ({reply})")
             spec = spec_of_reply(reply, where)
-            if spec.id == "generated":
-                spec.id = _slug(spec, i)
-            with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-                expand(spec, workspace_tools(root, spec.files, tools, unsafe_bash=unsafe_bash))
-        except InputError as e:
-            dropped.append(str(e))
-            say(f"dropped: {e}")
-            continue
-        except Skip as e:
-            dropped.append(f"{where}: {e.reason.removeprefix(where + ': ')}")
+            if spec.id == "generated":  # no id given: one from the task's first words
+                words = re.findall(r"[a-z0-9]+", spec.task.lower())[:5]
+                spec.id = f"gen-{spec.language}-{'-'.join(words) or 'task'}-{i}"
+            expand_in_temp(spec, tools, unsafe_bash)
+        except (InputError, Skip) as e:  # a Skip's reason names the spec, `where`
+            dropped.append(getattr(e, "reason", None) or str(e))
             say(f"dropped: {dropped[-1]}")
-            continue
-        path = out_dir / f"{spec.id}.yaml"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.dump(spec.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100),
-                        encoding="utf-8")
-        kept.append(str(path))
-        say(f"kept: {path}")
+        else:
+            path = out_dir / f"{spec.id}.yaml"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.dump(spec.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                                      width=100), encoding="utf-8")
+            kept.append(str(path))
+            say(f"kept: {path}")
     return {"kept": kept, "dropped": dropped}
 
 
@@ -361,8 +351,7 @@ def check_specs(paths, tools, say=print, unsafe_bash=False) -> int:
     for f in files:
         try:
             spec = load_spec(f)
-            with tempfile.TemporaryDirectory(prefix="nanocode-scenario-") as root:
-                n = len(expand(spec, workspace_tools(root, spec.files, tools, unsafe_bash=unsafe_bash)))
+            n = len(expand_in_temp(spec, tools, unsafe_bash))
             say(f"ok   {f} ({spec.language}, {spec.domain}, {n} messages)")
         except (InputError, Skip) as e:
             bad += 1

@@ -24,6 +24,7 @@ rows of download); `dataset` may also be a local folder in the same schema (a mi
 import hashlib
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,11 +49,9 @@ class LocalSource:
         self.file = p if p.is_absolute() or p.exists() else REPO_ROOT / p  # repo-relative defaults
         if not isinstance(self.columns, dict):
             raise ValueError("columns must map fields to column names")
-        bad = sorted(set(self.columns) - set(FIELDS) - set(OPTIONAL))
-        if bad:
+        if bad := sorted(set(self.columns) - set(FIELDS) - set(OPTIONAL)):
             raise ValueError(f"columns: unknown field(s) {', '.join(bad)} (fields: {', '.join(FIELDS + OPTIONAL)})")
-        missing = [f for f in FIELDS if f not in self.columns]
-        if missing:
+        if missing := [f for f in FIELDS if f not in self.columns]:
             raise ValueError(f"columns: no column given for {', '.join(missing)}")
         self.name = self.label or self.file.stem
 
@@ -110,23 +109,21 @@ class LocalSource:
                 raise InputError(f"seed file {self.path} row {n}: workspace must map paths to text")
             source_id = str(n if values.get("id") is None else values["id"])
             out.append(seed_row(self.name, source_id, values["instruction"], values["answer"], workspace))
-        ids = [s["input_id"] for s in out]
-        if len(set(ids)) != len(ids):
+        if len({s["input_id"] for s in out}) != len(out):
             raise InputError(f"seed file {self.path}: row ids are not unique")
         return out
 
 
-def _lf(text):
-    """CRLF and lone CR line ends -> LF: datasets mix them, and one file must read one way."""
-    return text.replace("\r\n", "\n").replace("\r", "\n") if isinstance(text, str) else text
+def _lf(text) -> str:
+    """CRLF and lone CR line ends -> LF: datasets mix them, and one file must read one way. No text: ""."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if isinstance(text, str) else ""
 
 
 def seed_row(source: str, source_id: str, instruction, answer, workspace=None, skip=None) -> dict:
     """A seed in the factory's shape; a row without usable text is kept as a skip (a reject with
     its reason), so one bad row in 50k never stops a build."""
     seed = {"input_id": f"{source}:{source_id}", "source": source, "source_id": source_id,
-            "instruction": _lf(instruction) if isinstance(instruction, str) else "",
-            "answer": _lf(answer) if isinstance(answer, str) else "",
+            "instruction": _lf(instruction), "answer": _lf(answer),
             "workspace": {p: _lf(t) for p, t in (workspace or {}).items()}}
     for name in ("instruction", "answer"):
         if not skip and not seed[name].strip():
@@ -138,9 +135,8 @@ def seed_row(source: str, source_id: str, instruction, answer, workspace=None, s
 
 def _first_turns(messages) -> tuple[str | None, str | None]:
     """The first user message and the assistant reply that follows it."""
-    if not isinstance(messages, list):
-        return None, None
-    user = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+    turns = messages if isinstance(messages, list) else []
+    user = next((i for i, m in enumerate(turns) if isinstance(m, dict) and m.get("role") == "user"), None)
     if user is None:
         return None, None
     reply = next((m.get("content") for m in messages[user + 1:] if isinstance(m, dict)
@@ -158,7 +154,8 @@ class HubSource:
     limit: int | None = None   # the first N rows only (streamed: nothing past them is fetched)
     streaming: bool = True
     label: str | None = None   # the `source` of each row (default: the registry name)
-    needs = ()                 # columns the schema must have (a wrong dataset fails up front)
+    needs = ()                 # the columns it reads: ("messages",), or (instruction, answer); checked up front
+    ids = ("id",)              # the row id: the first of these columns that has one, else the row number
     default_label = "hub"
 
     def __post_init__(self):
@@ -172,11 +169,7 @@ class HubSource:
 
     @property
     def local(self) -> Path | None:
-        p = Path(self.dataset)
-        for candidate in (p, REPO_ROOT / p):
-            if candidate.exists():
-                return candidate
-        return None
+        return next((p for p in (Path(self.dataset), REPO_ROOT / self.dataset) if p.exists()), None)
 
     @property
     def sha256(self) -> str:
@@ -193,29 +186,31 @@ class HubSource:
         import datasets
 
         where = str(self.local) if self.local is not None else self.dataset
-        kwargs = {"split": self.split, "streaming": self.streaming}
-        if self.revision:
-            kwargs["revision"] = self.revision
         try:
-            rows = datasets.load_dataset(where, self.config, **kwargs)
+            rows = datasets.load_dataset(where, self.config, split=self.split, streaming=self.streaming,
+                                         revision=self.revision or None)
             if self.limit is not None:
                 rows = rows.take(self.limit) if self.streaming else rows.select(range(min(self.limit, len(rows))))
             yield from rows
-        except InputError:
-            raise
         except Exception as e:  # datasets raises many kinds: missing repo, no network, bad files
             raise InputError(f"dataset {self.dataset}: cannot load it ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
     def map(self, record: dict, n: int) -> dict:
-        raise NotImplementedError
+        """A chat schema (`messages`): its first exchange; else the `needs` columns (instruction, answer)."""
+        if self.needs == ("messages",):
+            instruction, answer = _first_turns(record["messages"])
+            instruction = instruction or record.get("prompt")  # tulu also has the request as `prompt`
+        else:
+            instruction, answer = (record[c] for c in self.needs)
+        source_id = next((str(record[k]) for k in self.ids if record.get(k) not in (None, "")), str(n))
+        return seed_row(self.name, source_id, instruction, answer)
 
     def seeds(self) -> list[dict]:
         out, seen = [], set()
         for n, record in enumerate(self.records(), 1):
             if n == 1:
-                missing = [c for c in self.needs if c not in record]
-                if missing:
+                if missing := [c for c in self.needs if c not in record]:
                     raise InputError(f"dataset {self.dataset}: no column(s) {', '.join(missing)} for "
                                      f"{type(self).__name__}; its columns: {', '.join(map(str, record))}")
             seed = self.map(record, n)
@@ -227,29 +222,18 @@ class HubSource:
         return out
 
 
-def _id(record: dict, n: int, *keys) -> str:
-    return next((str(record[k]) for k in keys if record.get(k) not in (None, "")), str(n))
-
-
 @dataclass
 class TuluPersonasCode(HubSource):
     dataset: str = "allenai/tulu-3-sft-personas-code"
     needs = ("messages",)
     default_label = "tulu-personas-code"
 
-    def map(self, record, n):
-        instruction, answer = _first_turns(record["messages"])
-        return seed_row(self.name, _id(record, n, "id"), instruction or record.get("prompt"), answer)
-
 
 @dataclass
 class SelfOssInstruct(HubSource):
     dataset: str = "bigcode/self-oss-instruct-sc2-exec-filter-50k"
-    needs = ("instruction", "response")
+    needs, ids = ("instruction", "response"), ("id", "sha1")
     default_label = "self-oss-instruct"
-
-    def map(self, record, n):
-        return seed_row(self.name, _id(record, n, "id", "sha1"), record["instruction"], record["response"])
 
 
 @dataclass
@@ -257,9 +241,6 @@ class EvolCodeAlpaca(HubSource):
     dataset: str = "theblackcat102/evol-codealpaca-v1"
     needs = ("instruction", "output")
     default_label = "evol-codealpaca"
-
-    def map(self, record, n):
-        return seed_row(self.name, _id(record, n, "id"), record["instruction"], record["output"])
 
 
 @dataclass
@@ -278,8 +259,7 @@ class SmolTalk(HubSource):
         self.columns["converter"] = self.converter
 
     def map(self, record, n):
-        instruction, answer = _first_turns(record["messages"])
-        return {**seed_row(self.name, _id(record, n, "id"), instruction, answer), "converter": self.converter}
+        return {**super().map(record, n), "converter": self.converter}
 
 
 @dataclass
@@ -301,9 +281,7 @@ class MixSource:
 
     def seeds(self) -> list[dict]:
         out = [seed for part in self.parts for seed in part.seeds()]
-        ids = [s["input_id"] for s in out]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
+        if dup := next((i for i, n in Counter(s["input_id"] for s in out).items() if n > 1), None):
             raise InputError(f"mix: input id {dup!r} comes from two sources; give them different labels")
         return out
 
@@ -342,13 +320,9 @@ def humaneval_rows() -> list[dict]:
     return rows
 
 
-def _write_humaneval(path=HUMANEVAL_SEEDS) -> int:
-    rows = humaneval_rows()
-    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return len(rows)
-
-
 if __name__ == "__main__":
     if sys.argv[1:] != ["humaneval"]:
         sys.exit("usage: python -m factory.sources humaneval   (rewrites factory/seeds/humaneval.jsonl)")
-    print(f"{_write_humaneval()} rows -> {HUMANEVAL_SEEDS}")
+    rows = humaneval_rows()
+    HUMANEVAL_SEEDS.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"{len(rows)} rows -> {HUMANEVAL_SEEDS}")

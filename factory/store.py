@@ -38,8 +38,8 @@ looks only in unfinished versions' folders and keeps every file the catalog name
 is missing or damaged is a one-line InputError naming it.
 """
 
-import datetime
 import json
+from datetime import datetime
 from pathlib import Path, PurePath
 
 import duckdb
@@ -80,10 +80,6 @@ CREATE TABLE IF NOT EXISTS ledger (version INTEGER, ts TIMESTAMP, input_id VARCH
 CREATE TABLE IF NOT EXISTS exclusions (version INTEGER, row_id VARCHAR, input_id VARCHAR, note VARCHAR,
   created TIMESTAMP, PRIMARY KEY (version, row_id));
 """
-
-
-def _now():
-    return datetime.datetime.now()
 
 
 def _dumps(value) -> str | None:
@@ -130,35 +126,52 @@ class Store:
     def all(self, sql, *params):
         return self._execute(sql, params).fetchall()
 
+    def rows(self, sql, *params, kind: str | None = None) -> list[dict]:
+        """The query's rows as dicts; with `kind` (sft, pairs, rejects), its JSON columns decoded."""
+        cur = self._execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+        for row in rows if kind else ():
+            row.update({c: json.loads(row[c]) for c in JSON_COLUMNS[kind] if isinstance(row.get(c), str)})
+        return rows
+
     # -------------------------------------------------------------------- versions
 
     def versions(self) -> list[dict]:
-        cur = self.db.execute("SELECT * FROM versions ORDER BY version")
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        """Every version's record, its config and summary decoded (an unfinished one's summary: {})."""
+        rows = self.rows("SELECT * FROM versions ORDER BY version")
+        for r in rows:
+            r.update(config=json.loads(r["config"] or "{}"), summary=json.loads(r["summary"] or "{}"))
+        return rows
 
     def version(self, v: int) -> dict:
-        found = [r for r in self.versions() if r["version"] == v]
-        if not found:
+        if not (found := [r for r in self.versions() if r["version"] == v]):
             known = ", ".join(str(r["version"]) for r in self.versions()) or "none yet"
             raise InputError(f"no version {v} in {self.path} (versions: {known})")
         return found[0]
 
+    def finished(self, v: int) -> dict:
+        """Version v's record; InputError unless its build ran to the end."""
+        meta = self.version(v)
+        if meta["status"] != "done":
+            raise InputError(f"factory version {v} is not finished (status {meta['status']}): "
+                             "build it to the end first")
+        return meta
+
     def find(self, fingerprint: str) -> dict | None:
-        same = [r for r in self.versions() if r["fingerprint"] == fingerprint]
-        return same[-1] if same else None
+        return next((r for r in reversed(self.versions()) if r["fingerprint"] == fingerprint), None)
 
     def create_version(self, meta: dict) -> int:
         v = (self.one("SELECT max(version) FROM versions")[0] or 0) + 1
         self.db.execute("INSERT INTO versions (version, status, created, fingerprint, soul_sha256, tools_sha256, "
                         "config_sha256, inputs_sha256, code_version, config) VALUES (?, 'building', ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [v, _now(), meta["fingerprint"], meta["soul_sha256"], meta["tools_sha256"],
+                        [v, datetime.now(), meta["fingerprint"], meta["soul_sha256"], meta["tools_sha256"],
                          meta["config_sha256"], meta["inputs_sha256"], meta["code_version"], _dumps(meta["config"])])
         return v
 
     def finish(self, v: int, summary: dict) -> None:
         self.db.execute("UPDATE versions SET status = 'done', finished = ?, summary = ? WHERE version = ?",
-                        [_now(), _dumps(summary), v])
+                        [datetime.now(), _dumps(summary), v])
 
     def done_inputs(self, v: int) -> set[str]:
         return {r[0] for r in self.all("SELECT input_id FROM done_inputs WHERE version = ?", v)}
@@ -264,20 +277,11 @@ class Store:
             v = int(spec.lstrip("v"))
         except ValueError:
             raise InputError(f"factory:{spec}: expected a version number or 'latest'") from None
-        if self.version(v)["status"] != "done":
-            raise InputError(f"factory version {v} is not finished: build it to the end first")
-        return v
+        return self.finished(v)["version"]
 
     def read_rows(self, v: int, kind: str) -> list[dict]:
         """Every row of one version, JSON columns decoded: how the trainer reads `factory:VERSION`."""
-        cur = self._execute(f"SELECT * FROM {self.relation(kind, v)} ORDER BY input_id, id")
-        cols = [d[0] for d in cur.description]
-        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-        for row in rows:
-            for col in JSON_COLUMNS[kind]:
-                if isinstance(row.get(col), str):
-                    row[col] = json.loads(row[col])
-        return rows
+        return self.rows(f"SELECT * FROM {self.relation(kind, v)} ORDER BY input_id, id", kind=kind)
 
     # -------------------------------------------------------------- cache and ledger
 
@@ -293,7 +297,7 @@ class Store:
             self.writer = self.db.cursor()
         self.writer.execute("BEGIN TRANSACTION")
         self.writer.executemany("INSERT OR IGNORE INTO llm_cache VALUES (?, ?, ?, ?)",
-                                [(key, model, _dumps(reply), _now()) for key, model, reply in replies])
+                                [(key, model, _dumps(reply), datetime.now()) for key, model, reply in replies])
         if ledger:
             self.writer.executemany(LEDGER_INSERT, ledger)
         self.writer.execute("COMMIT")
@@ -301,7 +305,7 @@ class Store:
     def log_call(self, call: dict) -> None:
         """Buffer a ledger row; rows reach the file with the next paid reply, chunk or 64 rows
         (a commit per row would cost more than a fast server's answer)."""
-        self.ledger.append([_now()] + [call.get(c) for c in LEDGER_COLUMNS])
+        self.ledger.append([datetime.now()] + [call.get(c) for c in LEDGER_COLUMNS])
         if len(self.ledger) >= 64:
             self.flush_ledger()
 

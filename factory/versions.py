@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from factory.progress import facts_table
 from factory.publish import TEST_FRACTION, write_hub
 from factory.replay import replay_figures
 from factory.store import JSON_COLUMNS, SCHEMAS, Store
@@ -32,25 +33,21 @@ def _short(messages: list[dict], width: int = 100) -> list[str]:
     for m in messages:
         text = " ".join((m.get("content") or "").split())
         calls = " ".join(call_text(c, 30) for c in m.get("tool_calls") or [])
-        line = f"{m['role']:>9}: {text[:width]}{'…' if len(text) > width else ''}" + (f"  -> {calls}" if calls else "")
-        out.append(line)
+        out.append(f"{m['role']:>9}: {text[:width]}{'…' if len(text) > width else ''}"
+                   + (f"  -> {calls}" if calls else ""))
     return out
 
 
 def show(store: Store, v: int, samples: int = 1) -> tuple[Table, list[str]]:
     meta = store.version(v)
     figures = {**store.figures(v), **replay_figures(store, v)}
-    table = Table(title=f"version {v} ({meta['status']})", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for key in ("created", "finished", "fingerprint", "soul_sha256", "tools_sha256", "config_sha256",
-                "inputs_sha256", "code_version"):
-        table.add_row(key, str(meta[key]))
+    facts = {key: meta[key] for key in ("created", "finished", "fingerprint", "soul_sha256", "tools_sha256",
+                                        "config_sha256", "inputs_sha256", "code_version")}
     for key, value in figures.items():
-        table.add_row(key, ", ".join(f"{k} {n}" for k, n in value.items()) or "none" if isinstance(value, dict) else str(value))
-    summary = json.loads(meta["summary"] or "{}")
-    if summary.get("stages without a model"):
-        table.add_row("stages without a model", summary["stages without a model"])
+        facts[key] = ", ".join(f"{k} {n}" for k, n in value.items()) or "none" if isinstance(value, dict) else value
+    if meta["summary"].get("stages without a model"):
+        facts["stages without a model"] = meta["summary"]["stages without a model"]
+    table = facts_table(f"version {v} ({meta['status']})", facts)
     lines = []
     sft, pairs, rejects = (store.relation(k, v) for k in SCHEMAS)
     for (messages,) in store.all(f"SELECT messages FROM {sft} ORDER BY id LIMIT ?", samples):
@@ -67,11 +64,8 @@ def diff(store: Store, v1: int, v2: int) -> Table:
     """Rows added, removed and changed from v1 to v2 by source; an input whose row differs
     (another id, or a reject became a row) is `changed`."""
     m1, m2 = store.version(v1), store.version(v2)
-    union = []
-    for v in (v1, v2):
-        sft, rejects = store.relation("sft", v), store.relation("rejects", v)
-        union.append(f"SELECT source, input_id, id AS rid FROM {sft} UNION ALL "
-                     f"SELECT source, input_id, 'reject:' || stage FROM {rejects}")
+    union = [f"SELECT source, input_id, id AS rid FROM {store.relation('sft', v)} UNION ALL "
+             f"SELECT source, input_id, 'reject:' || stage FROM {store.relation('rejects', v)}" for v in (v1, v2)]
     rows = store.all(f"""
         WITH a AS ({union[0]}), b AS ({union[1]})
         SELECT coalesce(a.source, b.source) AS source,
@@ -98,9 +92,7 @@ def export(store: Store, v: int, directory, soul=None, tools=None, test_fraction
     plus the Hub layout `factory publish` uploads (factory/publish.py: card, manifest, SOUL,
     tool spec, sft/ and preference/ splits). Files are made in a temp folder and moved in at
     the end: nothing half-written."""
-    meta = store.version(v)
-    if meta["status"] != "done":
-        raise InputError(f"version {v} is not finished (status {meta['status']}): build it to the end first")
+    meta = store.finished(v)
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise InputError(f"{directory} exists and is not a directory")

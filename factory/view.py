@@ -3,7 +3,7 @@
 Each request opens the store read-only and closes it at the end: viewing never writes, and a
 `factory build` can take the store between two page loads. With --curate, marking a row
 excluded opens it read-write for that one insert (the `exclusions` table). Pages are
-server-side Jinja templates (factory/templates/), charts inline SVG, no JS.
+server-side Jinja templates (factory/templates/), charts inline SVG (_chart.html), no JS.
 """
 
 import hmac
@@ -20,7 +20,6 @@ from werkzeug.serving import make_server
 from factory import viewdata
 from factory.curate import exclusions, mark, unmark
 from factory.store import Store
-from factory.svg import bars
 from factory.worddiff import word_diff
 from nanocode.common import InputError, nanocode_home
 from nanocode.record import message_text
@@ -59,8 +58,7 @@ def create_app(home=None, curate: bool = False) -> Flask:
                 g.store = Store(app.config["HOME"], read_only=True)
             except InputError as e:
                 raise Problem(503, "store not available", str(e)) from None
-            missing = viewdata.missing_catalog(g.store)
-            if missing:
+            if missing := viewdata.missing_catalog(g.store):
                 raise Problem(500, "older store schema", f"{g.store.path} was made by an older factory: it has no "
                               f"{', '.join(missing)}. Rebuild with `factory build --new`, or view it with the "
                               "nanocode that made it.")
@@ -68,8 +66,7 @@ def create_app(home=None, curate: bool = False) -> Flask:
 
     @app.teardown_appcontext
     def close(_exc):
-        s = g.pop("store", None)
-        if s is not None:
+        if (s := g.pop("store", None)) is not None:
             s.db.close()
 
     def version(v: int) -> dict:
@@ -77,12 +74,9 @@ def create_app(home=None, curate: bool = False) -> Flask:
         if meta is None:
             known = ", ".join(str(r["version"]) for r in store().versions()) or "none yet"
             raise Problem(404, f"no version {v}", f"{store().path} has no version {v} (versions: {known}).")
-        missing = viewdata.missing_columns(store(), v)
-        if missing:
+        if missing := viewdata.missing_columns(store(), v):
             raise Problem(500, "older parquet schema", f"version {v}'s Parquet parts lack {', '.join(missing)}: "
                           "they were written by an older factory.")
-        meta["summary"] = json.loads(meta["summary"] or "{}")
-        meta["config"] = json.loads(meta["config"] or "{}")
         return meta
 
     @app.errorhandler(Problem)
@@ -90,6 +84,7 @@ def create_app(home=None, curate: bool = False) -> Flask:
         return render_template("problem.html", title=e.title, text=e.text), e.status
 
     @app.errorhandler(duckdb.Error)
+    @app.errorhandler(InputError)  # a damaged part (Store._execute)
     def db_error(e):
         text = " ".join(str(e).split())[:400]
         return render_template("problem.html", title="store query failed",
@@ -101,19 +96,15 @@ def create_app(home=None, curate: bool = False) -> Flask:
 
     @app.get("/")
     def index():
-        rows = []
-        for meta in store().versions():
-            summary = json.loads(meta["summary"] or "{}") or store().figures(meta["version"])
-            rows.append({**meta, "s": summary, "marks": len(exclusions(store(), meta["version"]))})
+        rows = [{**meta, "s": meta["summary"] or store().figures(meta["version"]),
+                 "marks": len(exclusions(store(), meta["version"]))} for meta in store().versions()]
         return render_template("index.html", versions=rows, path=store().path)
 
     @app.get("/v/<int:v>")
     def version_page(v):
         meta = version(v)
         figures = store().figures(v)
-        charts = [bars(title, items, percent=title.startswith("pass rate"))
-                  for title, items in viewdata.charts(store(), v).items()]
-        return render_template("version.html", v=v, meta=meta, figures=figures, charts=charts,
+        return render_template("version.html", v=v, meta=meta, figures=figures, charts=viewdata.charts(store(), v),
                                soul_text=_soul_text(meta["soul_sha256"]), marks=exclusions(store(), v),
                                empty=figures["inputs done"] == 0)
 
@@ -131,8 +122,7 @@ def create_app(home=None, curate: bool = False) -> Flask:
     @app.get("/v/<int:v>/row/<path:row_id>")
     def row(v, row_id):
         version(v)
-        found = viewdata.row(store(), v, row_id)
-        if found is None:
+        if (found := viewdata.row(store(), v, row_id)) is None:
             raise Problem(404, "no such row", f"version {v} has no row {row_id}")
         return render_template("row.html", v=v, r=found)
 
@@ -147,8 +137,7 @@ def create_app(home=None, curate: bool = False) -> Flask:
     @app.get("/v/<int:v>/pair/<pair_id>")
     def pair(v, pair_id):
         version(v)
-        p = viewdata.pair(store(), v, pair_id)
-        if p is None:
+        if (p := viewdata.pair(store(), v, pair_id)) is None:
             raise Problem(404, "no such pair", f"version {v} has no pair {pair_id}")
         sides = []
         for rej, cho in itertools.zip_longest(p["rejected"], p["chosen"]):
@@ -174,24 +163,17 @@ def create_app(home=None, curate: bool = False) -> Flask:
         except InputError as e:
             raise Problem(503, "store busy", str(e)) from None
 
-    @app.post("/v/<int:v>/exclude")
-    def exclude(v):
+    @app.post("/v/<int:v>/<any(exclude, include):action>")
+    def set_mark(v, action):
         row_id = request.form.get("row_id", "")
         s = curating(v)
         try:
-            mark(s, v, row_id, request.form.get("note", ""))
+            if action == "exclude":
+                mark(s, v, row_id, request.form.get("note", ""))
+            else:
+                unmark(s, v, row_id)
         except InputError as e:
             raise Problem(400, "cannot mark", str(e)) from None
-        finally:
-            s.close()
-        return redirect(_next(request.form.get("next") or url_for("row", v=v, row_id=row_id)), 303)
-
-    @app.post("/v/<int:v>/include")
-    def include(v):
-        row_id = request.form.get("row_id", "")
-        s = curating(v)
-        try:
-            unmark(s, v, row_id)
         finally:
             s.close()
         return redirect(_next(request.form.get("next") or url_for("row", v=v, row_id=row_id)), 303)

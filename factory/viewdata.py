@@ -8,7 +8,6 @@ A version's rows are its sft rows (status `passed`) and its rejects (`rejected`,
   tokens  an estimate: characters of the messages JSON / 4 (no tokenizer involved)
 """
 
-import json
 from dataclasses import dataclass, field
 
 from factory.curate import has_table
@@ -18,6 +17,7 @@ PAGE = 50
 SCORE = "list_min(list_transform(json_extract(scores, '$.*'), lambda x: TRY_CAST(x AS DOUBLE)))"
 CALLS = "coalesce(list_sum(json_array_length(messages, '$[*].tool_calls')), 0)"
 TOKENS = "coalesce(length(messages), 0) // 4"
+RANGES = {"score": (SCORE, float), "calls": (CALLS, int), "tokens": (TOKENS, int)}  # NAME_min, NAME_max filters
 # the catalog columns this viewer reads; an older store may lack some
 CATALOG = {"versions": ("version", "status", "created", "finished", "fingerprint", "soul_sha256", "tools_sha256",
                         "config_sha256", "inputs_sha256", "code_version", "config", "summary"),
@@ -27,25 +27,16 @@ CATALOG = {"versions": ("version", "status", "created", "finished", "fingerprint
 
 def missing_catalog(store: Store) -> list[str]:
     """Tables and columns of the catalog this viewer needs and the store lacks."""
-    have = {}
-    for table, column in store.all("SELECT table_name, column_name FROM information_schema.columns"):
-        have.setdefault(table, set()).add(column)
-    out = []
-    for table, columns in CATALOG.items():
-        if table not in have:
-            out.append(f"table {table}")
-        else:
-            out += [f"column {table}.{c}" for c in columns if c not in have[table]]
-    return out
+    have = dict(store.all("SELECT table_name, list(column_name) FROM information_schema.columns GROUP BY 1"))
+    return [f"table {t}" for t in CATALOG if t not in have] + [
+        f"column {t}.{c}" for t, columns in CATALOG.items() if t in have for c in columns if c not in have[t]]
 
 
 def missing_columns(store: Store, v: int) -> list[str]:
     """Parquet columns of version v's parts that an older factory did not write."""
-    out = []
-    for kind, schema in SCHEMAS.items():
-        have = {r[0] for r in store.all(f"DESCRIBE SELECT * FROM {store.relation(kind, v)}")}
-        out += [f"column {kind}.{name}" for name in schema.names if name not in have]
-    return out
+    have = {kind: {r[0] for r in store.all(f"DESCRIBE SELECT * FROM {store.relation(kind, v)}")} for kind in SCHEMAS}
+    return [f"column {kind}.{name}" for kind, schema in SCHEMAS.items() for name in schema.names
+            if name not in have[kind]]
 
 
 def rows_sql(store: Store, v: int) -> str:
@@ -62,59 +53,34 @@ class Filters:
     stage: str = ""
     status: str = ""       # passed | rejected | excluded
     reason: str = ""       # substring of the reject reason
-    score_min: float | None = None
-    score_max: float | None = None
-    calls_min: int | None = None
-    calls_max: int | None = None
-    tokens_min: int | None = None
-    tokens_max: int | None = None
     q: str = ""            # case-insensitive substring of the messages JSON (or the reason)
+    bounds: dict = field(default_factory=dict)  # (RANGES name, ">=" or "<=") -> number
     errors: list = field(default_factory=list)
 
     @classmethod
     def parse(cls, args) -> "Filters":
         f = cls(**{k: args.get(k, "").strip() for k in ("source", "stage", "status", "reason", "q")})
-        for name, kind in (("score_min", float), ("score_max", float), ("calls_min", int), ("calls_max", int),
-                           ("tokens_min", int), ("tokens_max", int)):
-            text = args.get(name, "").strip()
-            if text:
-                try:
-                    setattr(f, name, kind(text))
-                except ValueError:
-                    f.errors.append(f"{name.replace('_', ' ')}: {text!r} is not a number")
+        for name, (_, kind) in RANGES.items():
+            for side, op in (("min", ">="), ("max", "<=")):
+                if text := args.get(f"{name}_{side}", "").strip():
+                    try:
+                        f.bounds[name, op] = kind(text)
+                    except ValueError:
+                        f.errors.append(f"{name} {side}: {text!r} is not a number")
         return f
 
     def where(self, marked: bool) -> tuple[str, list]:
-        clauses, params = [], []
-        for col in ("source", "stage"):
-            if getattr(self, col):
-                clauses.append(f"{col} = ?")
-                params.append(getattr(self, col))
-        if self.status in ("passed", "rejected"):
-            clauses.append("status = ?")
-            params.append(self.status)
-        elif self.status == "excluded":
+        """The SQL condition and its parameters (`marked`: the store has marks); an empty filter adds none."""
+        tests = [("source = ?", self.source), ("stage = ?", self.stage),
+                 ("status = ?", self.status if self.status in ("passed", "rejected") else ""),
+                 ("contains(lower(reason), lower(?))", self.reason),
+                 ("contains(lower(coalesce(messages, '') || coalesce(reason, '')), lower(?))", self.q)]
+        tests = [(sql, x) for sql, x in tests if x] + [(f"{RANGES[name][0]} {op} ?", bound)
+                                                     for (name, op), bound in self.bounds.items()]
+        clauses = [sql for sql, _ in tests]
+        if self.status == "excluded":
             clauses.append("row_id IN (SELECT row_id FROM marks)" if marked else "false")
-        if self.reason:
-            clauses.append("contains(lower(reason), lower(?))")
-            params.append(self.reason)
-        if self.q:
-            clauses.append("contains(lower(coalesce(messages, '') || coalesce(reason, '')), lower(?))")
-            params.append(self.q)
-        for expr, lo, hi in ((SCORE, self.score_min, self.score_max), (CALLS, self.calls_min, self.calls_max),
-                             (TOKENS, self.tokens_min, self.tokens_max)):
-            if lo is not None:
-                clauses.append(f"{expr} >= ?")
-                params.append(lo)
-            if hi is not None:
-                clauses.append(f"{expr} <= ?")
-                params.append(hi)
-        return " AND ".join(clauses) or "true", params
-
-
-def _dicts(cur) -> list[dict]:
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return " AND ".join(clauses) or "true", [x for _, x in tests]
 
 
 def _marks_cte(store: Store, v: int) -> tuple[str, bool]:
@@ -135,14 +101,13 @@ def rows_page(store: Store, v: int, f: Filters, page: int) -> tuple[int, list[di
                                     f"LIMIT {PAGE} OFFSET ?", *params, max(0, page) * PAGE)]
     if not keys:
         return total, []
-    cur = store.db.execute(
+    return total, store.rows(
         base + f"SELECT r.status, r.row_id, input_id, source, source_id, stage, left(reason, 160) AS reason, "
         f"attempt, revisions, {SCORE} AS score, {CALLS} AS calls, {TOKENS} AS tokens, "
         f"left(json_extract_string(messages, '$[1].content'), 140) AS opening, "
         f"marks.row_id IS NOT NULL AS excluded, marks.note "
         f"FROM r LEFT JOIN marks USING (row_id) WHERE r.row_id IN (SELECT unnest(?)) ORDER BY input_id, r.row_id",
-        [keys])
-    return total, _dicts(cur)
+        keys)
 
 
 def choices(store: Store, v: int) -> dict:
@@ -154,19 +119,12 @@ def choices(store: Store, v: int) -> dict:
 
 def row(store: Store, v: int, row_id: str) -> dict | None:
     marks, _ = _marks_cte(store, v)
-    if row_id.startswith("reject:"):
-        sql = f"SELECT * FROM {store.relation('rejects', v)} WHERE input_id = ?"
-        key = row_id.removeprefix("reject:")
-    else:
-        sql = f"SELECT * FROM {store.relation('sft', v)} WHERE id = ?"
-        key = row_id
-    found = _dicts(store.db.execute(sql, [key]))
+    kind, key = ("rejects", "input_id") if row_id.startswith("reject:") else ("sft", "id")
+    found = store.rows(f"SELECT * FROM {store.relation(kind, v)} WHERE {key} = ?", row_id.removeprefix("reject:"),
+                       kind=kind)
     if not found:
         return None
     out = found[0]
-    for col in ("messages", "workspace", "scores", "models"):
-        if isinstance(out.get(col), str):
-            out[col] = json.loads(out[col])
     out["row_id"] = row_id
     out["mark"] = store.one(f"WITH {marks} SELECT note FROM marks WHERE row_id = ?", row_id)
     pair = store.one(f"SELECT id FROM {store.relation('pairs', v)} WHERE input_id = ?", out["input_id"])
@@ -178,19 +136,16 @@ def pairs_page(store: Store, v: int, q: str, page: int) -> tuple[int, list[dict]
     rel = store.relation("pairs", v)
     where, params = ("contains(lower(chosen || rejected || critique), lower(?))", [q]) if q else ("true", [])
     total = store.one(f"SELECT count(*) FROM {rel} WHERE {where}", *params)[0]
-    cur = store.db.execute(f"SELECT id, input_id, source, source_id, chosen_attempt, rejected_attempt, "
-                           f"left(critique, 200) AS critique FROM {rel} WHERE {where} ORDER BY input_id, id "
-                           f"LIMIT {PAGE} OFFSET ?", params + [max(0, page) * PAGE])
-    return total, _dicts(cur)
+    return total, store.rows(f"SELECT id, input_id, source, source_id, chosen_attempt, rejected_attempt, "
+                             f"left(critique, 200) AS critique FROM {rel} WHERE {where} ORDER BY input_id, id "
+                             f"LIMIT {PAGE} OFFSET ?", *params, max(0, page) * PAGE)
 
 
 def pair(store: Store, v: int, pair_id: str) -> dict | None:
-    found = _dicts(store.db.execute(f"SELECT * FROM {store.relation('pairs', v)} WHERE id = ?", [pair_id]))
+    found = store.rows(f"SELECT * FROM {store.relation('pairs', v)} WHERE id = ?", pair_id, kind="pairs")
     if not found:
         return None
     out = found[0]
-    for col in ("prompt", "chosen", "rejected", "scores"):
-        out[col] = json.loads(out[col])
     sft = store.one(f"SELECT id FROM {store.relation('sft', v)} WHERE input_id = ?", out["input_id"])
     out["sft_id"] = sft[0] if sft else None
     return out
@@ -205,11 +160,6 @@ def charts(store: Store, v: int) -> dict[str, list[tuple[str, float]]]:
     rel, sft = f"({rows_sql(store, v)})", store.relation("sft", v)
     edges = [0, 250, 500, 1000, 2000, 4000, 8000, 16000]
     bucket = " ".join(f"WHEN t < {hi} THEN '{lo}-{hi}'" for lo, hi in zip(edges, edges[1:]))
-    cost = []
-    if not missing_catalog(store):
-        cost = _hist(store, f"SELECT r.source, coalesce(round(sum(l.cost), 6), 0.0) FROM {rel} r LEFT JOIN "
-                            f"(SELECT input_id, cost FROM ledger WHERE version = ?) l USING (input_id) "
-                            f"GROUP BY 1 ORDER BY 1", v)
     return {
         "pass rate by source": _hist(store, f"SELECT source, round(avg((status = 'passed')::INTEGER), 4) FROM {rel} "
                                             "GROUP BY 1 ORDER BY 1"),
@@ -221,5 +171,7 @@ def charts(store: Store, v: int) -> dict[str, list[tuple[str, float]]]:
         "tool calls per rollout (sft rows)": _hist(
             store, f"SELECT CASE WHEN c >= 20 THEN '20+' ELSE c::VARCHAR END, count(*) "
                    f"FROM (SELECT {CALLS} AS c FROM {sft}) GROUP BY 1 ORDER BY min(c)"),
-        "cost $ by source": cost,
+        "cost $ by source": _hist(store, f"SELECT r.source, coalesce(round(sum(l.cost), 6), 0.0) FROM {rel} r "
+                                         f"LEFT JOIN (SELECT input_id, cost FROM ledger WHERE version = ?) l "
+                                         f"USING (input_id) GROUP BY 1 ORDER BY 1", v),
     }

@@ -80,8 +80,7 @@ def parse_rollout(text: str, draft: dict) -> list[dict]:
         if not out and role in ("system", "user"):
             continue  # the model's copy of the prompt: ours is used instead
         msg = {"role": role, "content": x.get("content") if isinstance(x.get("content"), str) else ""}
-        calls = x.get("tool_calls") or ([x["tool_call"]] if isinstance(x.get("tool_call"), dict) else [])
-        if calls:
+        if calls := x.get("tool_calls") or ([x["tool_call"]] if isinstance(x.get("tool_call"), dict) else []):
             if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
                 raise ParseError("tool_calls must be a list of {name, args} objects")
             msg["tool_calls"] = [{"name": c.get("name"), "args": c.get("args", c.get("arguments", {}))}
