@@ -29,6 +29,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,11 @@ class Sandbox:
         argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                 "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         argv += [a for h in HIDDEN for a in ("--size", str(self.tmp_mb << 20), "--tmpfs", h)]
+        # our own Python stays visible (read-only) when it lives under a hidden folder, as a checkout
+        # in /tmp does: the factory puts it first on PATH and the agentic eval runs tests with it
+        for p in dict.fromkeys(os.path.realpath(x) for x in (sys.prefix, sys.base_prefix)):
+            if any(Path(p).is_relative_to(h) for h in HIDDEN) and os.path.isdir(p):
+                argv += ["--ro-bind", p, p]
         argv += ["--bind", root, root]
         for p in self._secrets():  # those under a hidden folder are gone already, unless in the workspace
             if not any(Path(p).is_relative_to(h) for h in HIDDEN) or Path(p).is_relative_to(root):
