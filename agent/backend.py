@@ -12,12 +12,11 @@ is served in-process by `trainer.server` and reached through it too, so there is
 The record <-> OpenAI translation it uses lives in `nanocode.openai_format` (the server uses it too).
 """
 
-import json
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from nanocode.common import InputError
-from nanocode.openai_format import parse_call, to_openai, tools_schema
+from nanocode.openai_format import model_ids, parse_call, to_openai, tools_schema, what_came
 from nanocode.spec import ToolSpec
 
 
@@ -81,10 +80,10 @@ class OpenAIBackend:
                 return
             raise InputError(f"cannot use {self.base_url}: GET /models answered "
                              f"{e.status_code}: {_error_message(e)[0]}") from None
-        served = _model_ids(raw.http_response)
+        served = model_ids(raw.http_response)
         if served is None:
             raise InputError(f"{self.base_url} is not an OpenAI-compatible API: GET /models answered "
-                             f"{_what_came(raw.http_response)}")
+                             f"{what_came(raw.http_response)}")
         if self.model is None:
             if not served:
                 raise InputError(f"{self.base_url} serves no models; name one with --model")
@@ -110,7 +109,7 @@ class OpenAIBackend:
             raise BackendError(f"lost the server at {self.base_url}: {_one_line(e.__cause__ or e)}") from None
         content, calls = [], {}  # calls: stream index -> {"name": str, "arguments": [str]}
         if "text/event-stream" not in response.response.headers.get("content-type", ""):
-            what = _what_came(response.response)  # an HTML page or a JSON body: no event would come
+            what = what_came(response.response)  # an HTML page or a JSON body: no event would come
             response.close()
             raise BackendError(f"the model server at {self.base_url} did not stream: POST /chat/completions "
                                f"answered {what}")
@@ -140,21 +139,6 @@ class OpenAIBackend:
             message["tool_calls"] = [parse_call(c["name"], "".join(c["arguments"]))
                                      for _, c in sorted(calls.items())]
         yield "message", message
-
-
-def _model_ids(response) -> list[str] | None:
-    """The ids of an OpenAI `GET /models` body, or None when the body is not that."""
-    try:
-        return [m["id"] for m in json.loads(response.text).get("data")]
-    except (ValueError, AttributeError, TypeError, KeyError):
-        return None
-
-
-def _what_came(response) -> str:
-    """`200 with text/html: '<html>...'`: enough to see what answered instead of an API."""
-    kind = response.headers.get("content-type", "no content type").split(";")[0]
-    body = " ".join(response.read().decode("utf-8", "replace").split())
-    return f"{response.status_code} with {kind}: {body[:80]!r}"
 
 
 def _one_line(e) -> str:

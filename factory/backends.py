@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from nanocode.common import InputError
+from nanocode.openai_format import model_ids, what_came
 
 
 @dataclass
@@ -166,14 +167,9 @@ def check_endpoint(cfg: BackendConfig) -> None:
         raise InputError(f"cannot reach {base}: {' '.join(str(e).split())[:200] or type(e).__name__}") from None
     if r.status_code == 404:
         return
-    try:
-        served = [m["id"] for m in r.json()["data"]]
-    except (ValueError, KeyError, TypeError):
-        served = None
+    served = model_ids(r)
     if r.status_code != 200 or served is None:
-        kind = r.headers.get("content-type", "no content type").split(";")[0]
-        raise InputError(f"{base} is not a usable OpenAI-compatible API: GET /models answered {r.status_code} "
-                         f"with {kind}: {' '.join(r.text.split())[:80]!r}")
+        raise InputError(f"{base} is not a usable OpenAI-compatible API: GET /models answered {what_came(r)}")
     if cfg.name == "openai" and served and cfg.model not in served:
         raise InputError(f"{base} does not serve model {cfg.model!r} (it serves: {', '.join(served[:10])})")
 

@@ -8,6 +8,7 @@ its inverse and `parse_call` reads one function call. All pure: no network, no U
 import json
 
 from nanocode.common import InputError
+from nanocode.record import ROLES
 from nanocode.spec import ToolSpec
 
 _JSON_TYPES = {"string": "string", "int": "integer", "bool": "boolean"}
@@ -73,7 +74,7 @@ def from_openai(messages) -> list[dict]:
         role = m.get("role") if isinstance(m, dict) else None
         if role == "developer":  # OpenAI's newer name for the system message
             role = "system"
-        if role not in ("system", "user", "assistant", "tool"):
+        if role not in ROLES:
             raise InputError(f"messages[{i}]: unknown role {role!r}")
         content = _text(m.get("content"), i)
         if role == "tool":
@@ -125,3 +126,18 @@ def parse_call(name, arguments) -> dict:
     if bad:
         call["error"] = f"{call['name']} argument(s) {', '.join(map(repr, bad))} must be plain values"
     return call
+
+
+def model_ids(response) -> list[str] | None:
+    """The ids of an OpenAI `GET /models` body (an httpx response), or None when it is not that."""
+    try:
+        return [m["id"] for m in json.loads(response.text).get("data")]
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return None
+
+
+def what_came(response) -> str:
+    """`200 with text/html: '<html>...'`: enough to see what answered instead of an API."""
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    body = " ".join(response.read().decode("utf-8", "replace").split())
+    return f"{response.status_code} with {kind}: {body[:80]!r}"
