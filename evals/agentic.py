@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,7 @@ def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT
     """(passed, last line of the output) of the problem's tests against the workspace's solution.py:
     the model's code, so in the sandbox (`sandbox`) as its Bash calls are."""
     from agent.sandbox import Sandbox
+
     solution = workspace / "solution.py"
     if not solution.is_file():
         return False, "solution.py is gone"
@@ -175,7 +177,7 @@ def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT
         argv, env = [sys.executable, "hidden_test.py"], None
         if sandbox:
             box = Sandbox()
-            argv, env = box.argv(os.path.realpath(d)) + [" ".join(argv)], box.env(os.environ.get("PATH", ""), {})
+            argv, env = box.argv(os.path.realpath(d)) + [shlex.join(argv)], box.env(os.environ.get("PATH", ""), {})
         try:
             r = subprocess.run(argv, cwd=d, capture_output=True, text=True, env=env,
                                timeout=timeout, stdin=subprocess.DEVNULL)
