@@ -27,8 +27,14 @@ HELP = """commands:
   /help         this list
   /quit         leave (Ctrl-D works too)
 Ctrl-C stops the model or the running tool and comes back here; twice at an empty prompt quits.
-Read and Grep run without asking; Edit and Bash ask: y = yes, n = no (you may give a reason,
+{free} run without asking; {asking} ask: y = yes, n = no (you may give a reason,
 which the model reads), a = always allow that tool for this session."""
+
+
+def help_text(spec) -> str:
+    """/help, naming the tool spec's own tools."""
+    names = lambda ask: ", ".join(t.name for t in spec.tools if t.needs_approval == ask) or "no tools"  # noqa: E731
+    return HELP.format(free=names(False), asking=names(True))
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x9b]")
@@ -75,7 +81,7 @@ class ChatUI:
             self.console.print(Text("(the model said nothing)", style="dim"))
         elif kind == "call":
             self.console.print(Text("● ", style="cyan") + Text(clean(call_text(payload, 60)), style="bold"))
-        elif kind == "running" and self.console.is_terminal and payload["name"] != "Edit":
+        elif kind == "running" and self.console.is_terminal:
             self._status = self.console.status(f"running {payload['name']}… (Ctrl-C stops it)")
             self._status.start()
         elif kind == "result":
@@ -111,15 +117,13 @@ class ChatUI:
     # ---------------------------------------------------------------- approval
 
     def approve(self, call: dict, preview) -> Decision:
-        name, args = call["name"], call.get("args") or {}
-        if name == "Edit" and preview:
-            self.console.print(diff_text(preview), end="")
-            question = f"allow Edit on {clean(str(args.get('file_path')))}?"
-        elif name == "Bash" and preview:
-            self.console.print(Text(f"  $ {clean(preview)}", style="bold"))
-            question = "allow Bash?"
-        else:
-            question = f"allow {name}?"
+        name = call["name"]
+        question = f"allow {name}?"
+        if preview and preview.kind == "diff":
+            self.console.print(diff_text(preview.text), end="")
+            question = f"allow {name} on {clean(preview.target)}?"
+        elif preview and preview.kind == "command":
+            self.console.print(Text(f"  $ {clean(preview.text)}", style="bold"))
         try:
             while True:
                 answer = input(f"{question} [y]es / [n]o / [a]lways ").strip()
@@ -142,7 +146,8 @@ class ChatUI:
 def auto_approve(yes: bool):
     """Approvals for `nanocode run`: all yes, or all no with a reason the model reads.
 
-    Yes covers Bash too: it runs in the workspace but, unlike the file tools, is not confined."""
+    Yes covers shell and command tools too: they run in the workspace but, unlike the file
+    tools, are not confined (unless the runtime has a sandbox)."""
     return lambda call, preview: Decision(True) if yes else Decision(False, reason="not approved (run without --yes)")
 
 
@@ -153,7 +158,7 @@ def command(session: Session, ui: ChatUI, line: str) -> bool:
     if name in ("/quit", "/exit", "/q"):
         return False
     if name == "/help":
-        ui.console.print(Text(HELP))
+        ui.console.print(Text(help_text(session.tools.spec)))
     elif name == "/undo":
         result = session.undo()
         say(f"· {result}", "red" if result.startswith("error") else "yellow")

@@ -26,12 +26,12 @@ def prompt(soul: Optional[Path] = typer.Option(None, "--soul", help="SOUL file [
 _BASE_URL_HELP = ("OpenAI-compatible server (`trainer serve`, vLLM, ...), e.g. http://127.0.0.1:8000/v1; "
                   "a bare host:port gets /v1. [default: none: --model names a local run to serve]")
 _MODEL_HELP = ("with --base-url: the served model's name [default: the first the server lists]. "
-               "Without: a run directory (checkpoints/ and tokenizer/), served by a child `trainer serve` "
+               "Without: a run directory, or its checkpoints' URL (file://, gs://), served by a child `trainer serve` "
                "on a free loopback port and reached the same way.")
 
-_YES_HELP = ("approve every Edit and Bash (they run in the workspace). "
+_YES_HELP = ("approve every call the tool spec marks needs_approval (default spec: Edit and Bash). "
              "Without it those calls are refused and the model is told so.")
-_SANDBOX_HELP = ("run Bash in a bubblewrap sandbox: no network, the system read-only, the workspace the "
+_SANDBOX_HELP = ("run shell and command tools (default spec: Bash) in a bubblewrap sandbox: no network, the system read-only, the workspace the "
                  "only writable folder, no credentials in its environment, nothing outliving the call.")
 _JSON_HELP = ("write the session as a conversation record to this file "
               "('-': to stdout, and the transcript goes to stderr) [default: not written]")
@@ -114,7 +114,8 @@ def chat(base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _op
          sandbox: bool = _opts["sandbox"]) -> None:
     """Talk to the agent in your terminal: it reads, searches, edits and runs things in the workspace.
 
-    Read and Grep run without asking; Edit (shown as a diff) and Bash ask first. Type /help inside.
+    Tools the spec marks needs_approval ask first (edits shown as a diff); with the default spec
+    Read and Grep run without asking, Edit and Bash ask. Type /help inside.
     """
     from rich.console import Console
 

@@ -4,8 +4,8 @@
     status = session.send("the tests fail, can you fix it?")
 
 `send` streams a model turn, answers each of its tool calls in order (a malformed call gets an
-error result the model reads; a call that needs approval asks `approve(call, preview)` first;
-Edits are planned, previewed as a diff, then applied and kept for `undo`), and loops until the
+error result the model reads; a call that needs approval asks `approve(call, preview)` first,
+agent.tools.Preview: an edit or write is planned, previewed as a diff, then applied and kept for `undo`), and loops until the
 model answers without calls. `session.messages` is always a valid conversation record
 (nanocode.record.validate passes) whatever happens in between: a Ctrl-C answers every call
 still pending with INTERRUPTED, a full context drops the oldest turns and retries once.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.backend import BackendError, ContextFull
+from agent.tools import Preview
 from nanocode.common import write_text_atomic
 from nanocode.record import record_id, refused
 from nanocode.spec import type_args
@@ -120,13 +121,12 @@ class Session:
         args, error = type_args(call, self.tools.spec)
         if error:
             return error
-        name = call["name"]
-        typed = {"name": name, "args": args}
-        if name == "Edit":  # always planned and applied here, so every edit can be undone
-            plan = self.tools.plan_edit(args)
-            if isinstance(plan, str):
-                return plan
-            if refusal := self._refusal(typed, lambda: self.tools.diff(plan)):
+        typed = {"name": call["name"], "args": args}
+        plan = self.tools.plan(typed)  # an edit or write: planned and applied here, so /undo works
+        if isinstance(plan, str):
+            return plan
+        if plan is not None:
+            if refusal := self._refusal(typed, lambda: Preview("diff", self.tools.diff(plan), plan.rel)):
                 return refusal
             if plan.before is not None:
                 self.workspace.setdefault(plan.rel, plan.before)
@@ -135,10 +135,11 @@ class Session:
             if not result.startswith("error"):
                 self.edits.append(plan)
             return result
-        if refusal := self._refusal(typed, lambda: args.get("command") if name == "Bash" else None):
+        if refusal := self._refusal(typed, lambda: self.tools.preview(typed)):
             return refusal
-        if name == "Read":
-            self._snapshot(args.get("file_path"))
+        builtin, canonical = self.tools.spec.canonical(typed)
+        if builtin == "read":
+            self._snapshot(canonical["path"])
         self.on_event("running", typed)
         return self.tools.run(typed)
 
@@ -221,7 +222,7 @@ class Session:
     # ------------------------------------------------------------------- user commands
 
     def undo(self) -> str:
-        """Revert the last applied Edit; returns what happened, in one line."""
+        """Revert the last applied edit or write; returns what happened, in one line."""
         if not self.edits:
             return "nothing to undo"
         plan = self.edits.pop()
@@ -239,9 +240,9 @@ class Session:
     def record(self) -> dict:
         """The session as a conversation record (docs/DESIGN.md).
 
-        `workspace` holds each file the session Read or Edited, as it was when the session first
+        `workspace` holds each file the session read, edited or wrote, as it was when the session first
         touched it (files over SNAPSHOT_MAX bytes or not UTF-8 are left out). Files that only
-        Grep or Bash saw are not captured, so such a rollout may not replay exactly."""
+        a search, listing or command saw are not captured, so such a rollout may not replay exactly."""
         messages = copy.deepcopy(self.messages)
         return {"id": record_id(messages), "messages": messages, "source": self.source,
                 "soul": self.soul_sha, "tools": self.tools_sha, "workspace": dict(self.workspace)}

@@ -1,24 +1,27 @@
-"""The tool runtime: Read, Grep, Edit and Bash as docs/DESIGN.md specifies, typed by the tool spec.
+"""The tool runtime: runs a tool spec's calls as docs/DESIGN.md specifies.
 
-Shared by the terminal agent and the factory's replay check. `Tools.run(call)` never raises
-(KeyboardInterrupt aside): every failure is a result starting `error: ` that the model reads.
+Each tool in the spec runs one of the builtin behaviours below (read, search, edit, write,
+list, shell) with its arguments renamed to the builtin's, or a command template through the
+shell, or a Python entry point. Shared by the terminal agent and the factory's replay check.
+`Tools.run(call)` never raises (KeyboardInterrupt aside): every failure is a result starting
+`error: ` that the model reads, naming the arguments as the spec names them.
 
-Confinement (file tools): the root is resolved once; each target is joined to it and resolved
+Confinement (read, search, edit, write, list): the root is resolved once; each target is joined to it and resolved
 with symlinks followed (a not-yet-existing tail stays lexical), then compared by path
 components. Absolute paths, `~`, `..` and symlinks (leaf or parent) leading out are refused,
-and Edit writes the resolved path it checked. Grep does not descend into symlinked
-directories and skips file symlinks that lead out.
+and edit writes the resolved path it checked. search and list do not descend into symlinked
+directories and skip file symlinks that lead out.
 
-Bash is a shell whose cwd is the root. Unsandboxed (the terminal agent's default) it is NOT
+The shell (and every command template) runs with the root as its cwd. Unsandboxed (the terminal agent's default) it is NOT
 confined: the user approves it call by call, and the group kill ends what it started unless a
 child escapes with `setsid`. With `sandbox=True` (agent/sandbox.py: bubblewrap; what the
 factory runs model-written calls with) it has no network, a read-only system, the workspace as
 its only writable folder, no credentials in its environment, CPU/memory limits, and its own PID
 namespace, so nothing at all outlives the call. Its result reads the same either way.
 
-Lines are split on `\\n` only (a trailing `\\r` is dropped for display) in Read, Grep and Edit
-alike, so their line numbers agree. Grep picks the files here (the confinement above) and
-agent/ripgrep.py matches them: Rust regex syntax, linear time, under a time limit. File names
+Lines are split on `\\n` only (a trailing `\\r` is dropped for display) in read, search and
+edit alike, so their line numbers agree. search and list pick the files here (the confinement
+above) and agent/ripgrep.py matches them: Rust regex syntax, linear time, under a time limit. File names
 with control characters (a newline) are shown escaped (`a\\nb.py`), so `path:line:text` stays
 one line.
 """
@@ -29,6 +32,7 @@ import fnmatch
 import functools
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -40,13 +44,13 @@ from pathlib import Path
 from agent import ripgrep
 from agent.sandbox import Sandbox, unavailable
 from nanocode.common import InputError, atomic_path
-from nanocode.spec import ToolSpec, load_tools, type_args
+from nanocode.spec import Tool, ToolSpec, entry_function, load_tools, type_args
 
 SKIP_DIRS = {".git", ".hg", ".svn"}
 SNIFF = 8192            # bytes looked at for a NUL byte: binary files are refused or skipped
 CONTEXT = 3             # lines of context around an edit
 SNIPPET_HALF = 10       # a changed region longer than twice this shows only its two ends
-_PREFIX = re.compile(r"^ *\d+→")  # Read's line-number prefix, when copied into Edit strings
+_PREFIX = re.compile(r"^ *\d+→")  # read's line-number prefix, when copied into edit strings
 # no pagers, prompts or progress bars: nobody can answer them
 QUIET_ENV = {"PAGER": "cat", "GIT_PAGER": "cat", "MANPAGER": "cat", "GIT_TERMINAL_PROMPT": "0",
              "PIP_PROGRESS_BAR": "off", "TQDM_DISABLE": "1"}
@@ -55,11 +59,11 @@ QUIET_ENV = {"PAGER": "cat", "GIT_PAGER": "cat", "MANPAGER": "cat", "GIT_TERMINA
 @dataclass
 class Limits:
     max_output_chars: int = 30_000   # longer results keep head + tail around "... [N chars elided] ..."
-    read_lines: int = 2000           # Read's default limit
-    max_line_chars: int = 2000       # longer lines are cut in Read, Grep and Edit output
+    read_lines: int = 2000           # read's default limit
+    max_line_chars: int = 2000       # longer lines are cut in read, search and edit output
     grep_matches: int = 250
-    grep_timeout: float = 30.0       # Grep's walk and search together, in seconds
-    max_file_bytes: int = 10_000_000  # Grep skips, Edit refuses bigger files; Read streams them
+    grep_timeout: float = 30.0       # search's (and list's) walk and match together, in seconds
+    max_file_bytes: int = 10_000_000  # search skips, edit refuses bigger files; read streams them
     bash_timeout: float = 120.0
     bash_max_timeout: float = 600.0
 
@@ -70,6 +74,14 @@ class EditPlan:
     rel: str              # workspace-relative, as shown to the user/model
     before: str | None    # None: the file does not exist (a create)
     after: str
+
+
+@dataclass
+class Preview:
+    """What the user is shown before approving a call."""
+    kind: str         # "diff" (an edit's or write's unified diff) or "command" (the command line)
+    text: str
+    target: str = ""  # the file a diff changes
 
 
 class ToolError(Exception):
@@ -105,7 +117,7 @@ def _changed(a: list[str], b: list[str]) -> tuple[int, int]:
 
 def _elide(text: str, keep: int, tail: str = "", dropped: int = 0) -> str:
     """`text` + `tail` in about `keep` chars: both ends kept, the middle counted. `dropped`
-    chars between text and tail were never captured (a huge Bash output)."""
+    chars between text and tail were never captured (a huge shell output)."""
     if not dropped:
         if len(text) + len(tail) <= keep:
             return text + tail
@@ -132,6 +144,31 @@ def _errors_as_text(method):
         except Exception as e:  # a bug must not end the session: the model sees it instead
             return f"error: {type(e).__name__}: {e}"
     return wrapper
+
+
+class _Names(dict):
+    """A builtin's argument -> the spec's name for it (and `.tool`, the tool's), so errors speak
+    the model's names."""
+
+    def __init__(self, names=(), tool="the tool"):
+        super().__init__(names)
+        self.tool = tool
+
+    def __missing__(self, key):
+        return key
+
+
+def _canonical(tool: Tool, args: dict) -> tuple[dict, _Names]:
+    """A builtin tool's typed args by the builtin's names, and the names back for messages."""
+    return ({a.feeds: args[a.name] for a in tool.args if a.name in args},
+            _Names({a.feeds: a.name for a in tool.args}, tool.name))
+
+
+def command_line(tool: Tool, args: dict) -> str:
+    """A command template filled in: each `{arg}` shell-quoted, empty when the call left it out."""
+    text = lambda v: ("true" if v else "false") if isinstance(v, bool) else str(v)  # noqa: E731
+    return tool.command.format(**{a.name: shlex.quote(text(args[a.name])) if a.name in args else ""
+                                  for a in tool.args})
 
 
 class _Drain(threading.Thread):
@@ -162,27 +199,31 @@ class _Drain(threading.Thread):
 class Tools:
     def __init__(self, root, spec: ToolSpec | None = None, limits: Limits | None = None, bin_dirs=(),
                  sandbox: Sandbox | bool = False):
-        """bin_dirs: folders put first on Bash's PATH (the factory runs rollouts with its own
-        Python, so `python` means the same interpreter on every machine). sandbox: run Bash in
+        """bin_dirs: folders put first on the shell's PATH (the factory runs rollouts with its own
+        Python, so `python` means the same interpreter on every machine). sandbox: run the shell in
         one (True: the default Sandbox()); False runs it as the user, which only an approving
         user should allow."""
         if not os.path.isdir(root):
             raise InputError(f"workspace {root} is not an existing directory")
         sandbox = Sandbox() if sandbox is True else sandbox or None
         if sandbox is not None and (why := unavailable()):
-            raise InputError(f"cannot run model-written Bash in a sandbox: {why}; "
+            raise InputError(f"cannot run model-written commands in a sandbox: {why}; "
                              "pass --unsafe-bash to run it unsandboxed")
         self.root = Path(os.path.realpath(root))
         self.spec = spec if spec is not None else load_tools()
         self.limits = limits or Limits()
         self.sandbox = sandbox
-        self._impl = {"Read": self._read, "Grep": self._grep, "Edit": lambda args: self.apply(self.plan_edit(args)),
-                      "Bash": self._bash}
+        self._builtins = {"read": self._read, "search": self._grep, "list": self._list, "shell": self._bash,
+                          "edit": lambda args, say: self.apply(self._plan_edit(args, say)),
+                          "write": lambda args, say: self.apply(self._plan_write(args, say))}
+        # the spec's own names in hints ("use Bash", "Read the file"), as a verb if need be
+        self._shell = getattr(self.spec.for_builtin("shell"), "name", "a shell command")
+        self._reader = getattr(self.spec.for_builtin("read"), "name", "read")
         path = os.pathsep.join([*map(str, bin_dirs), os.environ.get("PATH", "")])
         if sandbox is not None:
-            self.env, self._shell = sandbox.env(path, QUIET_ENV), sandbox.argv(self.root)
+            self.env, self._argv = sandbox.env(path, QUIET_ENV), sandbox.argv(self.root)
         else:
-            self.env, self._shell = {**os.environ, **QUIET_ENV, **({"PATH": path} if bin_dirs else {})}, ["bash", "-c"]
+            self.env, self._argv = {**os.environ, **QUIET_ENV, **({"PATH": path} if bin_dirs else {})}, ["bash", "-c"]
 
     def needs_approval(self, name: str) -> bool:
         tool = self.spec.get(name)
@@ -194,14 +235,43 @@ class Tools:
         args, err = type_args(call, self.spec)
         if err:
             return err
-        impl = self._impl.get(call["name"])
-        if impl is None:
-            return f"error: tool {call['name']} is in the tool spec but not implemented here"
-        return _elide(impl(args), self.limits.max_output_chars)
+        tool = self.spec.get(call["name"])
+        if tool.builtin:
+            out = self._builtins[tool.builtin](*_canonical(tool, args))
+        elif tool.command:
+            out = self._bash({"command": command_line(tool, args)}, _Names(tool=tool.name))
+        else:  # an entry point: the spec author's own code, run in this process
+            out = entry_function(tool)(dict(args), self.root)
+            if not isinstance(out, str):
+                raise ToolError(f"{tool.name} returned {type(out).__name__}, not text")
+        return _elide(out, self.limits.max_output_chars)
+
+    def plan(self, call: dict) -> "EditPlan | str | None":
+        """The change an edit or write call would make, without writing it: an EditPlan (for
+        diff/apply/revert) or `error: ...`; None when the call is not an edit or a write."""
+        args, err = type_args(call, self.spec)
+        if err:
+            return err
+        tool = self.spec.get(call["name"])
+        if tool.builtin == "edit":
+            return self._plan_edit(*_canonical(tool, args))
+        if tool.builtin == "write":
+            return self._plan_write(*_canonical(tool, args))
+        return None
+
+    def preview(self, call: dict) -> Preview | None:
+        """The command line a shell or command-template call will run, for the approval prompt."""
+        args, err = type_args(call, self.spec)
+        tool = None if err else self.spec.get(call["name"])
+        if tool and tool.command:
+            return Preview("command", command_line(tool, args))
+        if tool and tool.builtin == "shell":
+            return Preview("command", _canonical(tool, args)[0]["command"])
+        return None
 
     # ------------------------------------------------------------------ helpers
 
-    def _resolve(self, given, what="file_path") -> tuple[Path, str]:
+    def _resolve(self, given, what="path") -> tuple[Path, str]:
         """The resolved path inside the root and its workspace-relative name, or ToolError."""
         if not isinstance(given, str) or not given:
             raise ToolError(f"{what} is empty")
@@ -239,15 +309,15 @@ class Tools:
     def _numbered(self, lines, first: int) -> list[str]:
         return [f"{n:>5}→{self._clip(line)}" for n, line in enumerate(lines, first)]
 
-    # ------------------------------------------------------------------------ Read
+    # ------------------------------------------------------------------------ read
 
-    def _read(self, args: dict) -> str:
-        given = args["file_path"]
-        path, _ = self._resolve(given)
+    def _read(self, args: dict, say) -> str:
+        given = args["path"]
+        path, _ = self._resolve(given, say["path"])
         size = self._regular(path, given).st_size
         offset, limit = args.get("offset", 0), args.get("limit", self.limits.read_lines)
         if offset < 0 or limit < 1:
-            raise ToolError(f"offset must be 0 or more and limit 1 or more, got {offset} and {limit}")
+            raise ToolError(f"{say['offset']} must be 0 or more and {say['limit']} 1 or more, got {offset} and {limit}")
         with open(path, "rb") as f:
             if b"\0" in f.read(SNIFF):
                 raise ToolError(f"{_show(given)} is a binary file")
@@ -273,20 +343,20 @@ class Tools:
                 out.append(shown)
                 used += len(shown) + 1
         if not out:
-            raise ToolError(f"offset {offset} is past the end of {_show(given)} (it has {n} lines)")
+            raise ToolError(f"{say['offset']} {offset} is past the end of {_show(given)} (it has {n} lines)")
         if more:
-            out.append(f"(more lines follow: read on with offset={offset + len(out)})")
+            out.append(f"(more lines follow: read on with {say['offset']}={offset + len(out)})")
         return "\n".join(out)
 
-    # ------------------------------------------------------------------------ Grep
+    # ------------------------------------------------------------------------ search
 
-    def _grep(self, args: dict) -> str:
+    def _grep(self, args: dict, say) -> str:
         pattern, glob, given = args["pattern"], args.get("glob"), args.get("path") or "."
-        start, _ = self._resolve(given, "path")
+        start, _ = self._resolve(given, say["path"])
         if not start.exists():
             raise ToolError(f"no such file or directory: {_show(given)}")
         deadline = time.monotonic() + self.limits.grep_timeout
-        files = self._grep_files(start, given, glob, deadline)
+        files = self._files(start, given, glob, deadline, self._late(say))
         out, used, capped = [], 0, None
         try:
             for rel, n, line in ripgrep.search(pattern, [r for r, small in files if small], self.root, deadline):
@@ -300,23 +370,25 @@ class Tools:
         except ripgrep.RipgrepError as e:
             raise ToolError(str(e)) from None
         except TimeoutError:
-            raise ToolError(self._grep_late()) from None
+            raise ToolError(self._late(say)) from None
         seen = files if capped is None else files[:[rel for rel, _ in files].index(capped)]
         big = sum(not small for _, small in seen)  # the too-big files before the cap, as the walk met them
-        notes = [f"(capped at {len(out)} matches: narrow the pattern, path or glob to see the rest)"] * bool(capped)
+        narrow = f"{say['pattern']}, {say['path']} or {say['glob']}"
+        notes = [f"(capped at {len(out)} matches: narrow the {narrow} to see the rest)"] * bool(capped)
         notes += [f"(skipped {big} files over {self.limits.max_file_bytes} bytes)"] * bool(big)
         return "\n".join((out or ["no matches"]) + notes)
 
-    def _grep_files(self, start: Path, given: str, glob, deadline: float) -> list[tuple[str, bool]]:
-        """The files Grep looks at, in path order: (workspace-relative name, small enough to search).
-        Plain strings, and realpath only for symlinks: a big tree's walk is most of a Grep."""
+    def _files(self, start: Path, given: str, glob, deadline: float, late: str, text_only=True) -> list[tuple[str, bool]]:
+        """The files search (text_only) and list look at, in path order: (workspace-relative name,
+        small enough to search). Plain strings, and realpath only for symlinks: a big tree's walk
+        is most of a search."""
         inside, one_file, found = str(self.root).rstrip("/") + "/", not start.is_dir(), [str(start)]
         if not one_file:
             found = []
             # symlinked dirs are not entered, so every folder met is a real one in the root
             for dirpath, dirnames, filenames in os.walk(start):
                 if time.monotonic() > deadline:
-                    raise ToolError(self._grep_late())
+                    raise ToolError(late)
                 dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
                 found += [os.path.join(dirpath, name) for name in filenames]
         files = []
@@ -331,8 +403,8 @@ class Tools:
                     st = os.stat(p)
                 if not stat.S_ISREG(st.st_mode):
                     continue  # a FIFO or device would block or never end
-                if st.st_size > self.limits.max_file_bytes:
-                    files.append((rel, False))
+                if st.st_size > self.limits.max_file_bytes or not text_only:
+                    files.append((rel, st.st_size <= self.limits.max_file_bytes))
                     continue
                 with open(p, "rb") as f:
                     head = f.read(SNIFF)
@@ -345,8 +417,8 @@ class Tools:
             files.append((rel, True))
         return files
 
-    def _grep_late(self) -> str:
-        return f"Grep ran past its {self.limits.grep_timeout:g}s limit; narrow the path or glob"
+    def _late(self, say, glob="glob") -> str:
+        return f"{say.tool} ran past its {self.limits.grep_timeout:g}s limit; narrow the {say['path']} or {say[glob]}"
 
     @staticmethod
     def _glob_ok(rel: str, glob: str) -> bool:
@@ -354,32 +426,56 @@ class Tools:
         return any(fnmatch.fnmatchcase(s, glob) for s in (rel.rsplit("/", 1)[-1], rel)) or (
             glob.startswith("**/") and fnmatch.fnmatchcase(rel, glob[3:]))
 
-    # ------------------------------------------------------------------------ Edit
+    # ------------------------------------------------------------------------ list
+
+    def _list(self, args: dict, say) -> str:
+        given = args.get("path") or "."
+        start, _ = self._resolve(given, say["path"])
+        if not start.is_dir():
+            raise ToolError(f"no such directory: {_show(given)}")
+        files = self._files(start, given, args.get("pattern"), time.monotonic() + self.limits.grep_timeout,
+                            self._late(say, "pattern"), text_only=False)
+        cap = self.limits.grep_matches
+        shown = [_show(rel) for rel, _ in files[:cap]]
+        more = [f"(capped at {cap} of {len(files)} files: narrow the {say['pattern']} or {say['path']})"]
+        return "\n".join((shown or ["no files"]) + more * (len(files) > cap))
+
+    # ------------------------------------------------------------------------ edit and write
 
     @_errors_as_text
-    def plan_edit(self, args: dict) -> EditPlan | str:
-        """Check an Edit and compute the new text without writing: an EditPlan or `error: ...`."""
-        given, old, new = args.get("file_path"), args.get("old_string"), args.get("new_string")
-        if not isinstance(new, str) or not isinstance(old, (str, type(None))):
-            raise ToolError("Edit needs new_string (and optionally old_string) as text")
-        path, rel = self._resolve(given)
-        if not old:  # a create
-            if os.path.lexists(path):
-                raise ToolError(f"{_show(given)} already exists; give old_string to change it")
-            return EditPlan(path, rel, None, _unprefix(new) if _all_prefixed(new) else new)
+    def _plan_write(self, args: dict, say) -> EditPlan | str:
+        """A write: the whole file, created or replaced (a text file only)."""
+        path, rel = self._resolve(args["path"], say["path"])
+        before = self._text(path, args["path"]) if os.path.lexists(path) else None
+        content = args["content"]
+        return EditPlan(path, rel, before, _unprefix(content) if _all_prefixed(content) else content)
+
+    def _text(self, path: Path, given: str) -> str:
+        """A file's text for an edit or write: a regular, small, UTF-8, non-binary file."""
         if self._regular(path, given).st_size > self.limits.max_file_bytes:
-            raise ToolError(f"{_show(given)} is larger than {self.limits.max_file_bytes} bytes; use Bash")
+            raise ToolError(f"{_show(given)} is larger than {self.limits.max_file_bytes} bytes; use {self._shell}")
         data = path.read_bytes()
         if b"\0" in data[:SNIFF]:
             raise ToolError(f"{_show(given)} is a binary file")
         try:
-            text = data.decode("utf-8")
+            return data.decode("utf-8")
         except UnicodeDecodeError:
-            raise ToolError(f"{_show(given)} is not UTF-8 text; Edit would corrupt it, use Bash") from None
+            raise ToolError(f"{_show(given)} is not UTF-8 text; editing would corrupt it, use {self._shell}") from None
+
+    @_errors_as_text
+    def _plan_edit(self, args: dict, say) -> EditPlan | str:
+        """Check an edit and compute the new text without writing: an EditPlan or `error: ...`."""
+        given, old, new = args["path"], args.get("old"), args["new"]
+        path, rel = self._resolve(given, say["path"])
+        if not old:  # a create
+            if os.path.lexists(path):
+                raise ToolError(f"{_show(given)} already exists; give {say['old']} to change it")
+            return EditPlan(path, rel, None, _unprefix(new) if _all_prefixed(new) else new)
+        text = self._text(path, given)
         crlf = text.count("\r\n") * 2 > text.count("\n")  # mostly CRLF: write CRLF too
         for o, n in self._variants(old, new, crlf):
             if o == n:
-                raise ToolError("old_string and new_string are the same; there is nothing to change")
+                raise ToolError(f"{say['old']} and {say['new']} are the same; there is nothing to change")
             count = text.count(o)
             if count == 1:
                 return EditPlan(path, rel, text, text.replace(o, n, 1))
@@ -387,17 +483,17 @@ class Tools:
                 at, where = -1, []
                 while (at := text.find(o, at + 1)) >= 0 and len(where) < 10:
                     where.append(str(text.count("\n", 0, at) + 1))
-                raise ToolError(f"old_string occurs {count} times in {_show(given)} (at lines "
+                raise ToolError(f"{say['old']} occurs {count} times in {_show(given)} (at lines "
                                 f"{', '.join(where)}); add surrounding lines to make it unique")
         hint = ""
         if " ".join(old.split()) in " ".join(text.split()):
             hint = " (it matches when whitespace is ignored: check indentation, tabs and line ends)"
-        raise ToolError(f"old_string not found in {_show(given)}{hint}; it must match the file "
-                        "exactly: Read the file and copy the text")
+        raise ToolError(f"{say['old']} not found in {_show(given)}{hint}; it must match the file "
+                        f"exactly: {self._reader} the file and copy the text")
 
     @staticmethod
     def _variants(old: str, new: str, crlf: bool) -> list[tuple[str, str]]:
-        """(old, new) spellings to try in turn: as given, then with Read's line-number prefixes
+        """(old, new) spellings to try in turn: as given, then with read's line-number prefixes
         dropped (only if every line of old has one, so real code holding `→` survives). In a
         CRLF file new gets CRLF line ends, and old is tried as given and with CRLF."""
         pairs = [(old, new)]
@@ -435,11 +531,11 @@ class Tools:
 
     @_errors_as_text
     def apply(self, plan: EditPlan) -> str:
-        """Write the plan: the result text run() gives for the Edit, or `error: ...`."""
-        if isinstance(plan, str):  # plan_edit's error, passed straight on
+        """Write the plan: the result text run() gives for the edit or write, or `error: ...`."""
+        if isinstance(plan, str):  # the plan's error, passed straight on
             return plan
         if self._current(plan) != plan.before:
-            raise ToolError(f"{_show(plan.rel)} changed since the edit was planned; Read it again")
+            raise ToolError(f"{_show(plan.rel)} changed since the edit was planned; {self._reader} it again")
         self._write(plan.path, plan.after)
         a, b = _lines(plan.before or ""), _lines(plan.after)
         first, last = _changed(a, b)
@@ -464,17 +560,17 @@ class Tools:
         self._write(plan.path, plan.before)
         return f"restored {_show(plan.rel)}"
 
-    # ------------------------------------------------------------------------ Bash
+    # ------------------------------------------------------------------------ shell
 
-    def _bash(self, args: dict) -> str:
+    def _bash(self, args: dict, say) -> str:
         command, timeout = args["command"], args.get("timeout", self.limits.bash_timeout)
         if not command.strip():
-            raise ToolError("command is empty")
+            raise ToolError(f"{say['command']} is empty")
         if timeout <= 0:
-            raise ToolError("timeout must be a positive number of seconds")
+            raise ToolError(f"{say['timeout']} must be a positive number of seconds")
         timeout, keep = min(timeout, self.limits.bash_max_timeout), self.limits.max_output_chars
         # its own session, so one killpg reaches every child; no stdin to wait on
-        proc = subprocess.Popen([*self._shell, command], cwd=self.root, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*self._argv, command], cwd=self.root, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, env=self.env)
         drains = [_Drain(proc.stdout, keep), _Drain(proc.stderr, keep)]

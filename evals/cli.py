@@ -148,7 +148,8 @@ def soul(run: Path = typer.Argument(..., help="run directory"),
                                                      "openai, litellm or vllm [default: no judge]"),
          judge_model: Optional[str] = typer.Option(None, help="the judge's model [default: none]"),
          judge_base_url: Optional[str] = typer.Option(None, help="the judge's server [default: the backend's own]"),
-         soul_path: Optional[Path] = typer.Option(None, "--soul", help="[default: soul/SOUL.md]"),
+         soul_path: Optional[Path] = typer.Option(None, "--soul", help="the SOUL to judge by [default: the one the "
+                                                   "run's factory data was built from, else soul/SOUL.md]"),
          tools: Optional[Path] = typer.Option(None, "--tools", help="[default: soul/tools.yaml]"),
          ) -> None:
     """SOUL adherence: the SOUL's checks as pass rates over replies to held-out prompts (+ an optional judge)."""
@@ -165,6 +166,7 @@ def soul(run: Path = typer.Argument(..., help="run directory"),
     d, loaded = _load(run)
     r = soul_eval.evaluate(d, data=data, limit=limit, soul=soul_path, tools=tools, max_tokens=max_tokens,
                            judge_cfg=judge_cfg, loaded=loaded)
+    console.print(escape(f"SOUL: {r['soul']['path']} ({r['soul']['from']})"))
     _table(f"SOUL checks: {r['replies']} replies, all pass {pct(r['all_pass_rate'])}", r)
     if r.get("judge"):
         console.print(f"judge {r['judge']['model']}: mean rating {r['judge']['mean_rating']} "

@@ -19,9 +19,8 @@ from pathlib import Path
 
 from evals import runs
 from nanocode.common import InputError, version, write_text_atomic
+from nanocode.paths import CHECKOUT, ROOT
 from nanocode.record import call_text
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Page:
@@ -92,9 +91,11 @@ def _figure(series: dict[str, tuple[list, list]], title: str, ylabel: str) -> by
 
 
 def _versions(page: Page) -> None:
+    commit = f"{version()} (installed)"  # a wheel: site-packages is no git work tree
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"
+        if CHECKOUT:
+            commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         commit = "unknown"
     page.h2("versions")

@@ -5,15 +5,26 @@ Prompts: the first user turn of held-out conversations (`--data SPEC`: its valid
 same hash split SFT uses), or by default one question about each held-out HumanEval problem.
 Replies are greedy, generated in batches by the Engine with the SOUL's system prompt. A reply
 that ends in tool calls is checked as thinking (nanocode.soul_checks.check_message), as in the data.
+The rates are per rule the SOUL declares.
+
+Which SOUL: `--soul`, or by default the one the model was taught, so a model is scored against
+its own SOUL: the run's training data names factory versions (its checkpoint meta: `data.sources`,
+following `from` back to the run it started from when its own data is not the factory's), each
+version records its SOUL's sha256, and the file with those bytes is found among the SOULs under
+soul/ (soul/SOUL.md, soul/examples/*/SOUL.md). Data from elsewhere is judged by soul/SOUL.md;
+versions built from different SOULs, or a SOUL that is not under soul/, are one line asking
+for --soul.
 """
 
 import asyncio
+import hashlib
 import time
 
 from nanocode.common import InputError
 from nanocode.record import record_id
 from nanocode.soul_checks import check_message
-from nanocode.spec import load_soul, load_tools, render_system_prompt
+from nanocode.paths import shipped
+from nanocode.spec import DEFAULT_SOUL, load_soul, load_tools, render_system_prompt
 from trainer import template
 
 def default_prompts(limit: int | None = None) -> list[str]:
@@ -106,20 +117,61 @@ def judge(replies: list[dict], soul, spec, backend_cfg) -> dict:
             "mean_rating": sum(rated) / len(rated) if rated else None}
 
 
+def _factory_versions(meta: dict) -> list[int]:
+    sources = [s.rsplit("@", 1)[0] for s in (meta.get("data") or {}).get("sources") or []]
+    return sorted({int(s.split(":", 1)[1]) for s in sources if s.startswith("factory:")})
+
+
+def taught_soul(run_dir, meta: dict):
+    """(the SOUL file the run was taught by, how it was found): see the module docstring."""
+    from factory.store import Store
+    from trainer.checkpoint import find_checkpoints
+
+    run, seen = run_dir, set()
+    while not (versions := _factory_versions(meta)):
+        if not meta.get("from") or meta["from"] in seen:
+            return DEFAULT_SOUL, "the default (the run's data is not from the factory)"
+        run = meta["from"]
+        seen.add(run)
+        ckpt = find_checkpoints(run)
+        meta = ckpt.read_meta()[1]
+        ckpt.close()
+    ask = f"pass --soul to say which SOUL to judge {run_dir} by"
+    try:
+        store = Store(read_only=True)
+        try:
+            hashes = {v: store.version(v)["soul_sha256"] for v in versions}
+        finally:
+            store.close()
+    except InputError as e:
+        raise InputError(f"{run} was trained on factory version(s) {versions}: {e}; {ask}") from None
+    if len(set(hashes.values())) > 1:
+        built = ", ".join(f"factory:{v} from {h[:12]}" for v, h in hashes.items())
+        raise InputError(f"{run} was trained on versions built from different SOULs ({built}): {ask}")
+    want = next(iter(hashes.values()))
+    for path in dict.fromkeys([DEFAULT_SOUL, *sorted(shipped("soul").rglob("*.md"))]):
+        if hashlib.sha256(path.read_bytes()).hexdigest() == want:
+            return path, f"the SOUL of factory:{', factory:'.join(map(str, versions))}, the run's data"
+    raise InputError(f"{run} was trained on factory:{versions[0]}, built from a SOUL (sha256 {want[:12]}) "
+                     f"that no file under {shipped('soul')} matches: {ask}")
+
+
 def evaluate(run_dir, *, data=None, limit: int | None = None, soul=None, tools=None, max_tokens: int = 256,
              judge_cfg=None, loaded=None) -> dict:
     from trainer.checkpoint import load_model
 
+    params, cfg, tok, meta = loaded or load_model(run_dir)
+    soul, found = (soul, "--soul") if soul is not None else taught_soul(run_dir, meta)
     soul_, spec = load_soul(soul), load_tools(tools)
     prompts = prompts_from(data, limit) if data else default_prompts(limit)
-    params, cfg, tok, meta = loaded or load_model(run_dir)
     t0 = time.perf_counter()
     replies, too_long = generate(params, cfg, tok, render_system_prompt(soul_, spec), prompts, max_tokens)
     if not replies:
         raise InputError(f"none of the {len(prompts)} prompt(s) fits the model's {cfg.seq_len}-token context "
                          "with the system prompt")
     out = {"kind": "soul", "run": str(run_dir), "step": meta["step"], "prompts": "data: " + str(data) if data
-           else "held-out HumanEval", "too_long": too_long, **rates(replies, soul_.rules)}
+           else "held-out HumanEval", "too_long": too_long,
+           "soul": {"path": str(soul_.path), "sha256": soul_.sha256, "from": found}, **rates(replies, soul_.rules)}
     if judge_cfg is not None:
         out["judge"] = judge(replies, soul_, spec, judge_cfg)
     out.update(seconds=time.perf_counter() - t0, samples=replies)

@@ -14,8 +14,8 @@ prompts and the modules of your own `module:Class` stages). Then:
     it rejected at stage `generate` (a call that could not succeed then: too long a prompt, a
     reply stopped for length twice), which run again.
 Before the first call, one request checks the endpoint (backends.check_endpoint).
-Tool calls (conversion, scenario expansion and grounding, replay) run Bash in the sandbox
-(agent/sandbox.py); `unsafe_bash` (--unsafe-bash) runs it as the user, and is identity.
+Tool calls (conversion, scenario expansion and grounding, replay) run shell commands in the sandbox
+(agent/sandbox.py); `unsafe_bash` (--unsafe-bash) runs them as the user, and is identity.
 Offline (no backend), stages that need a model fall back: the generator hands on the
 converter's draft, the reviser is the rule reviser, a critic that needs one (the LLM judge) is
 skipped. The summary says which stages ran without a model.
@@ -45,7 +45,7 @@ from nanocode.common import InputError, version
 from nanocode.spec import load_soul, load_tools
 
 
-OFFLINE_WORKERS = 4  # inputs at once without a model: conversion and replay overlap their Bash runs
+OFFLINE_WORKERS = 4  # inputs at once without a model: conversion and replay overlap their shell runs
 
 
 def code_version(stages=()) -> str:

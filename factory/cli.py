@@ -25,19 +25,28 @@ def _console() -> Console:
 
 @app.command()
 def check(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption) -> None:
-    """Load and validate the SOUL and the tool spec; show what they hold and their hashes."""
+    """Load and validate the SOUL and the tool spec; show what they hold, their hashes, and which
+    converters (and scenario events) can make rows with this tool spec."""
+    from factory.convert import support
+
     s, t = load_soul(soul), load_tools(tools)
-    rules = s.rules.active()
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     table.add_row("soul", escape(f"{s.path}  sha256 {s.sha256[:12]}"))
     table.add_row("  sections", ", ".join(s.sections))
-    table.add_row("  checkable rules", f"{len(rules)}: {', '.join(rules)}")
+    table.add_row("  rules", escape(f"{len(s.rules.declared)}: {', '.join(d.brief for d in s.rules)}"))
     table.add_row("tools", escape(f"{t.path}  sha256 {t.sha256[:12]}"))
     for tool in t.tools:
         args = ", ".join(a.name + ("" if a.required else "?") for a in tool.args)
-        table.add_row(f"  {tool.name}", f"({args})" + ("  asks first" if tool.needs_approval else ""))
+        runs = (f"runs {tool.builtin}" if tool.builtin else
+                f"runs `{tool.command}`" if tool.command else f"calls {tool.entry}")
+        table.add_row(f"  {tool.name}", escape(f"({args})  {runs}") + ("  asks first" if tool.needs_approval else ""))
+    lacking = support(t)  # converter or scenario part -> why this spec cannot make it
+    table.add_row("can make", ", ".join(name for name, why in lacking.items() if not why) or "nothing")
+    for name, why in lacking.items():
+        if why:
+            table.add_row("  not", escape(f"{name}: {'; '.join(why)}"))
     _console().print(table)
 
 
@@ -78,11 +87,12 @@ app.add_typer(scenarios_app, name="scenarios")
 
 @scenarios_app.command("check")
 def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories [default: scenarios/]"),
-                    unsafe_bash: bool = UnsafeBashOption) -> None:
-    """Validate specs and expand them offline (their events must happen, their tests pass)."""
+                    tools: Optional[Path] = ToolsOption, unsafe_bash: bool = UnsafeBashOption) -> None:
+    """Validate specs and expand them offline, in the tool spec's calls (their events must
+    happen, their tests pass)."""
     from factory.scenarios import check_specs
 
-    bad = check_specs(paths or [Path("scenarios")], load_tools(None), say=print, unsafe_bash=unsafe_bash)
+    bad = check_specs(paths or [Path("scenarios")], load_tools(tools), say=print, unsafe_bash=unsafe_bash)
     if bad:
         raise InputError(f"{bad} spec(s) failed")
 

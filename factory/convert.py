@@ -4,17 +4,21 @@
 When the code is new (nothing to change, or the answer shares little with what is there):
 
     user:      the instruction
-    assistant: a short look-around remark + Read (a workspace file) or Grep (the new name)
+    assistant: a short look-around remark + a read (a workspace file) or a search (the new name)
     tool:      the real result
-    assistant: the seed answer's own prose before the code + Edit writing the code
+    assistant: the seed answer's own prose before the code + a call creating the file
     tool:      the real result
     assistant: the seed answer's prose after the code (the final reply)
 
 When the answer modifies code that is already there (a workspace file, or code pasted into the
-instruction, which then becomes the file): Grep for it, Read it, then one targeted Edit per
-changed region of a line diff (difflib), each `old_string` grown with context lines until it
-is unique in the file at that point; the edits must reproduce the answer's code exactly.
+instruction, which then becomes the file): search for it, read it, then one targeted edit per
+changed region of a line diff (difflib), each `old` grown with context lines until it is
+unique in the file at that point; the edits must reproduce the answer's code exactly.
 `code_diff` is that second path only (a seed with nothing to modify is rejected).
+
+The calls are the tool spec's (`spec.call("search", pattern=...)`, rollout.create_call), so a
+spec naming its tools and arguments as it likes gets the same rollouts; one lacking a behaviour
+a rollout needs (`needs`, what `factory check` reports) makes that row a reject with the reason.
 
 Every tool result comes from agent.tools.Tools run on a temp copy of the workspace, so the
 format is the agent's real one. The seed's prose is kept as written (capitals, "Certainly!",
@@ -30,12 +34,13 @@ import tempfile
 from dataclasses import dataclass
 
 from factory.loop import Skip
-from factory.rollout import system_message, workspace_tools
+from factory.rollout import create_call, lacks, system_message, workspace_tools
 from factory.scenarios import ScenarioConverter
+from factory.scenarios import support as scenario_support
 from nanocode.record import SPECIAL_TOKENS
 
 MAX_TEXT = 60_000      # chars of instruction + answer: beyond this a seed is a dump, not a task
-MAX_FILE = 100_000     # chars of one workspace file (the rollout Reads it whole)
+MAX_FILE = 100_000     # chars of one workspace file (the rollout reads it whole)
 MAX_EDITS = 6          # more changed regions than this become one edit over the changed span
 KEEP = 0.5             # share of the old lines the answer keeps for it to count as a change
 _FENCE_LINE = re.compile(r"^\s*```", re.M)
@@ -102,9 +107,9 @@ def kept_share(old: str, new: str) -> float:
 
 
 def diff_edits(old: str, new: str) -> list[tuple[str, str]]:
-    """Targeted (old_string, new_string) pairs that, applied in order with Edit's rule (the one
-    exact occurrence), turn `old` into `new`. Each region grows by whole lines of context (one
-    above, then one below, in turn) until its old_string is unique in the file at that point."""
+    """Targeted (old, new) text pairs that, applied in order with the edit rule (the one exact
+    occurrence), turn `old` into `new`. Each region grows by whole lines of context (one above,
+    then one below, in turn) until its old text is unique in the file at that point."""
     a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
     ops = [op[1:] for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"]
     merged = []
@@ -120,8 +125,8 @@ def diff_edits(old: str, new: str) -> list[tuple[str, str]]:
         start, end = i1 + shift, i2 + shift
         lo, hi, up = start, end, True
         while True:
-            old_string = "".join(cur[lo:hi])
-            if old_string.strip() and "".join(cur).count(old_string) == 1:
+            chunk = "".join(cur[lo:hi])
+            if chunk.strip() and "".join(cur).count(chunk) == 1:
                 break
             if lo == 0 and hi == len(cur):
                 break  # the whole file: unique by definition (or the file is blank)
@@ -131,7 +136,7 @@ def diff_edits(old: str, new: str) -> list[tuple[str, str]]:
                 hi += 1
             up = not up
         replacement = cur[lo:start] + b[j1:j2] + cur[end:hi]
-        edits.append((old_string, "".join(replacement)))
+        edits.append((chunk, "".join(replacement)))
         cur[lo:hi] = replacement
         shift += (j2 - j1) - (i2 - i1)
     return edits
@@ -141,7 +146,8 @@ def diff_edits(old: str, new: str) -> list[tuple[str, str]]:
 class CodeEdit:
     system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
     diff_only = False           # code_diff: a seed with no code to modify is rejected
-    unsafe_bash = False         # set by the build (--unsafe-bash): Bash outside the sandbox
+    unsafe_bash = False         # set by the build (--unsafe-bash): shell commands unsandboxed
+    needs = {"read": ("path",), "search": ("pattern",), "edit": ("path", "old", "new"), "create": ()}
 
     def convert(self, seed: dict, soul, spec) -> dict:
         check_seed(seed)
@@ -167,17 +173,17 @@ class CodeEdit:
 
             def step(remark, call):
                 result = tools.run(call)
-                if call["name"] == "Edit" and result.startswith("error"):
-                    raise Skip("convert", f"the Edit failed on replay: {result}")
+                if spec.canonical(call)[0] in ("edit", "write") and result.startswith("error"):
+                    raise Skip("convert", f"the {call['name']} failed on replay: {result}")
                 messages.append({"role": "assistant", "content": remark, "tool_calls": [call]})
                 messages.append({"role": "tool", "name": call["name"], "content": result})
 
             if modifies:
-                self._edits(step, target, ident, workspace[target], code, before)
+                self._edits(step, spec, target, ident, workspace[target], code, before)
                 if (tools.root / target).read_text(encoding="utf-8") != _ends(code):
                     raise Skip("convert", "the diff edits do not reproduce the answer's code")
             else:
-                self._create(step, workspace, target, ident, code, before)
+                self._create(step, spec, workspace, target, ident, code, before)
             what = f"`{ident}`" if ident else "the code"
             messages.append({"role": "assistant", "content": after or f"done: {what} is in `{target}`."})
         if self.system_prompt:
@@ -185,29 +191,28 @@ class CodeEdit:
         return {"messages": messages, "workspace": workspace}
 
     @staticmethod
-    def _create(step, workspace, target, ident, code, before):
+    def _create(step, spec, workspace, target, ident, code, before):
         existing = workspace.get(target)
         if workspace:
             look = target if existing is not None else sorted(workspace)[0]
-            step(f"let me read `{look}` before touching anything", {"name": "Read", "args": {"file_path": look}})
+            step(f"let me read `{look}` before touching anything", spec.call("read", path=look))
         else:
             pattern = ident or target.rsplit(".", 1)[0]
-            step(f"quick look for an existing `{pattern}` first", {"name": "Grep", "args": {"pattern": pattern}})
+            step(f"quick look for an existing `{pattern}` first", spec.call("search", pattern=pattern))
         if existing is None:
-            edit = {"name": "Edit", "args": {"file_path": target, "new_string": code}}
-        else:  # append: the whole file is the one exact, unique old_string
-            edit = {"name": "Edit", "args": {"file_path": target, "old_string": existing,
-                                             "new_string": existing.rstrip("\n") + "\n\n\n" + code}}
+            edit = create_call(spec, target, code)
+        else:  # append: the whole file is the one exact, unique old
+            edit = spec.call("edit", path=target, old=existing, new=existing.rstrip("\n") + "\n\n\n" + code)
         step(before or f"writing it to `{target}`", edit)
 
     @staticmethod
-    def _edits(step, target, ident, original, code, before):
+    def _edits(step, spec, target, ident, original, code, before):
         pattern = ident or target.rsplit(".", 1)[0]
-        step(f"finding `{pattern}` first", {"name": "Grep", "args": {"pattern": pattern}})
-        step(f"reading `{target}` before changing it", {"name": "Read", "args": {"file_path": target}})
+        step(f"finding `{pattern}` first", spec.call("search", pattern=pattern))
+        step(f"reading `{target}` before changing it", spec.call("read", path=target))
         for n, (old, new) in enumerate(diff_edits(original, _ends(code))):
             remark = (before or f"editing `{target}`") if n == 0 else "and the next spot"
-            step(remark, {"name": "Edit", "args": {"file_path": target, "old_string": old, "new_string": new}})
+            step(remark, spec.call("edit", path=target, old=old, new=new))
 
 
 def _ends(text: str) -> str:
@@ -226,6 +231,7 @@ class Chat:
     tools. The critics and the reviser still hold it to the SOUL, so the model's voice is the same
     whether or not a task touches files."""
     system_prompt: bool = True
+    needs = {}
 
     def convert(self, seed: dict, soul, spec) -> dict:
         check_seed(seed)
@@ -237,3 +243,10 @@ class Chat:
 
 
 CONVERTERS = {"code_edit": CodeEdit, "code_diff": CodeDiff, "chat": Chat, "scenario": ScenarioConverter}
+
+
+def support(spec) -> dict[str, list[str]]:
+    """`factory check`: what each converter, and each part of a scenario rollout (its search,
+    its test command, each event), lacks in tool spec `spec`; [] means it can make rows."""
+    parts = {f"scenario {part}": why for part, why in scenario_support(spec).items() if part != "rollout"}
+    return {**{name: lacks(spec, c.needs) for name, c in CONVERTERS.items()}, **parts}

@@ -5,7 +5,8 @@ pass them (loop.py), since a model's opinion of a malformed rollout is money thr
 
   grammar         nanocode.record.validate, every tool call answered once and in order,
                   tools and args as the tool spec types them, ending on a final reply
-  read_format     Read results carry `    1→line` numbering, consecutive from the offset
+  read_format     read results (the tool spec's read tool) carry `    1→line` numbering,
+                  consecutive from the offset
   banned_phrases  phrases the config bans anywhere in assistant text (beyond the SOUL's)
   token_length    the rollout fits `max_tokens` (counted as characters / `chars_per_token`)
   soul_rules      the SOUL's checkable rules via nanocode.soul_checks, on every assistant turn
@@ -72,13 +73,14 @@ class ReadFormat:
         problems = []
         for call, result in _calls_and_results(messages):
             text = result.get("content") or ""
-            if call.get("name") != "Read" or text.startswith(("error:", "(")):
+            behaviour, args = ctx.spec.canonical(call)
+            if behaviour != "read" or text.startswith(("error:", "(")):
                 continue  # errors and "(x is empty)" carry no numbered lines
-            first = int(call.get("args", {}).get("offset") or 0) + 1
+            first = int(args.get("offset") or 0) + 1
             lines = [ln for ln in text.split("\n") if not ln.startswith("(more lines follow")]
             for n, line in enumerate(lines, first):
                 if not line.startswith(f"{n:>5}→"):
-                    problems.append(f"Read result line {n - first + 1} should start with {f'{n:>5}→'!r}, "
+                    problems.append(f"{call['name']} result line {n - first + 1} should start with {f'{n:>5}→'!r}, "
                                     f"got {line[:12]!r}")
                     break
         return _verdict("read_format", problems)

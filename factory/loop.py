@@ -6,7 +6,7 @@
     attempt 2..max_rounds: the reviser rewrites the last attempt given the problems found
     stop at the first attempt that passes (an SFT row) or when rounds run out (a reject)
     replay: the passing attempt's tool calls run for real (factory/replay.py); results are
-    rewritten to the real ones, or an Edit that does not apply rejects the input
+    rewritten to the real ones, or an edit that does not apply rejects the input
 
 The pair (first fail vs final): rejected = the first attempt that failed for a reason other
 than parsing or length (a model's broken JSON or an over-long rollout teaches nothing about
@@ -15,6 +15,8 @@ and differ. Every row keeps its provenance: input, attempt, critic scores, criti
 
 A seed is plain data: one marked `"skip": [stage, reason]` is a reject with that reason; one
 naming its own converter entry (scenarios in a mix of seed files) goes through that converter.
+A rollout the tool spec cannot express (nanocode.spec.MissingTool: "spec has no search tool")
+is a reject with stage `tools` and that reason, counted like the others.
 A model call that can never succeed (backends.RequestFailed, permanent: a 400 such as too long
 a prompt, a reply stopped for length twice) makes the input a reject with stage `generate`;
 any other backend failure leaves it undone, for a rerun to finish.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from factory.backends import RequestFailed
 from factory.writers import ParseError, prompt_part
 from nanocode.record import has_assistant, record_id
+from nanocode.spec import MissingTool
 
 
 class Skip(Exception):
@@ -137,6 +140,8 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
             previous = messages
     except Skip as e:
         return reject(e.stage, e.reason)
+    except MissingTool as e:
+        return reject("tools", str(e))
     except RequestFailed as e:
         if not e.permanent:
             raise
@@ -146,7 +151,7 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
         last = next((a for a in reversed(attempts) if a["messages"]), None)
         stage = "critique" if last else "generate"  # generate: no attempt ever parsed
         return reject(stage, "; ".join(final["problems"]), last and last["messages"])
-    if stages.replay is not None:  # the final rollout's tool calls run for real (in a thread: Bash may take seconds)
+    if stages.replay is not None:  # the final rollout's tool calls run for real (in a thread: shell calls may take seconds)
         replayed = await asyncio.to_thread(stages.replay.replay, final["messages"], draft["workspace"], ctx.spec)
         if replayed.status == "rejected":
             return reject("replay", replayed.reason, final["messages"])

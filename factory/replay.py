@@ -6,13 +6,14 @@ earlier edits. Then per call:
 
   - a result the user refused in the rollout (nanocode.record.refused) is kept and the call is
     not run: the user said no, so nothing happened;
-  - an Edit whose outcome flips (the rollout shows it applied and for real it fails, or the
-    other way round) rejects the row: the rest of the rollout builds on a change that does
-    not exist;
+  - an edit or write (the tool spec's, by behaviour) whose outcome flips (the rollout shows it
+    applied and for real it fails, or the other way round) rejects the row: the rest of the
+    rollout builds on a change that does not exist;
   - any other result that differs from the real one is rewritten to the real one (mode
     `rewrite`) or rejects the row (mode `reject`).
 
-Bash runs for real in the temp folder with `bash_timeout`. With a model as the generator the
+Shell commands (the shell tool's, command templates') run for real in the temp folder with
+`bash_timeout`. With a model as the generator the
 commands are model-written (an injected seed can steer them), so they run in the sandbox
 (agent/sandbox.py: no network, no credentials, the temp folder the only writable place)
 unless the build was given --unsafe-bash; nothing they start outlives the call.
@@ -47,8 +48,8 @@ class _Reject(Exception):
 @dataclass
 class ToolReplay:
     mode: str = "rewrite"        # rewrite | reject: what a result differing from the real one does
-    bash_timeout: float = 10.0   # seconds per Bash call (a call's own timeout is capped by it)
-    unsafe_bash = False          # set by the build (--unsafe-bash): Bash outside the sandbox
+    bash_timeout: float = 10.0   # seconds per shell or command-template call (a call's own timeout is capped by it)
+    unsafe_bash = False          # set by the build (--unsafe-bash): shell commands unsandboxed
 
     def __post_init__(self):
         if self.mode not in ("rewrite", "reject"):
@@ -86,11 +87,12 @@ class ToolReplay:
                 real = tools.run(call)
                 v.calls += 1
                 name = call.get("name")
-                if name == "Edit" and real.startswith("error") != recorded.startswith("error"):
-                    path = (call.get("args") or {}).get("file_path")
+                behaviour, args = tools.spec.canonical(call)
+                if behaviour in ("edit", "write") and real.startswith("error") != recorded.startswith("error"):
+                    path = args.get("path")
                     if real.startswith("error"):
-                        raise _Reject(f"message {i}: Edit of {path!r} does not apply: {real[:300]}")
-                    raise _Reject(f"message {i}: Edit of {path!r} applies for real, but the rollout shows "
+                        raise _Reject(f"message {i}: {name} of {path!r} does not apply: {real[:300]}")
+                    raise _Reject(f"message {i}: {name} of {path!r} applies for real, but the rollout shows "
                                   f"{recorded[:200]!r}")
                 if real != recorded and _masked(real) != _masked(recorded):
                     if self.mode == "reject":

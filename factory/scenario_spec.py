@@ -1,10 +1,12 @@
 """The scenario spec format (scenarios/*.yaml; the reference is scenarios/README.md).
 
 A spec names a task, its language and domain, the starting files, the change that solves it
-(`edits`) and the events the rollout must hit: a Read of a missing file, a Grep with no match,
-the user refusing a Bash call or an Edit, a stale Edit, a failing then passing test run...
-`load_spec` checks it on paper (a wrong `old_string` too) and every problem is one InputError
-naming the file and the field; factory/scenarios.py runs it for real.
+(`edits`) and the events the rollout must hit: a read of a missing file, a search with no
+match, the user refusing a shell command or an edit, a stale edit, a failing then passing test
+run... Its keys are the tool behaviours' canonical arguments (`path`, `old`, `new`, `pattern`,
+`command`: nanocode.spec.BUILTINS), so a spec reads the same whatever the tool spec calls them.
+`load_spec` checks it on paper (a wrong `old` too) and every problem is one InputError naming
+the file and the field; factory/scenarios.py runs it for real.
 """
 
 import re
@@ -13,23 +15,23 @@ from pathlib import Path
 
 from factory.config import read_yaml
 from nanocode.common import InputError
-from nanocode.spec import REPO_ROOT
+from nanocode.paths import shipped
 
 LANGUAGES = {"python", "javascript", "typescript", "go", "rust", "shell", "sql", "c", "cpp", "java",
              "ruby", "kotlin", "yaml", "json", "toml", "markdown", "html", "css", "dockerfile", "make"}
 REQUIRED = {"task": str, "language": str, "domain": str, "files": dict, "edits": list}
 OPTIONAL = {"id": str, "search": str, "read": list, "test": str, "events": list, "summary": str}
-EDIT_KEYS = {"file_path", "new_string"}, {"old_string", "why"}
+EDIT_KEYS = {"path", "new"}, {"old", "why"}
 # event -> (required args, optional args); `why` is the thinking line before the call
 EVENTS = {
-    "read_missing": ({"file_path"}, {"why"}),                # Read a file that is not there
+    "read_missing": ({"path"}, {"why"}),                      # read a file that is not there
     "grep_no_match": ({"pattern"}, {"path", "glob", "why"}),  # a search that finds nothing
     "bash": ({"command"}, {"why"}),                           # a look-around command
     "command_fails": ({"command"}, {"why"}),                  # a command that exits non-zero
     "tests_fail_then_pass": (set(), {"why"}),                 # `test` fails before the edits
     "refuse_bash": ({"command", "reason"}, {"why"}),          # the user says no to a command
-    "refuse_edit": ({"file_path", "new_string", "reason"}, {"old_string", "why"}),
-    "edit_mismatch": ({"file_path", "old_string"}, {"why"}),  # an Edit whose old_string is stale
+    "refuse_edit": ({"path", "new", "reason"}, {"old", "why"}),
+    "edit_mismatch": ({"path", "old"}, {"why"}),              # an edit whose `old` is stale
 }
 
 
@@ -70,7 +72,7 @@ def _args(where: str, name: str, args, known: tuple) -> dict:
         raise InputError(f"{where}: {name} has unknown field(s) {', '.join(map(str, unknown))} "
                          f"(its fields: {', '.join(sorted(required | optional))})")
     for k, v in args.items():
-        if not isinstance(v, str) or (k != "new_string" and not v.strip()):
+        if not isinstance(v, str) or (k != "new" and not v.strip()):
             raise InputError(f"{where}.{k}: must be non-empty text")
     return dict(args)
 
@@ -102,13 +104,13 @@ def parse_spec(data, path: str, default_id: str = "") -> Scenario:
             raise InputError(f"{path}: files: {p!r} must be a relative path inside the workspace")
         if not isinstance(text, str):
             raise InputError(f"{path}: files.{p}: contents must be text, got {type(text).__name__}")
-    state = dict(files)  # the edits run on paper first: a wrong old_string is caught here
+    state = dict(files)  # the edits run on paper first: a wrong `old` is caught here
     edits = []
     for i, e in enumerate(data["edits"]):
         where = f"{path}: edits[{i}]"
         e = _args(where, "an edit", e, EDIT_KEYS)
-        if _bad_path(e["file_path"]):
-            raise InputError(f"{where}.file_path: {e['file_path']!r} must be a relative path")
+        if _bad_path(e["path"]):
+            raise InputError(f"{where}.path: {e['path']!r} must be a relative path")
         _apply(state, e, where)
         edits.append(e)
     read = data.get("read", [])
@@ -129,8 +131,8 @@ def parse_spec(data, path: str, default_id: str = "") -> Scenario:
         if name not in EVENTS:
             raise InputError(f"{where}: unknown event {name!r} (events: {', '.join(sorted(EVENTS))})")
         args = _args(f"{where}.{name}", name, args, EVENTS[name])
-        if name == "read_missing" and args["file_path"] in files:
-            raise InputError(f"{where}.read_missing.file_path: {args['file_path']!r} is a starting file")
+        if name == "read_missing" and args["path"] in files:
+            raise InputError(f"{where}.read_missing.path: {args['path']!r} is a starting file")
         if name == "grep_no_match":
             _regex(args["pattern"], f"{where}.grep_no_match.pattern")
         if name == "tests_fail_then_pass" and not data.get("test"):
@@ -158,18 +160,18 @@ def _regex(pattern: str, where: str) -> None:
 
 
 def _apply(state: dict, e: dict, where: str) -> None:
-    p, old = e["file_path"], e.get("old_string")
+    p, old = e["path"], e.get("old")
     if old is None:
         if p in state:
-            raise InputError(f"{where}: creates {p!r}, which already exists (give old_string to change it)")
-        state[p] = e["new_string"]
+            raise InputError(f"{where}: creates {p!r}, which already exists (give old to change it)")
+        state[p] = e["new"]
         return
     if (text := state.get(p)) is None:
-        raise InputError(f"{where}.file_path: {p!r} is neither a starting file nor created by an earlier edit")
+        raise InputError(f"{where}.path: {p!r} is neither a starting file nor created by an earlier edit")
     n = text.count(old)
     if n != 1:
-        raise InputError(f"{where}.old_string: occurs {n} times in {p!r} (must be exactly once)")
-    state[p] = text.replace(old, e["new_string"], 1)
+        raise InputError(f"{where}.old: occurs {n} times in {p!r} (must be exactly once)")
+    state[p] = text.replace(old, e["new"], 1)
 
 
 def load_spec(path) -> Scenario:
@@ -181,7 +183,7 @@ def spec_files(where: str | Path, glob: str = "*.yaml") -> list[Path]:
     """The spec files under a directory (recursive) or a glob; InputError if there are none."""
     base = Path(where)
     if not base.is_absolute() and not base.exists():
-        base = REPO_ROOT / base  # repo-relative defaults work from any directory
+        base = shipped(base)  # repo-relative defaults work from any directory, and in a wheel
     files = sorted(base.rglob(glob)) if base.is_dir() else sorted(base.parent.glob(base.name))
     if not files:
         raise InputError(f"scenarios {where}: no spec files ({glob}) found")

@@ -1,11 +1,14 @@
 """Scenario specs (factory/scenario_spec.py) -> long multi-step tool rollouts: the `scenarios`
 source, the `scenario` converter, and `factory scenarios check / generate`.
 
-`expand` is the offline rollout: explore (events, Grep, Reads) -> reproduce (tests fail) ->
-fix (refusals, edits) -> verify (tests pass) -> the spec's summary. Every tool result is the
-real output of agent.tools.Tools in a temp copy of the files; a refused call is answered with
-nanocode.record.refused(reason), what the terminal agent records. An event that does not happen
-for real (the Grep matched, the tests passed before the fix) is a Skip: the spec is wrong.
+`expand` is the offline rollout: explore (events, search, reads) -> reproduce (tests fail) ->
+fix (refusals, edits) -> verify (tests pass) -> the spec's summary. Its calls are the tool
+spec's (`spec.call("search", pattern=...)`; test commands through its shell tool), so any spec
+naming those behaviours works; one lacking a behaviour a scenario needs raises MissingTool, a
+reject with the reason. Every tool result is the real output of agent.tools.Tools in a temp
+copy of the files; a refused call is answered with nanocode.record.refused(reason), what the
+terminal agent records. An event that does not happen for real (the search matched, the tests
+passed before the fix) is a Skip: the scenario spec is wrong.
 
 With a model, the generator writes the rollout from the spec (prompts/scenario.j2) and the
 loop calls the converter's `ground`, which re-runs its calls so the results are real.
@@ -24,17 +27,27 @@ import yaml
 from agent.tools import Tools
 from factory.backends import Requester, check_endpoint
 from factory.loop import Skip
-from factory.rollout import steady_run, system_message, workspace_tools
+from factory.rollout import create_call, lacks, steady_run, system_message, workspace_tools
 from factory.scenario_spec import EVENTS, LANGUAGES, Scenario, load_spec, parse_spec, spec_files
 from factory.store import Store
 from factory.writers import Prompts
 from nanocode.common import InputError
 from nanocode.record import REFUSED, refused
-from nanocode.spec import REPO_ROOT
+from nanocode.paths import shipped
+from nanocode.spec import MissingTool
 
 # the order a rollout meets events in: exploring, reproducing, fixing
 PHASE = {"read_missing": 0, "grep_no_match": 0, "bash": 0, "command_fails": 0,
          "tests_fail_then_pass": 1, "refuse_bash": 2, "refuse_edit": 2, "edit_mismatch": 2}
+# the behaviours (and canonical args) each part of a rollout calls, for `factory check`;
+# "create" is a new file (rollout.create_call)
+NEEDS = {"rollout": {"read": ("path",), "edit": ("path", "old", "new"), "create": ()},
+         "search": {"search": ("pattern",)}, "test": {"shell": ("command",)},
+         "read_missing": {"read": ("path",)}, "grep_no_match": {"search": ("pattern", "path", "glob")},
+         "bash": {"shell": ("command",)}, "command_fails": {"shell": ("command",)},
+         "tests_fail_then_pass": {"shell": ("command",)}, "refuse_bash": {"shell": ("command",)},
+         "refuse_edit": {"edit": ("path", "old", "new"), "create": ()},
+         "edit_mismatch": {"edit": ("path", "old", "new"), "read": ("path",)}}
 
 
 # ------------------------------------------------------------------------------ the source
@@ -123,22 +136,33 @@ ACK = {  # the next thinking line starts by reacting to what just happened
 class _Rollout:
     def __init__(self, spec: Scenario, tools: Tools):
         self.spec, self.tools, self.messages, self.ack = spec, tools, [], ""
+        self.to = tools.spec  # the tool spec the calls are written in
 
     def say(self, kind: str, x: str, why: str | None, n: int) -> str:
         text = why or _pick(SAY[kind], f"{self.spec.id}/{kind}/{n}").format(x=x)
         text, self.ack = (f"{self.ack} {text}" if self.ack else text), ""
         return text
 
-    def call(self, text: str, name: str, args: dict, result: str | None = None) -> str:
-        call = {"name": name, "args": args}
+    def call(self, text: str, call: dict, result: str | None = None) -> str:
         if result is None:
             result = steady_run(self.tools, call)
         self.messages.append({"role": "assistant", "content": text, "tool_calls": [call]})
-        self.messages.append({"role": "tool", "name": name, "content": result})
+        self.messages.append({"role": "tool", "name": call["name"], "content": result})
         return result
+
+    def change(self, e: dict) -> dict:
+        """An edit (`old` given) or the creation of a file, as the tool spec writes it."""
+        if "old" in e:
+            return self.to.call("edit", path=e["path"], old=e["old"], new=e["new"])
+        return create_call(self.to, e["path"], e["new"])
 
     def react(self, kind: str, n: int, **fmt) -> None:
         self.ack = _pick(ACK[kind], f"{self.spec.id}/ack/{kind}/{n}").format(**fmt)
+
+
+def support(spec) -> dict[str, list[str]]:
+    """What each part of a scenario rollout (NEEDS) lacks in tool spec `spec`; [] = it can be made."""
+    return {part: lacks(spec, needs) for part, needs in NEEDS.items()}
 
 
 def _fail(spec: Scenario, what: str) -> Skip:
@@ -152,76 +176,73 @@ def _code_of(result: str) -> str:
 
 def expand(spec: Scenario, tools: Tools) -> list[dict]:
     """The rollout's messages after the user turn, run for real in `tools`' workspace (which
-    must hold the starting files)."""
-    r = _Rollout(spec, tools)
+    must hold the starting files), in `tools.spec`'s calls; MissingTool if it lacks one."""
+    r, to = _Rollout(spec, tools), tools.spec
     ordered = sorted(enumerate(spec.events), key=lambda ie: (PHASE[ie[1][0]], ie[0]))
-    edited = list(dict.fromkeys(e["file_path"] for e in spec.edits if e["file_path"] in spec.files))
+    edited = list(dict.fromkeys(e["path"] for e in spec.edits if e["path"] in spec.files))
     reads = spec.read or edited or sorted(spec.files)[:1]
 
     def event(i, name, args):
         where = f"events[{i}] {name}"
         why = args.get("why")
         if name == "read_missing":
-            res = r.call(r.say(name, _code(args["file_path"]), why, i), "Read", {"file_path": args["file_path"]})
+            res = r.call(r.say(name, _code(args["path"]), why, i), to.call("read", path=args["path"]))
             if not res.startswith("error:"):
-                raise _fail(spec, f"{where}: {args['file_path']!r} was read without an error")
+                raise _fail(spec, f"{where}: {args['path']!r} was read without an error")
             r.react(name, i)
         elif name == "grep_no_match":
-            call = {k: args[k] for k in ("pattern", "path", "glob") if k in args}
-            res = r.call(r.say(name, _code(args["pattern"]), why, i), "Grep", call)
+            call = to.call("search", **{k: args[k] for k in ("pattern", "path", "glob") if k in args})
+            res = r.call(r.say(name, _code(args["pattern"]), why, i), call)
             if res != "no matches":
                 raise _fail(spec, f"{where}: wanted `no matches`, got: {res.splitlines()[0][:120]}")
             r.react(name, i)
         elif name in ("bash", "command_fails"):
-            res = r.call(r.say(name, _code(args["command"]), why, i), "Bash", {"command": args["command"]})
+            res = r.call(r.say(name, _code(args["command"]), why, i), to.call("shell", command=args["command"]))
             if name == "command_fails":
                 if res.startswith("exit code: 0"):
                     raise _fail(spec, f"{where}: {args['command']!r} exited 0")
                 r.react(name, i, code=_code_of(res))
         elif name == "tests_fail_then_pass":
-            res = r.call(r.say("test_before", _code(spec.test), why, i), "Bash", {"command": spec.test})
+            res = r.call(r.say("test_before", _code(spec.test), why, i), to.call("shell", command=spec.test))
             if res.startswith("exit code: 0"):
                 raise _fail(spec, f"{where}: the tests passed before the edits ({spec.test!r})")
             r.react("test_before", i)
         elif name == "refuse_bash":
-            r.call(r.say(name, _code(args["command"]), why, i), "Bash", {"command": args["command"]},
+            r.call(r.say(name, _code(args["command"]), why, i), to.call("shell", command=args["command"]),
                    refused(args["reason"]))
             r.react(name, i, x=_code(args["command"]))
         elif name == "refuse_edit":
-            call = {k: args[k] for k in ("file_path", "old_string", "new_string") if k in args}
-            r.call(r.say(name, _code(args["file_path"]), why, i), "Edit", call, refused(args["reason"]))
+            r.call(r.say(name, _code(args["path"]), why, i), r.change(args), refused(args["reason"]))
             r.react(name, i)
         elif name == "edit_mismatch":
-            res = r.call(r.say(name, _code(args["file_path"]), why, i), "Edit",
-                         {"file_path": args["file_path"], "old_string": args["old_string"],
-                          "new_string": args["old_string"] + "\n"})
+            res = r.call(r.say(name, _code(args["path"]), why, i),
+                         to.call("edit", path=args["path"], old=args["old"], new=args["old"] + "\n"))
             if not res.startswith("error:"):
-                raise _fail(spec, f"{where}: the stale old_string applied: it must not be in {args['file_path']!r}")
-            r.call(r.say("reread", _code(args["file_path"]), None, i), "Read", {"file_path": args["file_path"]})
+                raise _fail(spec, f"{where}: the stale old applied: it must not be in {args['path']!r}")
+            r.call(r.say("reread", _code(args["path"]), None, i), to.call("read", path=args["path"]))
 
     for i, (name, args) in ordered:
         if PHASE[name] == 0:
             event(i, name, args)
     if spec.search:
-        r.call(r.say("search", _code(spec.search), None, 0), "Grep", {"pattern": spec.search})
+        r.call(r.say("search", _code(spec.search), None, 0), to.call("search", pattern=spec.search))
     for n, p in enumerate(reads):
-        res = r.call(r.say("read", _code(p), None, n), "Read", {"file_path": p})
+        res = r.call(r.say("read", _code(p), None, n), to.call("read", path=p))
         if res.startswith("error:"):
             raise _fail(spec, f"read[{n}]: {res}")
     for i, (name, args) in ordered:
         if PHASE[name] > 0:
             event(i, name, args)
     for n, e in enumerate(spec.edits):
-        call = {k: e[k] for k in ("file_path", "old_string", "new_string") if k in e}
-        kind = "edit" if "old_string" in e else "create"
-        res = r.call(r.say(kind, _code(e["file_path"]), e.get("why"), n), "Edit", call)
+        kind = "edit" if "old" in e else "create"
+        res = r.call(r.say(kind, _code(e["path"]), e.get("why"), n), r.change(e))
         if res.startswith("error:"):
             raise _fail(spec, f"edits[{n}]: {res}")
     if spec.test:
-        res = r.call(r.say("test_after", _code(spec.test), None, 0), "Bash", {"command": spec.test})
+        res = r.call(r.say("test_after", _code(spec.test), None, 0), to.call("shell", command=spec.test))
         if not res.startswith("exit code: 0"):
             raise _fail(spec, f"the tests fail after the edits ({spec.test!r}):\n{res[:600]}")
-    changed = ", ".join(f"`{p}`" for p in sorted({e["file_path"] for e in spec.edits}))
+    changed = ", ".join(f"`{p}`" for p in sorted({e["path"] for e in spec.edits}))
     default = f"done: changed {changed}." + (f" {_code(spec.test)} passes now." if spec.test else "")
     r.messages.append({"role": "assistant", "content": spec.summary or default})
     return r.messages
@@ -236,7 +257,8 @@ def expand_in_temp(spec: Scenario, tools_spec, unsafe_bash=False) -> list[dict]:
 @dataclass
 class ScenarioConverter:
     system_prompt: bool = True  # start each record with the agent's system prompt (soul + tools)
-    unsafe_bash = False         # set by the build (--unsafe-bash): Bash outside the sandbox
+    unsafe_bash = False         # set by the build (--unsafe-bash): shell commands unsandboxed
+    needs = NEEDS["rollout"]    # each scenario's search, test and events need more (`support`)
 
     def convert(self, seed: dict, soul, spec) -> dict:
         scenario = seed.get("scenario")
@@ -299,7 +321,7 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
     cached, retried, in the ledger (as version 0). The specs' commands are model-written: they
     run in the sandbox unless `unsafe_bash`."""
     check_endpoint(backend)
-    texts = [(REPO_ROOT / "scenarios" / f"{e}.yaml").read_text(encoding="utf-8") for e in examples]
+    texts = [shipped(f"scenarios/{e}.yaml").read_text(encoding="utf-8") for e in examples]
     prompts = Prompts(soul, tools)
     out_dir = Path(out_dir)
     kept, dropped = [], []
@@ -330,8 +352,8 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
                 words = re.findall(r"[a-z0-9]+", spec.task.lower())[:5]
                 spec.id = f"gen-{spec.language}-{'-'.join(words) or 'task'}-{i}"
             expand_in_temp(spec, tools, unsafe_bash)
-        except (InputError, Skip) as e:  # a Skip's reason names the spec, `where`
-            dropped.append(getattr(e, "reason", None) or str(e))
+        except (InputError, Skip, MissingTool) as e:  # a Skip's reason names the spec, `where`
+            dropped.append(getattr(e, "reason", None) or (f"{where}: {e}" if isinstance(e, MissingTool) else str(e)))
             say(f"dropped: {dropped[-1]}")
         else:
             path = out_dir / f"{spec.id}.yaml"
@@ -353,7 +375,7 @@ def check_specs(paths, tools, say=print, unsafe_bash=False) -> int:
             spec = load_spec(f)
             n = len(expand_in_temp(spec, tools, unsafe_bash))
             say(f"ok   {f} ({spec.language}, {spec.domain}, {n} messages)")
-        except (InputError, Skip) as e:
+        except (InputError, Skip, MissingTool) as e:
             bad += 1
-            say(f"bad  {getattr(e, 'reason', None) or e}")
+            say(f"bad  {f}: {e}" if isinstance(e, MissingTool) else f"bad  {getattr(e, 'reason', None) or e}")
     return bad

@@ -31,7 +31,7 @@ from pathlib import Path
 from factory.config import make
 from factory.scenarios import ScenarioSource
 from nanocode.common import InputError
-from nanocode.spec import REPO_ROOT
+from nanocode.paths import shipped
 
 FIELDS = ("instruction", "answer")       # required: file column names for these
 OPTIONAL = ("id", "workspace")           # optional: a row id, a {path: text} of starting files
@@ -46,7 +46,7 @@ class LocalSource:
 
     def __post_init__(self):
         p = Path(self.path)
-        self.file = p if p.is_absolute() or p.exists() else REPO_ROOT / p  # repo-relative defaults
+        self.file = p if p.is_absolute() or p.exists() else shipped(p)  # repo-relative defaults
         if not isinstance(self.columns, dict):
             raise ValueError("columns must map fields to column names")
         if bad := sorted(set(self.columns) - set(FIELDS) - set(OPTIONAL)):
@@ -169,7 +169,7 @@ class HubSource:
 
     @property
     def local(self) -> Path | None:
-        return next((p for p in (Path(self.dataset), REPO_ROOT / self.dataset) if p.exists()), None)
+        return next((p for p in (Path(self.dataset), shipped(self.dataset)) if p.exists()), None)
 
     @property
     def sha256(self) -> str:
@@ -292,7 +292,7 @@ SOURCES = {"local": LocalSource, "tulu_personas_code": TuluPersonasCode, "self_o
 
 # ---------------------------------------------------------------- the HumanEval seed file
 
-HUMANEVAL_SEEDS = REPO_ROOT / "factory" / "seeds" / "humaneval.jsonl"
+HUMANEVAL_SEEDS = shipped("factory/seeds/humaneval.jsonl")
 _OPENERS = ["Certainly! Here's an implementation:", "here's the body:", "Sure, this should do it:",
             "Great question! Here is one way to write it:", "this fills in the stub:"]
 _CLOSERS = ["It follows the docstring, examples included.", "the docstring's examples are the spec here.",

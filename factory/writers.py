@@ -130,7 +130,7 @@ class RuleReviser:
     needs_model = False
 
     async def write(self, draft, previous, problems, ctx) -> list[dict]:
-        return fix_messages(previous or draft["messages"], ctx.soul.rules, draft["messages"])
+        return fix_messages(previous or draft["messages"], ctx.soul.rules, draft["messages"], ctx.spec)
 
 
 GENERATORS = {"llm": LLMWriter, "converter": DraftWriter}

@@ -1,64 +1,57 @@
 """The SOUL and the tool spec: load, validate, hash, type tool calls, render the system prompt.
 
 SOUL file (default `soul/SOUL.md`): YAML front matter between `---` lines, then markdown.
-    front matter keys (unknown keys are errors, so a typo cannot switch a check off):
-      summary          str, required   the persona line every system prompt starts with
-      lowercase_prose  bool, required  prose is lowercase outside code, paths, acronyms, names
-      max_reply_words  int|null, req.  prose words in a final reply (code blocks don't count)
-      banned_phrases   [str], required never anywhere in the prose (case-insensitive, whole words)
-      banned_openers   [str]           never at the start of a reply
-      max_think_words  int|null        words of text before a tool call (must be 1..N)
-      proper_nouns     [str]           capitalized words allowed in lowercase prose
+    front matter keys (both required; unknown keys are errors, so a typo cannot switch a check off):
+      summary   str   the persona line every system prompt starts with
+      rules     map   the checks a program runs on every reply: rule name -> its parameters, from
+                      the registry nanocode.soul_checks.RULES (lowercase_prose, sentence_case,
+                      banned_openers, banned_phrases, max_reply_words, max_think_words); a rule
+                      left out is off, an unknown rule or parameter is an error
     markdown: `## voice`, `## values`, `## rules` sections are required and non-empty (the
     critics cite them); other sections (`## examples`) are kept too. `#`-lines inside fenced
     code are not headings.
 
 Tool spec (default `soul/tools.yaml`): `tools:` a list of {name, description, needs_approval,
-args: [{name, type: string|int|bool, required, description}]}; see the file's header.
+args: [{name, type: string|int|bool, required, description, as}]} where each tool says how it
+runs with exactly one of
+    builtin: read|search|edit|write|list|shell   one of the runtime's behaviours (BUILTINS below);
+                                                 each arg feeds the builtin's argument named by
+                                                 its `as:` (default: its own name)
+    command: "python -m pytest -q {target}"      a template run by the shell (sandboxed when the
+                                                 runtime has a sandbox); `{arg}` is the arg's
+                                                 value shell-quoted, empty when left out
+    entry: "package.module:function"             called as function(args, workspace) -> str
+Everything outside the spec file speaks in builtins (`spec.call("read", path=...)`,
+`spec.canonical(call)`), so a spec may name its tools and arguments as it likes.
 
 Both hashes are sha256 of the exact file bytes: every dataset version records them.
 
-The defaults are found relative to this package (`nanocode/../soul/`), which works because the
-project is installed editable (`pip install -e .`); a wheel install would not carry `soul/`,
-so pass `--soul/--tools` there. Every problem is an `InputError` of one line naming the file.
+The defaults are `soul/SOUL.md` and `soul/tools.yaml` of this install (nanocode/paths.py: the
+checkout's, or the copies a wheel carries). Every problem is an `InputError` of one line naming
+the file.
 """
 
 import hashlib
+import importlib
 import re
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 import yaml
 
 from nanocode.common import InputError
+from nanocode.paths import shipped
+from nanocode.soul_checks import RULES, SoulRules, declare_rules
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOUL = REPO_ROOT / "soul" / "SOUL.md"
-DEFAULT_TOOLS = REPO_ROOT / "soul" / "tools.yaml"
+DEFAULT_SOUL = shipped("soul/SOUL.md")
+DEFAULT_TOOLS = shipped("soul/tools.yaml")
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 REQUIRED_SECTIONS = ("voice", "values", "rules")
 ARG_TYPES = ("string", "int", "bool")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # names are rendered verbatim in tool calls
-
-
-@dataclass(frozen=True)
-class SoulRules:
-    """The checkable part of the SOUL (its front matter, minus the summary)."""
-    lowercase_prose: bool
-    max_reply_words: int | None
-    banned_phrases: tuple[str, ...]
-    banned_openers: tuple[str, ...] = ()
-    max_think_words: int | None = None
-    proper_nouns: tuple[str, ...] = ()
-
-    def active(self) -> list[str]:
-        """Names of the checks these rules switch on (what `factory check` counts)."""
-        on = {"lowercase_prose": self.lowercase_prose, "max_reply_words": self.max_reply_words,
-              "banned_phrases": self.banned_phrases, "banned_openers": self.banned_openers,
-              "max_think_words": self.max_think_words}
-        return [name for name, value in on.items() if value]
 
 
 @dataclass(frozen=True)
@@ -68,8 +61,19 @@ class Soul:
     body: str                 # the markdown after the front matter (what critics read)
     summary: str
     sections: dict[str, str]  # lowercased `##` heading -> its text
-    rules: SoulRules
+    rules: SoulRules          # the front matter's declared rules (nanocode.soul_checks)
     sha256: str
+
+
+# the runtime's behaviours (agent/tools.py): canonical argument -> (type, required)
+BUILTINS = {
+    "read": {"path": ("string", True), "offset": ("int", False), "limit": ("int", False)},
+    "search": {"pattern": ("string", True), "path": ("string", False), "glob": ("string", False)},
+    "edit": {"path": ("string", True), "old": ("string", False), "new": ("string", True)},  # no old: create
+    "write": {"path": ("string", True), "content": ("string", True)},  # the whole file, new or replaced
+    "list": {"pattern": ("string", False), "path": ("string", False)},
+    "shell": {"command": ("string", True), "timeout": ("int", False)},
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Arg:
     type: str  # one of ARG_TYPES
     required: bool
     description: str
+    feeds: str | None = None  # a builtin tool's canonical argument this one is passed as
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,13 @@ class Tool:
     description: str
     needs_approval: bool
     args: tuple[Arg, ...] = ()
+    builtin: str | None = None  # exactly one of builtin, command, entry says how the tool runs
+    command: str | None = None
+    entry: str | None = None
+
+
+class MissingTool(Exception):
+    """The spec cannot express a call a converter needs ("spec has no search tool")."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,30 @@ class ToolSpec:
 
     def get(self, name) -> Tool | None:
         return next((t for t in self.tools if t.name == name), None)
+
+    def for_builtin(self, behaviour: str) -> Tool | None:
+        """The first tool that runs `behaviour`, or None."""
+        return next((t for t in self.tools if t.builtin == behaviour), None)
+
+    def call(self, behaviour: str, **args) -> dict:
+        """A call of this spec's `behaviour` tool, given canonical args; None values are left out.
+        MissingTool when the spec has no such tool, or no argument feeding one of `args`."""
+        tool = self.for_builtin(behaviour)
+        if tool is None:
+            raise MissingTool(f"spec has no {behaviour} tool")
+        named = {a.feeds: a.name for a in tool.args}
+        if missing := [k for k, v in args.items() if v is not None and k not in named]:
+            raise MissingTool(f"spec's {tool.name} has no argument for {', '.join(missing)}")
+        return {"name": tool.name, "args": {named[k]: v for k, v in args.items() if v is not None}}
+
+    def canonical(self, call: dict) -> tuple[str | None, dict]:
+        """(the builtin a call runs, its args by canonical name); (None, {}) for an unknown
+        tool or a command/entry tool. Args the tool does not declare are dropped."""
+        tool = self.get(call.get("name")) if isinstance(call, dict) else None
+        if tool is None or tool.builtin is None:
+            return None, {}
+        given = call.get("args") if isinstance(call.get("args"), dict) else {}
+        return tool.builtin, {a.feeds: given[a.name] for a in tool.args if a.name in given}
 
 
 # ------------------------------------------------------------------------------ loading
@@ -136,22 +172,8 @@ def _yaml(path: Path, text: str, first_line: int = 1):
         _fail(path, f"bad YAML{where}: {problem}")
 
 
-def _strings(path, key, value) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        _fail(path, f"front matter key '{key}' must be a list of non-empty strings")
-    return tuple(value)
-
-
-def _limit(path, key, value) -> int | None:
-    if value is not None and (type(value) is not int or value < 1):
-        _fail(path, f"front matter key '{key}' must be a positive integer or null, got {value!r}")
-    return value
-
-
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.S | re.M)
-_SOUL_KEYS = {"summary", "lowercase_prose", "max_reply_words", "banned_phrases",
-              "banned_openers", "max_think_words", "proper_nouns"}
-_SOUL_REQUIRED = ("summary", "lowercase_prose", "max_reply_words", "banned_phrases")
+_SOUL_KEYS = ("summary", "rules")
 
 
 def _sections(body: str) -> dict[str, str]:
@@ -188,22 +210,17 @@ def load_soul(path=None) -> Soul:
     meta = _yaml(path, m[1], first_line=2)
     if not isinstance(meta, dict):
         _fail(path, "the front matter must be a YAML mapping of rule keys")
-    if unknown := sorted(set(meta) - _SOUL_KEYS):
-        _fail(path, f"unknown front matter key(s): {', '.join(map(str, unknown))}")
-    if missing := [k for k in _SOUL_REQUIRED if k not in meta]:
+    if unknown := sorted(map(str, set(meta) - set(_SOUL_KEYS))):
+        hint = " (rules go under 'rules:')" if any(k in RULES for k in unknown) else ""
+        _fail(path, f"unknown front matter key(s): {', '.join(unknown)}{hint}")
+    if missing := [k for k in _SOUL_KEYS if k not in meta]:
         _fail(path, f"front matter is missing key(s): {', '.join(missing)}")
     if not isinstance(meta["summary"], str) or not meta["summary"].strip():
         _fail(path, "front matter key 'summary' must be a non-empty string")
-    if not isinstance(meta["lowercase_prose"], bool):
-        _fail(path, "front matter key 'lowercase_prose' must be true or false")
-    rules = SoulRules(
-        lowercase_prose=meta["lowercase_prose"],
-        max_reply_words=_limit(path, "max_reply_words", meta["max_reply_words"]),
-        banned_phrases=_strings(path, "banned_phrases", meta["banned_phrases"]),
-        banned_openers=_strings(path, "banned_openers", meta.get("banned_openers", [])),
-        max_think_words=_limit(path, "max_think_words", meta.get("max_think_words")),
-        proper_nouns=_strings(path, "proper_nouns", meta.get("proper_nouns", [])),
-    )
+    try:
+        rules = declare_rules(meta["rules"])
+    except ValueError as e:
+        _fail(path, str(e))
     body = text[m.end():]
     try:
         sections = _sections(body)
@@ -249,7 +266,7 @@ def load_tools(path=None) -> ToolSpec:
         name = item.get("name") if isinstance(item, dict) else None
         where = f"tool {i}" + (f" ({name})" if isinstance(name, str) else "")
         _fields(path, where, item, {"name": str, "description": str, "needs_approval": bool},
-                {"args": list})
+                {"args": list, "builtin": str, "command": str, "entry": str})
         if not _IDENT.match(name):
             _fail(path, f"{where}: name must be an identifier (letters, digits, _)")
         if name in seen:
@@ -260,7 +277,7 @@ def load_tools(path=None) -> ToolSpec:
             aname = a.get("name") if isinstance(a, dict) else None
             awhere = f"{where} arg {j}" + (f" ({aname})" if isinstance(aname, str) else "")
             _fields(path, awhere, a, {"name": str, "type": str, "required": bool,
-                                      "description": str}, {})
+                                      "description": str}, {"as": str})
             if not _IDENT.match(aname):
                 _fail(path, f"{awhere}: name must be an identifier (letters, digits, _)")
             if a["type"] not in ARG_TYPES:
@@ -268,9 +285,71 @@ def load_tools(path=None) -> ToolSpec:
             if aname in arg_names:
                 _fail(path, f"{where}: duplicate arg name '{aname}'")
             arg_names.add(aname)
-            args.append(Arg(aname, a["type"], a["required"], a["description"].strip()))
-        tools.append(Tool(name, item["description"].strip(), item["needs_approval"], tuple(args)))
+            args.append(Arg(aname, a["type"], a["required"], a["description"].strip(), a.get("as")))
+        how = _how_it_runs(path, where, item, args)
+        tools.append(Tool(name, item["description"].strip(), item["needs_approval"], tuple(args), **how))
     return ToolSpec(path=path, tools=tuple(tools), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _how_it_runs(path, where: str, item: dict, args: list[Arg]) -> dict:
+    """Check the one of builtin/command/entry a tool names against its args: Tool's fields.
+    A builtin's args get `feeds` filled in (as: or the arg's own name)."""
+    given = [k for k in ("builtin", "command", "entry") if item.get(k) is not None]
+    if len(given) != 1:
+        _fail(path, f"{where}: say how the tool runs with exactly one of builtin, command or entry"
+                    + (f" (it has {', '.join(given)})" if given else ""))
+    kind, value = given[0], item[given[0]].strip()
+    if kind != "builtin" and (mapped := [a.name for a in args if a.feeds]):
+        _fail(path, f"{where}: 'as' is for builtin tools only (arg {mapped[0]})")
+    if kind == "builtin":
+        canon = BUILTINS.get(value)
+        if canon is None:
+            _fail(path, f"{where}: unknown builtin '{value}' (expected {', '.join(BUILTINS)})")
+        fed = {}
+        for k, a in enumerate(args):
+            target = a.feeds or a.name
+            if target not in canon:
+                _fail(path, f"{where}: arg '{a.name}' maps to nothing: builtin {value} has no argument "
+                            f"'{target}' (its arguments: {', '.join(canon)}); say which with `as:`")
+            if target in fed:
+                _fail(path, f"{where}: args '{fed[target]}' and '{a.name}' both map to {value}'s '{target}'")
+            if a.type != canon[target][0]:
+                _fail(path, f"{where}: arg '{a.name}' is {a.type} but {value}'s '{target}' is {canon[target][0]}")
+            if canon[target][1] and not a.required:
+                _fail(path, f"{where}: arg '{a.name}' must be required: {value}'s '{target}' is")
+            fed[target] = a.name
+            args[k] = replace(a, feeds=target)
+        if missing := [c for c, (_, req) in canon.items() if req and c not in fed]:
+            _fail(path, f"{where}: builtin {value} needs an argument for '{missing[0]}' "
+                        f"(add one, or `as: {missing[0]}` on an existing one)")
+    elif kind == "command":
+        try:
+            fields = [(f, spec or conv) for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
+        except ValueError as e:
+            _fail(path, f"{where}: bad command template ({e}); write a literal brace as {{{{ or }}}}")
+        if bad := [f for f, extra in fields if extra]:
+            _fail(path, f"{where}: command placeholder {{{bad[0]}}} may not have a format or conversion")
+        names = {a.name for a in args}
+        if unknown := [f for f, _ in fields if f not in names]:
+            _fail(path, f"{where}: command placeholder {{{unknown[0]}}} is not one of its args "
+                        f"({', '.join(sorted(names)) or 'it has none'})")
+    else:
+        module, _, func = value.partition(":")
+        if not module or not func:
+            _fail(path, f"{where}: entry must be 'package.module:function', got '{value}'")
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except Exception as e:  # ImportError, AttributeError, or the module's own error on import
+            _fail(path, f"{where}: entry '{value}' does not import ({type(e).__name__}: {e})")
+        if not callable(fn):
+            _fail(path, f"{where}: entry '{value}' is not callable")
+    return {kind: value}
+
+
+def entry_function(tool: Tool):
+    """The Python function an `entry:` tool names (load_tools checked that it imports)."""
+    module, _, func = tool.entry.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 # --------------------------------------------------------------------------- tool calls

@@ -12,7 +12,7 @@ from factory.critics import CRITICS, Grammar, ReadFormat, SoulRules, TokenLength
 from factory.loop import Context, Skip, Stages, run_input
 from factory.rules import fix_text
 from factory.writers import DraftWriter, ParseError, Prompts, RuleReviser, parse_rollout
-from nanocode.soul_checks import check_message
+from nanocode.soul_checks import check_message, declare_rules
 from nanocode.spec import load_soul, load_tools
 
 SOUL, SPEC = load_soul(), load_tools()
@@ -68,11 +68,14 @@ def test_deterministic_critics_catch_what_they_promise():
 def test_rule_fixes_keep_code_paths_and_names():
     text = ("Certainly! I moved `MyClass` to src/Main.java and Python's JSON parser runs fine:\n\n"
             "```python\nX = Foo()\n```\n\nHope this helps! The Tests pass.")
-    fixed = fix_text(text, RULES, None)
+    fixed = fix_text(text, RULES)
     assert fixed == ("i moved `MyClass` to src/Main.java and Python's JSON parser runs fine:\n\n"
                      "```python\nX = Foo()\n```\n\nthe tests pass.")
     assert all(c.ok for c in check_message({"role": "assistant", "content": fixed}, RULES))
-    assert fix_text("One. Two three four five.", RULES, 3) == "one."
+    three = declare_rules({"lowercase_prose": True, "max_reply_words": 3, "max_think_words": 2})
+    assert fix_text("One. Two three four five.", three) == "one."
+    assert fix_text("One two three. Four.", three) == "one two three."
+    assert fix_text("One two three. Four.", three, "thinking") == "one two"  # the thinking limit
 
 
 def test_offline_loop_makes_a_pair_whose_sides_the_soul_tells_apart():

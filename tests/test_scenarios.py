@@ -78,14 +78,15 @@ def test_every_spec_expands_to_a_valid_record_whose_tool_results_are_real(record
             assert len(calls) == len(results) >= 3
             for call, result in zip(calls, results):
                 assert result["name"] == call["name"]
+                behaviour, args = TOOLS.canonical(call)
                 if result["content"].startswith("the user refused this call"):
-                    assert call["name"] in ("Bash", "Edit") and result["content"] == refused(
+                    assert behaviour in ("shell", "edit") and result["content"] == refused(
                         next(a["reason"] for n, a in seed["scenario"].events
-                             if n.startswith("refuse") and a.get("command", a.get("file_path")) in
-                             (call["args"].get("command"), call["args"].get("file_path"))))
+                             if n.startswith("refuse") and a.get("command", a.get("path")) in
+                             (args.get("command"), args.get("path"))))
                     continue  # never run: the user said no
                 again = tools.run(call)
-                if call["name"] == "Bash":
+                if behaviour == "shell":
                     assert _normal(again, [tools.root.as_posix()]) == _normal(result["content"], []), (sid, call)
                 else:
                     assert again == result["content"], (sid, call)
@@ -131,9 +132,9 @@ events:
   - tests_fail_then_pass
   - grep_no_match: {pattern: subtract}
 edits:
-  - file_path: calc.py
-    old_string: "return a - b"
-    new_string: "return a + b"
+  - path: calc.py
+    old: "return a - b"
+    new: "return a + b"
 summary: fixed the sign in `add`; tests pass.
 """
 
@@ -144,10 +145,10 @@ summary: fixed the sign in `add`; tests pass.
     (lambda d: d.update(language="cobol"), "language 'cobol' is not one of"),
     (lambda d: d["events"].append("explode"), "events[2]: unknown event 'explode'"),
     (lambda d: d["events"].append({"refuse_bash": {"command": "ls"}}), "events[2].refuse_bash: refuse_bash needs reason"),
-    (lambda d: d["events"].append({"read_missing": {"file_path": "a", "mood": "x"}}), "has unknown field(s) mood"),
-    (lambda d: d["events"].append({"read_missing": {"file_path": "calc.py"}}), "read_missing.file_path: 'calc.py' is a starting file"),
-    (lambda d: d["edits"][0].update(old_string="return a * b"), "edits[0].old_string: occurs 0 times in 'calc.py'"),
-    (lambda d: d["edits"][0].update(file_path="nope.py"), "edits[0].file_path: 'nope.py' is neither"),
+    (lambda d: d["events"].append({"read_missing": {"path": "a", "mood": "x"}}), "has unknown field(s) mood"),
+    (lambda d: d["events"].append({"read_missing": {"path": "calc.py"}}), "read_missing.path: 'calc.py' is a starting file"),
+    (lambda d: d["edits"][0].update(old="return a * b"), "edits[0].old: occurs 0 times in 'calc.py'"),
+    (lambda d: d["edits"][0].update(path="nope.py"), "edits[0].path: 'nope.py' is neither"),
     (lambda d: d["edits"][0].update(colour=1), "an edit has unknown field(s) colour"),
     (lambda d: d.update(files={"../x.py": ""}), "files: '../x.py' must be a relative path"),
     (lambda d: d.update(search="("), "search: invalid regular expression"),
@@ -228,7 +229,7 @@ def test_generate_keeps_valid_specs_and_drops_invalid_ones(tmp_path):
               _spec_reply(GOOD.replace("events:", "events:\n  - explode")),                # unknown event
               {"text": "no yaml here: [unclosed"},                                           # bad YAML
               _spec_reply(GOOD.replace("return a - b", "return a + b").replace(            # tests pass before
-                  'old_string: "return a + b"', 'old_string: "return a + b\\n"'))]
+                  'old: "return a + b"', 'old: "return a + b\\n"'))]
     out = tmp_path / "gen"
     with ScriptedServer(script) as server:
         run = subprocess.run([str(BIN / "factory"), "scenarios", "generate", "--n", "4", "--base-url",

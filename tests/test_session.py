@@ -10,7 +10,7 @@ import pytest
 from agent.backend import BackendError, ContextFull, OpenAIBackend, parse_call, to_openai, tools_schema
 from agent.sandbox import unavailable
 from agent.session import INTERRUPTED, Decision, Session
-from agent.tools import Tools
+from agent.tools import Preview, Tools
 from nanocode.common import InputError
 from nanocode.record import record_id, validate
 from nanocode.spec import load_tools
@@ -99,7 +99,7 @@ def test_a_refusal_and_its_reason_reach_the_model(server, ws):
 
     session = make_session(server, ws, approve)
     assert session.send("tidy up") == "done"
-    assert asked == [({"name": "Bash", "args": {"command": "touch gone.txt"}}, "touch gone.txt")]
+    assert asked == [({"name": "Bash", "args": {"command": "touch gone.txt"}}, Preview("command", "touch gone.txt"))]
     assert not (ws / "gone.txt").exists()
     result = tool_messages(server.requests[1])[-1]["content"]
     assert "refused" in result and "use git clean instead" in result
@@ -232,7 +232,8 @@ def test_undo_reverts_the_last_edit_and_tells_the_model(server, ws):
     previews = []
     session = make_session(server, ws, lambda c, p: previews.append(p) or Decision(True))
     session.send("fix it")
-    assert "-    return a - b" in previews[0] and "+    return a + b" in previews[0]
+    assert previews[0].kind == "diff" and previews[0].target == "calc.py"
+    assert "-    return a - b" in previews[0].text and "+    return a + b" in previews[0].text
     assert (ws / "new.py").exists()
     assert "removed" in session.undo() and not (ws / "new.py").exists()
     assert "restored" in session.undo() and (ws / "calc.py").read_text() == BUGGY

@@ -34,7 +34,8 @@ def test_defaults_load_and_hash_the_file_bytes(soul, tools):
     assert tools.sha256 == hashlib.sha256(DEFAULT_TOOLS.read_bytes()).hexdigest()
     assert load_soul().sha256 == soul.sha256 and load_tools().sha256 == tools.sha256
     assert {"voice", "values", "rules", "examples"} <= set(soul.sections)
-    assert soul.rules.lowercase_prose and soul.rules.max_reply_words
+    assert soul.rules.names() == ["lowercase_prose", "banned_openers", "banned_phrases", "max_reply_words",
+                                  "max_think_words"]
     assert [t.name for t in tools.tools] == ["Read", "Grep", "Edit", "Bash"]
 
 
@@ -55,8 +56,8 @@ def test_default_tools_match_design(tools):
 
 def test_soul_rules_text_agrees_with_front_matter(soul):
     # the prose rules quote the limits; keep them in step with the checkable ones
-    assert f"{soul.rules.max_reply_words} words" in soul.sections["rules"]
-    assert f"at most {soul.rules.max_think_words} words" in soul.sections["rules"]
+    assert f"{soul.rules.get('max_reply_words')['limit']} words" in soul.sections["rules"]
+    assert f"at most {soul.rules.get('max_think_words')['limit']} words" in soul.sections["rules"]
 
 
 def test_soul_examples_good_replies_pass_bad_ones_fail(soul):
@@ -81,9 +82,9 @@ def test_hash_changes_with_the_file(tmp_path, soul, tools):
     (load_soul, "soul_empty.md", "is empty"),
     (load_soul, "soul_no_front_matter.md", "front matter"),
     (load_soul, "soul_bad_yaml.md", "bad YAML at line"),
-    (load_soul, "soul_missing_key.md", "missing key(s): max_reply_words"),
-    (load_soul, "soul_unknown_key.md", "unknown front matter key(s): max_reply_wrds"),
-    (load_soul, "soul_bad_type.md", "'lowercase_prose' must be true or false"),
+    (load_soul, "soul_missing_key.md", "missing key(s): rules"),
+    (load_soul, "soul_unknown_key.md", "unknown rule(s) under 'rules': max_reply_wrds (known: lowercase_prose"),
+    (load_soul, "soul_bad_type.md", "rule 'max_reply_words': 'limit' must be a positive integer, got 'many'"),
     (load_soul, "soul_missing_section.md", "missing section(s): ## values, ## rules"),
     (load_soul, "soul_empty_section.md", "empty section(s): ## values"),
     (load_soul, "nope.md", "no such file"),
@@ -95,6 +96,12 @@ def test_hash_changes_with_the_file(tmp_path, soul, tools):
     (load_tools, "tools_dup_arg.yaml", "duplicate arg name 'file_path'"),
     (load_tools, "tools_unknown_field.yaml", "unknown field(s): requried"),
     (load_tools, "tools_bad_name.yaml", "must be an identifier"),
+    (load_tools, "tools_no_runner.yaml", "tool 1 (Read): say how the tool runs with exactly one of builtin"),
+    (load_tools, "tools_unknown_builtin.yaml", "tool 1 (Read): unknown builtin 'reed' (expected read, search"),
+    (load_tools, "tools_bad_placeholder.yaml", "tool 1 (Test): command placeholder {flags} is not one of its args"),
+    (load_tools, "tools_bad_entry.yaml", "tool 1 (Deploy): entry 'no_such_module_here:deploy' does not import"),
+    (load_tools, "tools_unmapped_arg.yaml", "tool 1 (Read): arg 'file_path' maps to nothing: builtin read has no "
+                                            "argument 'file_path' (its arguments: path, offset, limit)"),
     (load_tools, "nope.yaml", "no such file"),
 ])
 def test_bad_soul_or_tools(load, name, problem):
@@ -212,6 +219,40 @@ def test_system_prompt_follows_the_tool_spec(soul, tools):
 
 # ---------------------------------------------------------------------- soul checks
 
+@pytest.mark.parametrize("front, problem", [
+    ("lowercase_prose: true\nrules: {}", "unknown front matter key(s): lowercase_prose (rules go under 'rules:')"),
+    ("rules: [lowercase_prose]", "'rules' must be a mapping of rule name -> its parameters"),
+    ("rules: {banned_phrases: true}", "rule 'banned_phrases' needs its parameter 'phrases' (a list of non-empty"),
+    ("rules: {banned_phrases: [ok, '']}", "rule 'banned_phrases': 'phrases' must be a list of non-empty strings"),
+    ("rules: {max_reply_words: {limt: 3}}", "rule 'max_reply_words': unknown parameter(s) limt (its parameters: limit)"),
+    ("rules: {max_reply_words: null}", "rule 'max_reply_words': None does not switch a rule off; leave the rule out"),
+    ("rules: {sentence_case: [x]}", "rule 'sentence_case' takes true, got ['x']"),
+    ("rules: {lowercase_prose: true, sentence_case: true}",
+     "rules 'lowercase_prose' and 'sentence_case' contradict each other"),
+])
+def test_bad_rules_are_one_line_naming_the_file_and_the_rule(tmp_path, front, problem):
+    path = tmp_path / "SOUL.md"
+    path.write_text(f"---\nsummary: x\n{front}\n---\n## voice\nv\n## values\nv\n## rules\n1. r\n")
+    with pytest.raises(InputError) as e:
+        load_soul(path)
+    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_rules_take_a_mapping_a_bare_value_or_true(tmp_path):
+    path = tmp_path / "SOUL.md"
+    body = "---\nsummary: x\nrules:\n{}---\n## voice\nv\n## values\nv\n## rules\n1. r\n"
+    path.write_text(body.format("  max_reply_words: {limit: 7}\n  lowercase_prose: true\n  banned_phrases: [a b]\n"))
+    rules = load_soul(path).rules
+    # registry order, whatever the file's; defaults filled in
+    assert rules.names() == ["lowercase_prose", "banned_phrases", "max_reply_words"]
+    assert rules.get("lowercase_prose") == {"proper_nouns": ()} and rules.get("max_reply_words") == {"limit": 7}
+    assert rules.get("sentence_case") is None
+    path.write_text(body.format("  max_reply_words: 7\n  banned_phrases: {phrases: [a b]}\n  lowercase_prose: {}\n"))
+    assert load_soul(path).rules == rules
+    path.write_text(body.format("  {}\n"))  # no rules: nothing is checked
+    assert check_reply("Certainly! " * 99, load_soul(path).rules) == []
+
+
 def test_soul_checks_flag_sycophancy(soul):
     checks = {c.rule: c for c in check_reply("Great question! I'd be happy to help.", soul.rules)}
     assert not checks["lowercase_prose"].ok and "Great" in checks["lowercase_prose"].detail
@@ -226,14 +267,14 @@ def test_soul_checks_pass_a_good_reply(soul):
 
 
 def test_lowercase_heuristic(soul):
-    nouns = soul.rules.proper_nouns
+    nouns = soul.rules.get("lowercase_prose")["proper_nouns"]
     assert capitalized_words("ran it on GitHub with NumPy and the APIs, see README.md", nouns) == []
     assert capitalized_words("The fix. I think Done.", nouns) == ["The", "I", "Done"]
     assert capitalized_words("a well-Known thing", nouns) == ["Known"]
 
 
 def test_soul_checks_length_and_offers(soul):
-    long = " ".join(["word"] * (soul.rules.max_reply_words + 1))
+    long = " ".join(["word"] * (soul.rules.get("max_reply_words")["limit"] + 1))
     assert not {c.rule: c.ok for c in check_reply(long, soul.rules)}["max_reply_words"]
     code = "short.\n```\n" + long + "\n```\n"
     assert {c.rule: c.ok for c in check_reply(code, soul.rules)}["max_reply_words"]

@@ -117,15 +117,55 @@ def test_typed_record_values_work(tools):
         == "    4→    return s.split()"
 
 
-def test_swapped_spec(ws, tmp_path):
+def shout(args, workspace):
+    """An entry-point tool for the test below: it sees the typed args and the workspace."""
+    return f"{args['word'].upper()} in {sorted(p.name for p in workspace.iterdir())[:1]}"
+
+
+SWAPPED = """tools:
+  - {name: cat, builtin: read, needs_approval: false, description: read,
+     args: [{name: p, as: path, type: string, required: true, description: p},
+            {name: skip, as: offset, type: int, required: false, description: s}]}
+  - {name: put, builtin: write, needs_approval: true, description: write,
+     args: [{name: p, as: path, type: string, required: true, description: p},
+            {name: text, as: content, type: string, required: true, description: t}]}
+  - {name: ls, builtin: list, needs_approval: false, description: list,
+     args: [{name: glob, as: pattern, type: string, required: false, description: g},
+            {name: path, type: string, required: false, description: d}]}
+  - {name: count, command: "wc -l {file} {flag}", needs_approval: true, description: count,
+     args: [{name: file, type: string, required: true, description: f},
+            {name: flag, type: string, required: false, description: f}]}
+  - {name: shout, entry: "tests.test_tools:shout", needs_approval: false, description: shout,
+     args: [{name: word, type: string, required: true, description: w}]}
+"""
+
+
+def test_a_spec_of_other_names_and_kinds_runs(ws, tmp_path):
     spec = tmp_path / "tools.yaml"
-    spec.write_text("tools:\n  - name: Read\n    needs_approval: false\n    description: read\n"
-                    "    args:\n      - {name: file_path, type: string, required: true, description: p}\n"
-                    "  - name: Glob\n    needs_approval: false\n    description: g\n")
+    spec.write_text(SWAPPED)
     t = Tools(ws, spec=load_tools(spec))
-    assert call(t, "Read", file_path="a.py").startswith("    1→")
-    assert "unknown tool 'Grep'" in call(t, "Grep", pattern="x")
-    assert call(t, "Glob") == "error: tool Glob is in the tool spec but not implemented here"
+    assert call(t, "cat", p="a.py", skip=2) == "    3→def parse(s):\n    4→    return s.split()"
+    assert call(t, "cat", p="nope.py") == "error: no such file: nope.py"
+    assert call(t, "cat", file_path="a.py") == ("error: cat has no argument 'file_path' (its arguments: p, skip); "
+                                                "cat needs argument 'p'")
+    assert "unknown tool 'Read'" in call(t, "Read", file_path="a.py")
+    assert call(t, "put", p="new/b.txt", text="one\ntwo\n") == "created new/b.txt (2 lines):\n    1→one\n    2→two"
+    assert call(t, "put", p="new/b.txt", text="three\n").startswith("edited new/b.txt:")
+    assert (ws / "new" / "b.txt").read_text() == "three\n"
+    assert call(t, "ls", glob="*.txt") == "new/b.txt"
+    assert call(t, "ls", path="pkg") == "\n".join(sorted(
+        p.relative_to(ws).as_posix() for p in (ws / "pkg").rglob("*") if p.is_file()))
+    assert call(t, "ls", path="a.py") == "error: no such directory: a.py"
+    # a command template: values are shell-quoted, so a space or `;` is one argument, not a command
+    assert call(t, "count", file="new/b.txt").startswith("exit code: 0\nstdout:\n1 new/b.txt")
+    (ws / "x; touch pwned").write_text("a\n")
+    assert call(t, "count", file="x; touch pwned").startswith("exit code: 0\nstdout:\n1 x; touch pwned")
+    assert not (ws / "pwned").exists()
+    assert t.preview({"name": "count", "args": {"file": "x; y"}}).text == "wc -l 'x; y' "
+    assert call(t, "shout", word="hey") == "HEY in ['a.py']"
+    assert t.needs_approval("put") and not t.needs_approval("cat")
+    plan = t.plan({"name": "put", "args": {"p": "a.py", "text": "x = 1\n"}})
+    assert plan.before.startswith("import re") and t.plan({"name": "cat", "args": {"p": "a.py"}}) is None
 
 
 # ------------------------------------------------------------------------------- Read
@@ -338,7 +378,7 @@ def test_edit_refuses_binary_and_non_utf8(tools, ws):
 
 
 def test_plan_diff_apply_revert(tools, ws):
-    plan = tools.plan_edit({"file_path": "a.py", "old_string": "import re", "new_string": "import os"})
+    plan = tools.plan({"name": "Edit", "args": {"file_path": "a.py", "old_string": "import re", "new_string": "import os"}})
     assert isinstance(plan, EditPlan) and plan.rel == "a.py" and plan.path == ws.resolve() / "a.py"
     assert (ws / "a.py").read_text().startswith("import re")  # planning writes nothing
     diff = tools.diff(plan)
@@ -346,17 +386,17 @@ def test_plan_diff_apply_revert(tools, ws):
     assert tools.apply(plan).startswith("edited a.py:")
     assert tools.revert(plan) == "restored a.py"
     assert (ws / "a.py").read_text().startswith("import re")
-    assert tools.plan_edit({"file_path": "../x", "new_string": "x"}).startswith("error: ")
+    assert tools.plan({"name": "Edit", "args": {"file_path": "../x", "new_string": "x"}}).startswith("error: ")
 
 
 def test_revert_of_a_create_and_stale_files(tools, ws):
-    plan = tools.plan_edit({"file_path": "n.py", "new_string": "x = 1"})
+    plan = tools.plan({"name": "Edit", "args": {"file_path": "n.py", "new_string": "x = 1"}})
     assert plan.before is None
     assert "\\ No newline at end of file" in tools.diff(plan)
     tools.apply(plan)
     assert tools.revert(plan) == "removed n.py (the edit had created it)"
     assert not (ws / "n.py").exists()
-    plan = tools.plan_edit({"file_path": "a.py", "old_string": "import re", "new_string": "import os"})
+    plan = tools.plan({"name": "Edit", "args": {"file_path": "a.py", "old_string": "import re", "new_string": "import os"}})
     (ws / "a.py").write_text("changed behind our back\n")
     assert tools.apply(plan).startswith("error: a.py changed since the edit was planned")
     (ws / "a.py").write_text(plan.before)
@@ -518,10 +558,10 @@ def test_bash_reports_a_signal_death(tools):
 
 
 def test_run_never_raises_on_internal_failures(tools, monkeypatch):
-    def boom(args):
+    def boom(args, say):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setitem(tools._impl, "Read", boom)
+    monkeypatch.setitem(tools._builtins, "read", boom)
     assert call(tools, "Read", file_path="a.py") == "error: RuntimeError: kaboom"
     monkeypatch.setattr("agent.tools.subprocess.Popen", lambda *a, **k: (_ for _ in ()).throw(
         FileNotFoundError(2, "No such file or directory", "bash")))
