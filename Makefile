@@ -44,3 +44,8 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/tokenizer.py
 	$(BIN)/python bench/train.py
+
+# the wheels the lent GPU machine's image lacks, into .whl/ for bench/gpu.sh (bench/RESULTS.md, "GPU check")
+.PHONY: gpu-wheels
+gpu-wheels: $(BIN)/.installed
+	PYTHON=$(BIN)/python scripts/gpu-wheels.sh

@@ -1,8 +1,8 @@
 """Where a run's pieces are: its stages, its checkpoints and the eval results written beside them.
 
 A RUN given to `evals` is either
-  - one stage directory (what `trainer run ... --out DIR` writes: metrics.jsonl, checkpoints/,
-    tokenizer/), or
+  - one stage directory (what `trainer run ... --out DIR` writes: metrics.jsonl, checkpoints/ or
+    checkpoints.url naming where they are, tokenizer/), or
   - a root holding stage directories named pretrain/, sft/, dpo/ (any of them, in that order).
 Model evals use the last stage that has a checkpoint (dpo, else sft, else pretrain); results go to
 RUN/evals/<name>.json (the root's evals/ for a root), which `evals report` reads back.
@@ -17,7 +17,8 @@ STAGES = ("pretrain", "sft", "dpo")
 
 
 def is_stage(d: Path) -> bool:
-    return (d / "metrics.jsonl").exists() or (d / "checkpoints").is_dir()
+    # checkpoints.url: trainer.checkpoint.POINTER, where a run whose checkpoints live elsewhere says they are
+    return (d / "metrics.jsonl").exists() or (d / "checkpoints").is_dir() or (d / "checkpoints.url").is_file()
 
 
 def stages(run) -> dict[str, Path]:

@@ -89,6 +89,11 @@ def make(kind: str, registry: dict, entry, where: str = "config"):
     given the entry's other keys as settings (a dataclass's fields, or its keyword arguments)."""
     entry = stage_entry(kind, entry, where)
     name = entry.pop("name")
+    # every source may say its rows' license (the dataset card's, factory/publish.py): no source's own setting
+    license_id = entry.pop("license", None) if kind == "source" else None
+    if license_id is not None and not (isinstance(license_id, str) and license_id.strip()):
+        raise InputError(f"{where}: source {name!r}: license must be a license id such as cc0-1.0, "
+                         f"got {license_id!r}")
     cls = registry.get(name)
     if cls is None and ":" in name:
         module, _, attr = name.partition(":")
@@ -101,7 +106,10 @@ def make(kind: str, registry: dict, entry, where: str = "config"):
     if cls is None:
         raise InputError(f"{where}: unknown {kind} {name!r} (known: {', '.join(sorted(registry))}; "
                          "or module:Class for your own)")
-    return construct(f"{kind} {name!r}", cls, entry, where)
+    stage = construct(f"{kind} {name!r}", cls, entry, where)
+    if kind == "source":
+        stage.license = license_id
+    return stage
 
 
 def construct(what: str, cls, settings: dict, where: str):

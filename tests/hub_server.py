@@ -9,6 +9,7 @@ Hub shapes them (checked against huggingface_hub/hf_api.py and _commit_api.py):
     POST /api/datasets/{repo}/preupload/{revision}   every file `regular`: contents go inline
     POST /api/datasets/{repo}/commit/{revision}      NDJSON header + base64 files -> a commit oid
     POST /api/datasets/{repo}/tag/{revision}         409 if the tag exists
+    (and the same under /api/models/ for model repos: `trainer export --push`)
 
 Every request is kept in `server.calls` as (method, path, parsed body, headers); committed files
 in `server.repos[repo]["files"]` (bytes) and tags in `server.repos[repo]["tags"]`. Anything
@@ -79,7 +80,7 @@ class HubServer:
             return 200, {"url": url}
         if (method, path) == ("POST", "/api/validate-yaml"):
             return 200, {"errors": [], "warnings": []}
-        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(refs|preupload|commit|tag)(?:/(.+))?", path)
+        m = re.fullmatch(r"/api/(?:datasets|models)/([^/]+/[^/]+)/(refs|preupload|commit|tag)(?:/(.+))?", path)
         repo = self.repos.get(m[1]) if m else None
         if repo is None:
             return 404, {"error": f"no route or repo for {method} {path}"}

@@ -1,6 +1,7 @@
-"""`factory export` writes the Hub layout `datasets.load_dataset` reads; `factory publish`
-uploads that folder to a loopback Hub (tests/hub_server.py) in one commit plus a tag; bad input
-stops before the first request."""
+"""`factory export` writes the Hub layout `datasets.load_dataset` reads, as nested columns that a
+chat template with tools and our trainer take as they are; licenses come from the sources;
+`factory publish` uploads that folder to a loopback Hub (tests/hub_server.py) in one commit plus
+a tag; bad input stops before the first request."""
 
 import json
 import os
@@ -17,6 +18,8 @@ from factory.publish import split_of
 from factory.store import Store
 from factory.versions import export
 from nanocode.common import InputError
+from nanocode.openai_format import tools_schema
+from nanocode.spec import load_tools
 from tests.conftest import BIN
 from tests.hub_server import HubServer
 
@@ -49,7 +52,9 @@ def test_export_is_a_dataset_folder_with_sft_and_preference_splits(tmp_path):
     files = export(store, 1, tmp_path / "out")
     out = tmp_path / "out"
     assert UPLOADED <= {p.relative_to(out).as_posix() for p in files}
-    sft, pref = (datasets.load_dataset(str(out), name) for name in ("sft", "preference"))
+    # a cache of its own: datasets keys a local folder with a card by its name ("out"), not its files
+    cache = tmp_path / "cache"
+    sft, pref = (datasets.load_dataset(str(out), name, cache_dir=cache) for name in ("sft", "preference"))
     assert set(sft) == set(pref) == {"train", "test"}
     assert sft["train"].num_rows + sft["test"].num_rows == summary["sft rows"]
     assert pref["train"].num_rows + pref["test"].num_rows == summary["pairs"]
@@ -58,9 +63,15 @@ def test_export_is_a_dataset_folder_with_sft_and_preference_splits(tmp_path):
         for split in ("train", "test"):
             assert {split_of(i, 0.1) for i in ds[split]["input_id"]} == {split}
     row = sft["train"][0]
-    assert json.loads(row["messages"])[0]["role"] == "system" and row["id"]
+    assert row["messages"][0]["role"] == "system" and row["id"]  # nested columns, no JSON text to decode
+    assert row["tools"] == tools_schema(load_tools())  # each tool's parameters as written, no null padding
+    assert {s["critic"] for s in row["scores"]} >= {"grammar", "soul_rules"}
+    assert row["replay"] in ("ok", "rewritten") and row["models"]["reviser"] == "rules"
+    with_ws = next(r for r in sft["train"] if r["workspace"])
+    assert all(set(f) == {"path", "content"} for f in with_ws["workspace"])
+    assert pref["train"].features["chosen"] == sft["train"].features["messages"]
     # a folder given to load_dataset without a config (the trainer's way) reads sft/train
-    assert datasets.load_dataset(str(out), split="train").num_rows == sft["train"].num_rows
+    assert datasets.load_dataset(str(out), split="train", cache_dir=cache).num_rows == sft["train"].num_rows
 
     card = (out / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
@@ -138,6 +149,88 @@ def test_bad_input_stops_before_any_request(tmp_path, hub, monkeypatch):
     assert (run.returncode, run.stderr.strip()) == (2, "error: no Hugging Face token: set HF_TOKEN or run "
                                                     "`hf auth login` (a write token)")
     assert hub.calls == []
+
+
+def _tools_template_tokenizer():
+    """A word-level tokenizer made here, with the tool-calling chat template transformers ships
+    for Llama 4 (nothing downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.llama4.processing_llama4 import chat_template
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", bos_token="<|begin_of_text|>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def test_published_rows_render_through_a_tools_chat_template_and_train_as_they_are(tmp_path):
+    import datasets
+
+    from trainer import conversations
+
+    quiet_build(limit=12)
+    store = Store(read_only=True)
+    out = tmp_path / "out"
+    export(store, 1, out)
+    sft, pref = (datasets.load_dataset(str(out), name, split="train", cache_dir=tmp_path / "cache")
+                 for name in ("sft", "preference"))
+    tokenizer = _tools_template_tokenizer()
+
+    # an sft row, straight from load_dataset into apply_chat_template: tools, calls, results, replies
+    row = next(r for r in sft if sum(bool(m["tool_calls"]) for m in r["messages"]) >= 2)
+    text = tokenizer.apply_chat_template(row["messages"], tools=row["tools"], tokenize=False)
+    assert text.startswith("<|begin_of_text|><|header_start|>system<|header_end|>")
+    for tool in row["tools"]:
+        assert f'"name": "{tool["function"]["name"]}"' in text
+        assert all(f'"{arg}": {{' in text for arg in tool["function"]["parameters"]["properties"])
+    as_json = lambda value: json.dumps(value, ensure_ascii=False)  # noqa: E731  (the template's tojson)
+    for m in row["messages"][1:]:
+        for call in m["tool_calls"] or []:
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            assert f'{{"name": "{name}", "parameters": {as_json(arguments)}}}' in text
+        if m["role"] == "tool":  # this template writes a result as JSON
+            assert f"<|header_start|>ipython<|header_end|>\n\n{as_json(m['content'])}<|eot|>" in text
+        elif m["content"]:
+            assert m["content"] in text
+    # a pair, as DPOTrainer renders it: the prompt is the start of prompt + each side
+    pair = pref[0]
+    prompt = tokenizer.apply_chat_template(pair["prompt"], tools=pair["tools"], tokenize=False,
+                                           add_generation_prompt=True)
+    for side in ("chosen", "rejected"):
+        whole = tokenizer.apply_chat_template(pair["prompt"] + pair[side], tools=pair["tools"], tokenize=False)
+        assert whole.startswith(prompt) and len(whole) > len(prompt)
+    assert pair["chosen"] != pair["rejected"]
+
+    # our trainer reads the folder back into the very records the store holds (a fresh read: the
+    # first test's folder has the same name)
+    loaded = conversations.load(str(out), val_fraction=0.0)
+    stored = store.db.sql(f"SELECT input_id, messages FROM {store.relation('sft', 1)}").fetchall()
+    canon = lambda ms: json.dumps(ms, sort_keys=True)  # noqa: E731
+    assert sorted(map(canon, loaded["train"])) == sorted(canon(json.loads(m)) for i, m in stored
+                                                         if split_of(i, 0.1) == "train")
+    store.close()
+
+
+def test_licenses_come_from_the_sources_and_an_entry_may_give_its_own(tmp_path):
+    columns = {"id": "id", "instruction": "instruction", "answer": "answer", "workspace": "workspace"}
+    mine = {"name": "local", "path": "factory/seeds/coding.jsonl", "label": "mine", "columns": columns,
+            "license": "cc-by-4.0"}
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump({"source": {"name": "mix", "sources": [
+        {"name": "scenarios", "dir": "scenarios", "glob": "py-interval-merge.yaml"}, mine]}}))
+    quiet_build(config=config, limit=3)
+    export(Store(read_only=True), 1, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["licenses"] == {"mine": "cc-by-4.0", "scenarios": "cc0-1.0"}  # scenarios/README.md: CC0
+    header = yaml.safe_load((tmp_path / "out" / "README.md").read_text().split("---")[1])
+    assert header["license"] == ["cc-by-4.0", "cc0-1.0"] and "license_name" not in header
+
+    config.write_text(yaml.safe_dump({"source": {**mine, "license": 3}}))
+    with pytest.raises(InputError, match=r"build.yaml: source 'local': license must be a license id such as "
+                                         r"cc0-1.0, got 3$"):
+        quiet_build(config=config)
 
 
 def _other_soul(tmp_path) -> Path:

@@ -6,22 +6,81 @@ A checkpoint is arrays (params, optimizer state) plus a JSON of everything else:
     CKPT_DIR/<step>/meta    step, data-loader position, seed, config and tokenizer fingerprints
 
 orbax writes each step to a temporary directory and renames it when complete, so a killed run
-leaves whole checkpoints only. CKPT_DIR may be any path orbax understands (a local folder, or
-gs://bucket/run for preemptible TPU/GPU hosts).
+leaves whole checkpoints only.
 
-A RUN is a directory with checkpoints/ and tokenizer/ (what `trainer run ... --out` writes), or a
-checkpoints directory with tokenizer/ beside it; its model shape is its checkpoint's fingerprint.
+Where checkpoints can live is what orbax 0.12 can write: its arrays go through tensorstore, whose
+spec orbax builds for gs:// (the gcs driver) or else for an absolute local path (the file driver);
+its metadata through etils.epath (gs://, s3://, az://, hf:// via fsspec). So CKPT_DIR is a local
+path, a file:// URL (read as that local path) or gs://bucket/path; any other scheme (s3://,
+memory://, ...) is refused up front, as orbax would fail on its first save. Paths are
+etils.epath.Path, never pathlib's (which turns gs://b into gs:/b), and local ones are made absolute
+(tensorstore refuses relative ones).
+
+A RUN is any of
+  - a directory with checkpoints/ and tokenizer/ (what `trainer run ... --out` writes);
+  - such a directory whose checkpoints live elsewhere (`--checkpoint-dir`): its checkpoints.url
+    holds their location, one line, and the rest (tokenizer/, metrics.jsonl) stays in the run;
+  - a checkpoints directory itself, local or at a URL, with tokenizer/ in it or beside it (a
+    checkpoint directory elsewhere gets its own tokenizer/ copy, so it can be read alone).
+Its model shape is its checkpoint's fingerprint.
 """
 
+import atexit
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from nanocode.common import InputError
+from nanocode.common import InputError, write_text_atomic
 from trainer.model import GPTConfig, init_params
 from trainer.tokenizer import Tokenizer
+
+
+POINTER = "checkpoints.url"  # in a run directory whose checkpoints live elsewhere: where, one line
+ORBAX_SCHEMES = ("gs",)  # URLs orbax writes arrays to (besides file://, which is a local path)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def storage_path(where: str | os.PathLike) -> epath.Path:
+    """A run or checkpoint location as orbax takes it: gs://... as it is, file:///abs as /abs, a
+    path without a scheme (`run:2` too) made absolute. Other schemes: an InputError."""
+    where = os.fspath(where)
+    if not _URL.match(where):
+        return epath.Path(os.path.abspath(where))
+    url = urlparse(where)
+    if url.scheme.lower() == "file":
+        if url.netloc not in ("", "localhost"):
+            raise InputError(f"{where}: a file:// URL names a path on this machine (file:///path), not on {url.netloc}")
+        return epath.Path(url2pathname(url.path))
+    if url.scheme.lower() not in ORBAX_SCHEMES:
+        raise InputError(f"orbax cannot open {where}: checkpoints go to a local path, file:///path or "
+                         f"{', '.join(s + '://bucket/path' for s in ORBAX_SCHEMES)}")
+    return epath.Path(where)
+
+
+def is_url(path: epath.Path) -> bool:
+    return _URL.match(os.fspath(path)) is not None
+
+
+@contextmanager
+def opening(where):
+    """Storage errors (a missing gcsfs, no credentials, an unreachable bucket) as one InputError line."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as e:  # whatever fsspec, tensorstore or a cloud SDK raises: its first line names it
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(f"orbax cannot open {where}: {type(e).__name__}: {why}") from None
 
 
 def _sharding(x):
@@ -31,9 +90,12 @@ def _sharding(x):
 
 class Checkpoints:
     def __init__(self, directory, keep: int = 2):
-        self.directory = str(directory)
+        self.path = storage_path(directory)
+        self.directory = str(self.path)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        with opening(self.directory):
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+            self.manager.latest_step()  # lists the directory: an unreadable one fails here, not mid-run
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -74,25 +136,76 @@ class Checkpoints:
 # ----------------------------------------------------------------------------- finding and loading a run
 
 
-def find_checkpoints(run: str | Path) -> Checkpoints:
-    """A run directory (with checkpoints/) or a checkpoints directory itself."""
-    run = Path(run)
-    if not run.exists():
-        raise InputError(f"no such run or checkpoint directory: {run}")
-    ckpt = Checkpoints(run / "checkpoints" if (run / "checkpoints").is_dir() else run)
+def checkpoints_of(run: str | os.PathLike) -> epath.Path:
+    """Where a run's checkpoints are: what RUN/checkpoints.url says, RUN/checkpoints, or RUN itself."""
+    run = storage_path(run)
+    with opening(run):
+        if not run.exists():
+            raise InputError(f"no such run or checkpoint directory: {run}")
+        if (run / POINTER).is_file():
+            return storage_path((run / POINTER).read_text().strip())
+        return run / "checkpoints" if (run / "checkpoints").is_dir() else run
+
+
+def find_checkpoints(run: str | os.PathLike) -> Checkpoints:
+    """The checkpoints of a run (see the module docstring for what a run is)."""
+    directory = checkpoints_of(run)
+    with opening(directory):
+        if not directory.exists():
+            raise InputError(f"the checkpoints of {run} are not there: no {directory}")
+    ckpt = Checkpoints(directory)
     if ckpt.latest_step() is None:
         raise InputError(f"{run} holds no checkpoint")
     return ckpt
 
 
-def tokenizer_dir(run: str | Path) -> Path:
-    """Where the tokenizer a run saved beside its checkpoints is."""
-    run = Path(run)
-    for d in (run / "tokenizer", run.parent / "tokenizer"):
-        if (d / "tokenizer.json").exists():
-            return d
+def checkpoints_for(out: Path, given: str | None) -> epath.Path:
+    """Where a run writing to OUT keeps its checkpoints: --checkpoint-dir, else where OUT/checkpoints.url
+    says (a resume need not repeat it), else OUT/checkpoints. Another place than OUT records is refused."""
+    pointer = Path(out) / POINTER
+    recorded = storage_path(pointer.read_text().strip()) if pointer.is_file() else None
+    if given is not None and recorded is not None and storage_path(given) != recorded:
+        raise InputError(f"the checkpoints of {out} are at {recorded} ({pointer}), not {given}: pass that "
+                         "--checkpoint-dir, or another --out")
+    return storage_path(given) if given is not None else recorded or storage_path(Path(out) / "checkpoints")
+
+
+def link_run(out: Path, ckpt: Checkpoints) -> None:
+    """For checkpoints outside OUT/checkpoints: OUT/checkpoints.url names them, and they get a copy of
+    OUT/tokenizer/ so that their directory is a run by itself. By the one process that writes files."""
+    if ckpt.path == storage_path(Path(out) / "checkpoints"):
+        return
+    write_text_atomic(Path(out) / POINTER, ckpt.directory + "\n")
+    with opening(ckpt.directory):
+        (ckpt.path / "tokenizer").mkdir(parents=True, exist_ok=True)
+        for f in sorted((Path(out) / "tokenizer").iterdir()):
+            (ckpt.path / "tokenizer" / f.name).write_bytes(f.read_bytes())
+
+
+def tokenizer_dir(run: str | os.PathLike) -> Path:
+    """Where the tokenizer a run saved beside its checkpoints is: a local directory (one at a URL
+    is copied to a temporary one first)."""
+    run = storage_path(run)
+    with opening(run):
+        for d in (run / "tokenizer", run.parent / "tokenizer"):
+            if (d / "tokenizer.json").exists():
+                return Path(d) if not is_url(d) else _local_copy(d)
     raise InputError(f"{run} has no tokenizer/ beside its checkpoints: copy the tokenizer it was trained "
                      f"with to {run}/tokenizer")
+
+
+def _local_copy(d: epath.Path) -> Path:
+    local = Path(tempfile.mkdtemp(prefix="nanocode-tokenizer-"))
+    atexit.register(shutil.rmtree, local, True)
+    for f in d.iterdir():
+        (local / f.name).write_bytes(f.read_bytes())
+    return local
+
+
+def run_name(run: str | os.PathLike) -> str:
+    """A run's name for people and clients: its directory's (a checkpoints directory's parent's)."""
+    path = storage_path(run)
+    return path.parent.name if path.name == "checkpoints" else path.name
 
 
 def read_run(run, step: int | None = None, platform: str | None = None) -> tuple[GPTConfig, Tokenizer, dict]:
@@ -105,11 +218,16 @@ def read_run(run, step: int | None = None, platform: str | None = None) -> tuple
     tok = Tokenizer.load(tokenizer_dir(run))
     if meta["fingerprint"]["tokenizer"] != tok.fingerprint():
         raise InputError(f"the tokenizer beside {run} is not the one its checkpoint was trained with")
-    model = {k: v for k, v in meta["fingerprint"]["model"].items() if k != "remat"}  # runs saved before it went
-    cfg = GPTConfig(**model)
+    cfg = saved_model(meta)
     if (platform or jax.default_backend()) == "cpu":
         cfg = replace(cfg, compute_dtype="float32", attention="xla")
     return cfg, tok, meta
+
+
+def saved_model(meta: dict) -> GPTConfig:
+    """The GPTConfig a checkpoint was trained with: fields added since take their defaults (the
+    model it was), a field since removed (`remat`) is dropped."""
+    return GPTConfig(**{k: v for k, v in meta["fingerprint"]["model"].items() if k != "remat"})
 
 
 def load_params(run, like_params, tok: Tokenizer, step: int | None = None):

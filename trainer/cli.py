@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nanocode.common import InputError, cli_app, nanocode_home, run_cli
-from trainer import corpus, local_corpus, tokenizer_eval
+from trainer import corpus, hosts, local_corpus, tokenizer_eval
 from trainer.corpus import default_corpus
 from trainer.tokenizer import Tokenizer
 
@@ -23,6 +23,12 @@ app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
 run_app = cli_app("Run a training stage (resumable).", root=False)
 app.add_typer(run_app, name="run")
+
+
+CHECKPOINT_DIR_HELP = ("checkpoints elsewhere: a local path, file:///path or gs://bucket/path (OUT/checkpoints.url "
+                       "records it for the later stages) [default: OUT/checkpoints]")
+MULTIHOST_HELP = ("join a run on several hosts first: the same command on each, with JAX_COORDINATOR_ADDRESS="
+                  "HOST:PORT (process 0's), JAX_NUM_PROCESSES and JAX_PROCESS_ID set (TPU pods and SLURM jobs need none)")
 
 
 def default_tokenizer() -> Path:
@@ -149,7 +155,7 @@ def run_pretrain(
     corpus_dir: Path = typer.Option(None, "--corpus", help="[default: $NANOCODE_HOME/corpus/local]"),
     tokenizer: Path = typer.Option(None, help="[default: $NANOCODE_HOME/tokenizer]; the model takes its vocab"),
     out: Path = typer.Option(None, help="metrics.jsonl and checkpoints/ [default: $NANOCODE_HOME/runs/CONFIG]"),
-    checkpoint_dir: str = typer.Option(None, help="checkpoints elsewhere: any path orbax takes, e.g. gs://bucket/run [default: OUT/checkpoints]"),
+    checkpoint_dir: str = typer.Option(None, help=CHECKPOINT_DIR_HELP),
     steps: int = typer.Option(None, help="optimizer steps [default: from the param:data ratio]"),
     seq_len: int = typer.Option(None, help="context length [default: the preset's]"),
     device_batch_size: int = typer.Option(None, help="sequences per micro-batch per device [default: the preset's]"),
@@ -161,35 +167,40 @@ def run_pretrain(
     seed: int = typer.Option(None, help="init and data order [default: the preset's]"),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
     dry_run: bool = typer.Option(False, help="print the plan (params, FLOPs, tokens, memory, time) and exit"),
-    multihost: bool = typer.Option(False, help="join a multi-host run first (jax.distributed.initialize)"),
+    multihost: bool = typer.Option(False, help=MULTIHOST_HELP),
+    join_timeout: float = typer.Option(300, help="--multihost: seconds to wait for the coordinator and the other hosts"),
+    hf_compatible: bool = typer.Option(False, help="train without the parts transformers' NanoChat lacks (x0 "
+                                       "mixing, q/k gain), so `trainer export` can write the run"),
 ):
     """Pretrain the GPT on the corpus; every N steps a checkpoint, val bits-per-byte and samples."""
-    import jax
+    with hosts.joined(multihost, join_timeout):  # before any other jax call
+        import jax
 
-    if multihost:  # TPU pods and SLURM are detected; elsewhere set JAX_COORDINATOR_ADDRESS etc.
-        jax.distributed.initialize()
+        from trainer import configs, train
 
-    from trainer import configs, train
-
-    overrides = {k: v for k, v in dict(
-        num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size, total_batch_tokens=total_batch_tokens,
-        eval_every=eval_every, eval_tokens=eval_tokens, sample_every=sample_every, save_every=save_every,
-        seed=seed).items() if v is not None}
-    tokenizer = tokenizer or default_tokenizer()
-    if not dry_run or (tokenizer / "tokenizer.json").exists():
-        overrides["vocab_size"] = Tokenizer.load(tokenizer).vocab_size
-    cfg = configs.for_platform(configs.get_config(config, **overrides), jax.default_backend())
-    if dry_run:
-        print_plan(cfg, jax.device_count())
-        return
-    paths = train.RunPaths(corpus=corpus_dir or default_corpus(), tokenizer=tokenizer,
-                           out=out or nanocode_home() / "runs" / cfg.name, checkpoints=checkpoint_dir)
-    train.train(cfg, paths, resume=resume, log=console.print)
+        overrides = {k: v for k, v in dict(
+            num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size,
+            total_batch_tokens=total_batch_tokens, eval_every=eval_every, eval_tokens=eval_tokens,
+            sample_every=sample_every, save_every=save_every, seed=seed).items() if v is not None}
+        if hf_compatible:
+            overrides.update(x0_mix=False, qk_gain=1.0)
+        tokenizer = tokenizer or default_tokenizer()
+        if not dry_run or (tokenizer / "tokenizer.json").exists():
+            overrides["vocab_size"] = Tokenizer.load(tokenizer).vocab_size
+        cfg = configs.for_platform(configs.get_config(config, **overrides), jax.default_backend())
+        if dry_run:
+            print_plan(cfg, jax.device_count())
+            return
+        paths = train.RunPaths(corpus=corpus_dir or default_corpus(), tokenizer=tokenizer,
+                               out=out or nanocode_home() / "runs" / cfg.name, checkpoints=checkpoint_dir)
+        train.train(cfg, paths, resume=resume, log=console.print)
 
 
 def finetune_options(
-    from_: Path = typer.Option(..., "--from", help="the run to start from (its directory: checkpoints/ and tokenizer/)"),
+    from_: str = typer.Option(..., "--from", help="the run to start from: its directory (checkpoints/ or "
+                              "checkpoints.url, and tokenizer/), or its checkpoints' directory or URL"),
     out: Path = typer.Option(..., help="this run's directory (metrics.jsonl, checkpoints/, tokenizer/)"),
+    checkpoint_dir: str = typer.Option(None, help=CHECKPOINT_DIR_HELP),
     num_steps: int = typer.Option(None, "--steps", help="optimizer steps [default: one epoch]"),
     seq_len: int = typer.Option(None, help="context length [default: the model's]; RoPE lets it grow"),
     device_batch_size: int = typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device [default: up to 8]"),
@@ -199,6 +210,8 @@ def finetune_options(
     save_every: int = typer.Option(None, help="steps between checkpoints [default: half the run]"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
+    multihost: bool = typer.Option(False, help=MULTIHOST_HELP),
+    join_timeout: float = typer.Option(300, help="--multihost: seconds to wait for the coordinator and the other hosts"),
 ):
     """The options every fine-tuning stage takes: a signature for finetune_command, never called."""
 
@@ -218,9 +231,10 @@ def run_sft(
     **common,
 ):
     """Supervised fine-tuning on conversations: loss on the assistant's tokens only."""
-    from trainer import sft
+    with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
+        from trainer import sft
 
-    sft.run(data=data, overflow=overflow, log=console.print, **common)
+        sft.run(data=data, overflow=overflow, log=console.print, **common)
 
 
 @finetune_command
@@ -236,14 +250,17 @@ def run_dpo(
     **common,
 ):
     """Direct preference optimization on chosen/rejected pairs against the frozen --from model."""
-    from trainer import dpo
+    with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
+        from trainer import dpo
 
-    dpo.run(data=data, val_data=val_data, beta=beta, loss=loss, reference=reference, log=console.print, **common)
+        dpo.run(data=data, val_data=val_data, beta=beta, loss=loss, reference=reference, log=console.print,
+                **common)
 
 
 @app.command("serve")
 def serve(
-    checkpoint: Path = typer.Option(..., help="a run directory (checkpoints/ and tokenizer/)"),
+    checkpoint: str = typer.Option(..., help="a run directory (checkpoints/ or checkpoints.url, and tokenizer/), "
+                                   "or a checkpoints directory or URL (file:///path, gs://bucket/path)"),
     host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     model_name: str = typer.Option(None, help="the model id clients send [default: the run directory's name]"),
     child: bool = typer.Option(False, "--child", hidden=True,
@@ -257,6 +274,22 @@ def serve(
         server.serve_for_parent(checkpoint, model_name)
     else:
         server.serve(checkpoint, host=host, port=port, model_name=model_name, log=console.print)
+
+
+@app.command("export")
+def export_cmd(
+    run: str = typer.Argument(..., help="a run directory (checkpoints/ and tokenizer/) or its checkpoints' directory or URL"),
+    out: Path = typer.Argument(..., help="the model folder to write (must not exist, or be empty)"),
+    step: int = typer.Option(None, help="which checkpoint [default: the latest]"),
+    push: str = typer.Option(None, help="then upload it to this Hub model repo, USER/NAME [default: no upload]"),
+    private: bool = typer.Option(False, help="--push: create the repo private"),
+):
+    """Write a run as a Hugging Face model folder (transformers' NanoChat, tokenizer, chat template, card)."""
+    from trainer import export
+
+    export.export(run, out, step=step, repo=push, log=console.print)
+    if push:
+        console.print(f"pushed {out} -> {export.push(out, push, private=private)}")
 
 
 def print_plan(cfg, n_devices: int) -> None:

@@ -6,7 +6,8 @@ A data spec is one or more sources, each `SOURCE[@WEIGHT]`:
     path/to/folder                      a dataset folder, read with `datasets.load_dataset`
     user/name[:config]                  a Hugging Face dataset id (SmolTalk's format is ours minus tools)
 A weight repeats a source (2 = twice, 0.5 = a deterministic half). `messages`, `prompt`, `chosen`
-and `rejected` may be lists of message objects or JSON strings of them.
+and `rejected` may be lists of message objects or JSON strings of them, as records or as OpenAI
+chat messages (a published factory export, most Hub tool-calling sets: read with `from_openai`).
 
 Rows are split into train and validation by a hash of their id (stable across runs and sources),
 so a held-out conversation never trains, whichever mix it is in.
@@ -15,9 +16,11 @@ so a held-out conversation never trains, whichever mix it is in.
 import json
 import math
 import random
+import tempfile
 from pathlib import Path
 
 from nanocode.common import InputError
+from nanocode.openai_format import from_openai
 from nanocode.record import has_assistant, hash_unit, record_id, validate
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
@@ -95,7 +98,10 @@ def read_source(source: str, kind: str = "conversations") -> tuple[str, list[dic
 
     if path.is_dir():
         try:
-            ds = datasets.load_dataset(str(path), split="train")
+            # a fresh cache each time: datasets keys a folder with a card by its name, not its files,
+            # so another folder of that name (or this one, exported again) would read stale rows
+            with tempfile.TemporaryDirectory(prefix="nanocode-data-") as cache:
+                ds = datasets.load_dataset(str(path), split="train", cache_dir=cache, keep_in_memory=True)
         except Exception as e:  # empty, no data files, unreadable: the folder is the user's to fix
             raise InputError(f"{path}: not a dataset folder datasets can read ({str(e).splitlines()[0]})") from None
     elif source.startswith((".", "/")) or source.count("/") != 1:
@@ -118,7 +124,15 @@ def _messages(value, where: str) -> list[dict]:
     if not isinstance(value, list):
         raise InputError(f"{where} must be a list of messages")
     # Arrow gives absent struct fields as None: drop them so the record is as written
-    return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in value]
+    value = [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in value]
+    openai = any(isinstance(m, dict) and ("tool_call_id" in m or any(
+        isinstance(c, dict) and "function" in c for c in m.get("tool_calls") or [])) for m in value)
+    if not openai:
+        return value
+    try:
+        return from_openai(value)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
 
 
 def _weighted(rows: list, weight: float, seed: int) -> list:

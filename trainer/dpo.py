@@ -126,6 +126,9 @@ def prepare(data: dict, tok, seq_len: int, val_convs=None, log=print) -> dict:
     if cut or val_cut:
         log(f"dropped {cut + val_cut:,} pair(s) longer than {seq_len + 1} tokens (--seq-len can grow the context)")
     log(f"dpo data: {len(train_items):,} train / {len(val_items):,} val pairs")
+    if not train_items:
+        raise InputError(f"no preference pair to train on ({len(data['train']):,} given, none fits "
+                         f"{seq_len + 1} tokens with an assistant turn to score): --seq-len can grow the context")
     if val_convs is None:
         val_convs = [pair["prompt"] + pair["chosen"] for pair in data["val"] or data["train"][:8]]
     return {"train": train_items, "val": val_items, "val_convs": render_all(val_convs, tok, seq_len)[0],
@@ -182,7 +185,8 @@ def _batches(items, batch_size: int):
 
 
 def run(from_, out, data, *, val_data=None, beta: float = 0.1, loss: str = "sigmoid", reference: str = "auto",
-        val_fraction: float = 0.05, seed: int = 0, resume: bool = False, log=print, **overrides) -> dict:
+        val_fraction: float = 0.05, seed: int = 0, resume: bool = False, checkpoint_dir: str | None = None,
+        log=print, **overrides) -> dict:
     """`trainer run dpo`: from the run `from_` (the frozen reference too) into `out`, on the pairs `data`;
     `val_data`: held-out conversations for bpb; `overrides`: sft.finetune_config's (None: its default)."""
     ref, base, tok, _ = checkpoint.load_model(from_)
@@ -198,5 +202,6 @@ def run(from_, out, data, *, val_data=None, beta: float = 0.1, loss: str = "sigm
         reference = "cached" if seen >= n else "live"
         log(f"reference: {reference} ({seen:,} pairs seen, {n:,} in the data)")
     stage = dpo_stage(cfg, prepared, tok, batch, str(from_), ref, beta=beta, kind=loss, reference=reference)
-    paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out)
+    paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out,
+                           checkpoints=checkpoint_dir)
     return train.train(cfg, paths, resume=resume, log=log, stage=stage)

@@ -2,8 +2,8 @@
 
     ids -> wte -> RMSNorm = x0
     for each layer (one lax.scan over stacked weights):
-        x = resid_lambdas[i] * x + x0_lambdas[i] * x0
-        x = x + attn(norm(x))      # RoPE (base 100k) then QK-norm, causal, GQA-capable
+        x = resid_lambdas[i] * x + x0_lambdas[i] * x0    # x0 term only with x0_mix
+        x = x + attn(norm(x))      # RoPE (base 100k), QK-norm, q.k gain qk_gain^2, causal, GQA-capable
         x = x + mlp(norm(x))       # ReLU^2, 4x wide
     logits = 15 * tanh(norm(x) @ lm_head / 15)
 
@@ -11,6 +11,10 @@ Norms have no parameters, matrices have no biases, embedding and unembedding are
 Master weights stay fp32; each layer casts its weights to `compute_dtype` (bf16 on GPU/TPU)
 inside the scan, and logits come out fp32. Not here (nanochat has them): value embeddings,
 smear, backout, sliding windows.
+
+transformers' NanoChat (what `trainer export` writes) has no x0 mixing and no q/k gain; the
+per-layer resid_lambdas fold exactly into the output projections (see trainer/export.py).
+`x0_mix=False, qk_gain=1.0` trains a model without those two parts, which exports as it is.
 """
 
 import math
@@ -18,9 +22,6 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-
-QK_GAIN = 1.2  # nanochat scales q and k by 1.2 after QK-norm ("sharper attention")
-
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -35,6 +36,8 @@ class GPTConfig:
     softcap: float = 15.0
     compute_dtype: str = "float32"  # "bfloat16" on GPU/TPU; params stay fp32 and are cast inside
     attention: str = "xla"          # "cudnn" on NVIDIA GPUs (bf16 only)
+    x0_mix: bool = True             # each layer adds x0_lambdas[i] * x0 (nanochat's); False: no x0_lambdas
+    qk_gain: float = 1.2            # q and k times this after QK-norm (nanochat's "sharper attention"); 1: none
 
     def __post_init__(self):
         if self.n_head % self.n_kv_head:
@@ -56,11 +59,10 @@ def init_params(cfg: GPTConfig, key) -> dict:
     def uniform(key, shape, bound):
         return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
-    return {
+    params = {
         "wte": 0.8 * jax.random.normal(k[0], (V, D), jnp.float32),
         "lm_head": 0.001 * jax.random.normal(k[1], (D, V), jnp.float32),
         "resid_lambdas": jnp.linspace(1.15, 1.05, L, dtype=jnp.float32),
-        "x0_lambdas": jnp.linspace(0.20, 0.05, L, dtype=jnp.float32),
         "blocks": {
             "wq": uniform(k[2], (L, D, q_dim), s),
             "wk": uniform(k[3], (L, D, kv_dim), s),
@@ -70,6 +72,9 @@ def init_params(cfg: GPTConfig, key) -> dict:
             "w_proj": jnp.zeros((L, 4 * D, D), jnp.float32),
         },
     }
+    if cfg.x0_mix:
+        params["x0_lambdas"] = jnp.linspace(0.20, 0.05, L, dtype=jnp.float32)
+    return params
 
 
 def rms_norm(x):
@@ -105,7 +110,7 @@ def attention(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
     v = (x @ w["wv"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
     # RoPE before QK-norm, as nanochat; fewer kv heads than q heads is GQA, handled natively
     q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
-    scale = QK_GAIN**2 / math.sqrt(cfg.head_dim)  # the 1.2 gain on q and k folded into the scale
+    scale = cfg.qk_gain**2 / math.sqrt(cfg.head_dim)  # the gain on q and k folded into the scale
     if cache is None or fresh:
         # "cudnn" is never picked automatically: ask for it
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, implementation=cfg.attention)
@@ -163,12 +168,14 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
     def layer(x, layer_params):
         w, resid_lambda, x0_lambda, kv = layer_params
         w = jax.tree.map(lambda a: a.astype(dtype), w)  # one layer's weights in bf16 at a time
-        x = resid_lambda.astype(dtype) * x + x0_lambda.astype(dtype) * x0
+        x = resid_lambda.astype(dtype) * x
+        if x0_lambda is not None:  # x0_mix
+            x = x + x0_lambda.astype(dtype) * x0
         return block(x, w, cos, sin, cfg, None if kv is None else (*kv, positions, valid), fresh)
 
     kv = None if cache is None else (cache["k"], cache["v"])
     # scan, not a Python loop: compile time stays flat in depth
-    x, new_kv = jax.lax.scan(layer, x0, (params["blocks"], params["resid_lambdas"], params["x0_lambdas"], kv))
+    x, new_kv = jax.lax.scan(layer, x0, (params["blocks"], params["resid_lambdas"], params.get("x0_lambdas"), kv))
     if cache is not None:  # every layer's new keys and values into the cache at once
         S = cache["k"].shape[3]
         slot = jnp.where(valid, positions, S)[:, None, :]  # padding goes out of range and is dropped
@@ -209,7 +216,7 @@ def _block_params(cfg: GPTConfig) -> int:
 
 
 def param_count(cfg: GPTConfig) -> int:
-    return 2 * cfg.vocab_size * cfg.d_model + 2 * cfg.n_layer + _block_params(cfg)
+    return 2 * cfg.vocab_size * cfg.d_model + (1 + cfg.x0_mix) * cfg.n_layer + _block_params(cfg)
 
 
 def matmul_params(cfg: GPTConfig) -> int:

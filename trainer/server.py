@@ -31,7 +31,6 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from nanocode.common import InputError
@@ -134,10 +133,10 @@ class ModelServer:
 
     @classmethod
     def from_run(cls, run, model_name: str | None = None) -> "ModelServer":
-        from trainer.checkpoint import load_model  # heavy (orbax); keeps `import trainer.server` light
+        from trainer.checkpoint import load_model, run_name  # heavy (orbax): `import trainer.server` stays light
 
         params, cfg, tok, _ = load_model(run)
-        return cls(params, cfg, tok, model_name or Path(run).resolve().name)
+        return cls(params, cfg, tok, model_name or run_name(run))
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0,

@@ -211,7 +211,7 @@ def sft_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str) -> 
 
 
 def run(from_, out, data, *, overflow: str = "drop", val_fraction: float = 0.05, seed: int = 0,
-        resume: bool = False, log=print, **overrides) -> dict:
+        resume: bool = False, checkpoint_dir: str | None = None, log=print, **overrides) -> dict:
     """`trainer run sft`: fine-tune the run `from_` on the conversations `data` (a spec for
     conversations.load) into `out`. `overrides` are finetune_config's (None: its default)."""
     base, tok, _ = checkpoint.read_run(from_)
@@ -220,5 +220,6 @@ def run(from_, out, data, *, overflow: str = "drop", val_fraction: float = 0.05,
     cfg = finetune_config(base, "sft", n_devices=jax.device_count(), seed=seed,
                           train_rows=rows_per_epoch(prepared["train"], seq), **overrides)
     stage = sft_stage(cfg, prepared, tok, cfg.device_batch_size * jax.device_count(), str(from_))
-    paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out)
+    paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out,
+                           checkpoints=checkpoint_dir)
     return train.train(cfg, paths, resume=resume, log=log, stage=stage)

@@ -10,6 +10,10 @@ Devices: a 1-D mesh over every device ("data"). The batch is split over it; para
 state are sharded FSDP-style (each matrix over its last axis where it divides evenly), and XLA
 inserts the gathers, so Muon still sees whole matrices.
 
+Several hosts (trainer/hosts.py): the mesh spans every process's devices, each feeds its shard of
+the same global batch, and only process 0 writes OUT (metrics, samples, the tokenizer copy, the
+checkpoints.url of checkpoints kept elsewhere); orbax writes each process's shards itself.
+
 Every step logs loss, lr, dt, tokens/s, MFU and ETA; metrics also go to OUT/metrics.jsonl.
 """
 
@@ -29,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from nanocode.common import InputError
 from trainer import model, optim
-from trainer.checkpoint import Checkpoints, load_params
+from trainer.checkpoint import Checkpoints, checkpoints_for, link_run, load_params, saved_model
 from trainer.configs import TrainConfig, describe, effective_hparams, grad_accum_steps
 from trainer.engine import Engine
 from trainer.loader import PackedLoader, val_batches
@@ -160,11 +164,23 @@ def fingerprint(cfg: TrainConfig, tok: Tokenizer) -> dict:
     return {"model": asdict(cfg.model), "tokenizer": tok.fingerprint()}
 
 
+def open_metrics(path: Path, start: int):
+    """OUT/metrics.jsonl for appending, without what a resume at step `start` repeats."""
+    def before_resume(entry):  # a train entry's step counts steps done: step `start` made the checkpoint
+        return entry["step"] <= start if entry["event"] == "train" else entry["step"] < start
+
+    old = path.read_text().splitlines() if path.exists() else []
+    path.write_text("".join(line + "\n" for line in old if before_resume(json.loads(line))))
+    return path.open("a")
+
+
 def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, stage: Stage | None = None) -> dict:
     tok = Tokenizer.load(paths.tokenizer)
     if tok.vocab_size != cfg.model.vocab_size:
         raise InputError(f"config {cfg.name} expects vocab {cfg.model.vocab_size:,} but the tokenizer at "
                          f"{paths.tokenizer} has {tok.vocab_size:,}: build the config with its vocab_size")
+    ckpt_dir = checkpoints_for(paths.out, paths.checkpoints)  # a location orbax cannot use fails here
+    writer = jax.process_index() == 0  # on several hosts, only process 0 writes files (orbax: its own)
     # Auto axes: XLA's partitioner places the gathers (explicit axes would need every op annotated)
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     n_dev = mesh.devices.size
@@ -178,12 +194,13 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
     params = jax.device_put(params, shard_like_fsdp(params, mesh))
     tx = optim.build_optimizer(params, matrix_lr=hp["matrix_lr"], embedding_lr=hp["embedding_lr"],
                                unembedding_lr=hp["unembedding_lr"], scalar_lr=hp["scalar_lr"])
-    ckpt = Checkpoints(paths.checkpoints or paths.out / "checkpoints")
+    ckpt = Checkpoints(ckpt_dir)
     identity = {**fingerprint(cfg, tok), "stage": stage.name, "data": stage.fingerprint}
     start, loader_state = 0, None
     if resume:
         step, meta = ckpt.read_meta()
-        saved = {**meta["fingerprint"], "stage": meta.get("stage", "pretrain"), "data": meta.get("data", {})}
+        saved = {**meta["fingerprint"], "model": asdict(saved_model(meta)), "stage": meta.get("stage", "pretrain"),
+                 "data": meta.get("data", {})}
         if differ := [k for k in identity if saved.get(k) != identity[k]]:
             raise InputError(f"the checkpoint in {ckpt.directory} is from another {' and '.join(differ)}; "
                              "resume with the ones it was trained with")
@@ -199,9 +216,11 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
         state = {"params": params, "opt": optim.init_state(tx, params)}  # opt state sharded like params
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     loader = stage.loader(loader_state)
-    paths.out.mkdir(parents=True, exist_ok=True)
-    if not (paths.out / "tokenizer" / "tokenizer.json").exists():
-        tok.save(paths.out / "tokenizer")  # a run directory is all `load_model` needs
+    if writer:
+        paths.out.mkdir(parents=True, exist_ok=True)
+        if not (paths.out / "tokenizer" / "tokenizer.json").exists():
+            tok.save(paths.out / "tokenizer")  # a run directory is all `load_model` needs
+        link_run(paths.out, ckpt)
 
     # ---- compile once, ahead of time, so compile time is reported apart from step time
     batch_sharding = NamedSharding(mesh, P(None, "data"))  # (accum, rows, ...): rows over the devices
@@ -229,17 +248,12 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
         f"compile {compile_s:.1f}s, peak {peak / 1e9:,.0f} GFLOP/s")
 
     metrics_path = paths.out / "metrics.jsonl"
-    def before_resume(entry):  # a train entry's step counts steps done: step `start` made the checkpoint
-        return entry["step"] <= start if entry["event"] == "train" else entry["step"] < start
-
-    old = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-    kept = [line for line in old if before_resume(json.loads(line))]  # a resumed run rewrites what it repeats
-    metrics_path.write_text("".join(line + "\n" for line in kept))
-    metrics = metrics_path.open("a")
+    metrics = open_metrics(metrics_path, start) if writer else None
 
     def record(entry):
-        metrics.write(json.dumps(entry) + "\n")
-        metrics.flush()
+        if metrics:
+            metrics.write(json.dumps(entry) + "\n")
+            metrics.flush()
 
     record({"step": start, "event": "start", "stage": stage.name, "compile_s": compile_s, "devices": n_dev,
             "config": info})
@@ -288,8 +302,9 @@ def train(cfg: TrainConfig, paths: RunPaths, resume: bool = False, log=print, st
                        "fingerprint": fingerprint(cfg, tok), "data": stage.fingerprint, "config": cfg.name,
                        "from": stage.init_from})
     ckpt.close()
-    metrics.close()
-    log(f"done: checkpoints in {ckpt.directory}, metrics in {metrics_path}")
+    if metrics:
+        metrics.close()
+    log(f"done: checkpoints in {ckpt.directory}, metrics in {metrics_path}" + ("" if writer else " (process 0's)"))
     return {"compile_s": compile_s, "median_step_s": float(np.median(step_times)) if step_times else None,
             "last": last, "checkpoints": ckpt.directory, "params": params}
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The longest useful run on a CPU, offline: `make demo`'s pipeline at its full size, a few hours on
+# two cores (the d3 preset's whole horizon, ~5,700 steps of 4,096 tokens at ~1.5 s a step, is most of it):
+#   the whole local corpus -> tokenizer (8192) -> pretrain d3 -> factory (offline, every seed and
+#   scenario) -> SFT and DPO, one epoch each -> evals on every held-out task -> report
+#
+#   runs/cpu.sh            this run is $NANOCODE_HOME/runs/cpu; each stage prints its wall time
+#   runs/cpu.sh --smoke    the same script end to end at toy scale (or SMOKE=1; CI runs it)
+#
+# A d3 speaks noise at the end of it too, only less of it than the demo's: the point is every stage at
+# a size where its curves, evals and report mean something. Past this, runs/speedrun.sh on a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source runs/lib.sh
+[ -x .venv/bin/trainer ] && export PATH=$PWD/.venv/bin:$PATH  # make's venv, when there is one
+
+SMOKE=${SMOKE:-0}
+for arg in "$@"; do
+  case $arg in
+    --smoke) SMOKE=1 ;;
+    *) echo "error: unknown argument $arg (use --smoke)"; exit 2 ;;
+  esac
+done
+export NANOCODE_HOME=${NANOCODE_HOME:-$HOME/.cache/nanocode}
+GPUS=0 GPU_HOUR_USD=0
+RUN=$NANOCODE_HOME/runs/cpu
+CORPUS=$NANOCODE_HOME/corpus/local
+CORPUS_CHARS=
+VOCAB=8192
+PRETRAIN=(--config d3)
+FACTORY=()
+FINETUNE=(--seq-len 2048 --device-batch-size 2)
+EVALS_BPB=() EVALS_SOUL=()
+EVALS_AGENTIC=(--max-steps 6 --max-tokens 256)
+if [ "$SMOKE" = 1 ]; then
+  toy_scale
+  RUN=$NANOCODE_HOME/runs/cpu-smoke
+  FACTORY=(--limit 12)
+  rm -rf "$RUN"
+fi
+[ ! -e "$RUN" ] || { echo "error: $RUN exists (hours of training, perhaps): move it away first"; exit 2; }
+mkdir -p "$RUN"
+
+stage corpus trainer data local ${CORPUS_CHARS:+--max-chars "$CORPUS_CHARS"} --out "$CORPUS"
+
+tokenizers() {  # ours, and a prose-only one of the same vocab to compare it with
+  trainer tokenizer train --corpus "$CORPUS" --vocab-size "$VOCAB" --out "$RUN/tokenizer"
+  trainer tokenizer train --corpus "$CORPUS" --vocab-size "$VOCAB" --code-ratio 0:1 --out "$RUN/tokenizer-prose"
+  trainer tokenizer eval --corpus "$CORPUS" --tokenizer "$RUN/tokenizer" --baseline "$RUN/tokenizer-prose"
+}
+stage tokenizer tokenizers
+
+stage pretrain trainer run pretrain "${PRETRAIN[@]}" --corpus "$CORPUS" --tokenizer "$RUN/tokenizer" --out "$RUN/pretrain"
+
+stage factory factory build "${FACTORY[@]}"
+
+stage sft trainer run sft --from "$RUN/pretrain" --data factory:latest "${FINETUNE[@]}" --out "$RUN/sft"
+stage dpo trainer run dpo --from "$RUN/sft" --data factory:latest "${FINETUNE[@]}" --out "$RUN/dpo"
+
+stage evals evals_all  # runs/lib.sh: bpb, preference, SOUL, agentic
+finish

@@ -1,0 +1,58 @@
+# Sourced by runs/*.sh: what both recipes share.
+#   stage NAME COMMAND...   run it, then print its wall time and cost and add it to RUN/stages.tsv
+#   evals_all               the evals on RUN's last stage (CORE is the speedrun's own: it needs a download)
+#   finish                  the report, then every stage and the total, printed and saved as RUN/stages.md
+# Cost = seconds x GPUS / 3600 x GPU_HOUR_USD (a rented host's GPUs are paid for, busy or idle).
+# Needs RUN, GPUS, GPU_HOUR_USD set (evals_all: CORPUS and the EVALS_* arrays too).
+
+_cost() {  # SECONDS FORMAT: FORMAT gets minutes, seconds, GPU-hours, dollars
+  awk -v s="$1" -v g="$GPUS" -v p="$GPU_HOUR_USD" -v f="$2" 'BEGIN { printf f, s / 60, s % 60, s * g / 3600, s * g / 3600 * p }'
+}
+
+stage() {
+  local name=$1 t0=$SECONDS
+  shift
+  echo
+  echo "== $name"
+  "$@"
+  printf '%s\t%d\n' "$name" $((SECONDS - t0)) >>"$RUN/stages.tsv"
+  echo "== $name: $(_cost $((SECONDS - t0)) '%dm %02ds, %.2f GPU-hours, $%.2f')"
+}
+
+evals_all() {
+  evals bpb "$RUN" --corpus "$CORPUS" "${EVALS_BPB[@]}"
+  evals preference "$RUN" --data factory:latest
+  evals soul "$RUN" "${EVALS_SOUL[@]}"
+  evals agentic "$RUN" "${EVALS_AGENTIC[@]}"
+}
+
+finish() {
+  stage report evals report "$RUN"
+  summary
+  echo "report: $RUN/report.html"
+  echo "chat with it: nanocode chat --model $RUN/dpo"
+}
+
+summary() {
+  local name s total=0
+  {
+    echo "$RUN: $GPUS GPU(s) at \$$GPU_HOUR_USD per GPU-hour"
+    echo
+    echo "| stage | wall | GPU-hours | cost |"
+    echo "|---|---|---|---|"
+    while IFS=$'\t' read -r name s; do
+      echo "| $name | $(_cost "$s" '%dm %02ds | %.2f | $%.2f') |"
+      total=$((total + s))
+    done <"$RUN/stages.tsv"
+    echo "| total | $(_cost "$total" '%dm %02ds | %.2f | $%.2f') |"
+  } | tee "$RUN/stages.md"
+}
+
+toy_scale() {  # --smoke: every stage at toy size on CPU (none learns anything; each must run)
+  GPUS=0 CORPUS_CHARS=4000000 VOCAB=1024
+  PRETRAIN=(--config d1 --seq-len 256 --device-batch-size 2 --total-batch-tokens 1024 --steps 6
+            --eval-every 6 --eval-tokens 2048 --sample-every 6 --save-every 6)
+  FINETUNE=(--seq-len 2048 --device-batch-size 1 --steps 2 --eval-every 2)
+  EVALS_BPB=(--max-tokens 2048 --batch-size 1) EVALS_SOUL=(--limit 2 --max-tokens 16)
+  EVALS_AGENTIC=(--limit 1 --max-steps 2 --max-tokens 32)
+}
