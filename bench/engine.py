@@ -5,8 +5,8 @@
    randomly initialised nanochat-d4-shaped model (depth 4, d_model 256, 4 heads x 64, vocab
    32768, seq 256): prompt 64 tokens, 128 decoded, batch 1, 8 and 32. Per batch: TTFT (the
    prompt's prefill + first sample), median time per output token (TPOT) and decode tok/s =
-   batch / TPOT. Best of --repeats. Anchor on this kind of CPU (nanochat's Engine on its d4):
-   149 / 579 / 1,467 tok/s at batch 1 / 8 / 32.
+   batch / TPOT. Best of --repeats. (Against another project on the same weights and machine:
+   bench/export.py, our engine beside transformers' generate.)
 2. DPO vs SFT: one optimizer step on the same sequences — SFT on 2B rows, DPO on B pairs (2B
    sequences) with the reference live in the step or its log-probs cached — plus what caching
    costs up front (one reference forward per pair, once).

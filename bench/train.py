@@ -1,9 +1,9 @@
 """Training-step benchmark: tokens/s, achieved FLOP/s and MFU of the jitted pretraining step.
 
-Default config is the issue's CPU anchor: depth 4, d_model 256 (head dim 64), seq 256, vocab 8192,
-2048 tokens per step, fp32. nanochat (PyTorch + torch.compile) does ~1,000-1,050 tok/s there,
-~75 GFLOP/s by its FLOP formula (43% of the ~170 GFLOP/s fp32 matmul peak). The matmul peak is
-measured in the same run, so MFU compares like with like. Random tokens: this measures compute,
+Default config: depth 4, d_model 256 (head dim 64), seq 256, vocab 8192, 2048 tokens per step,
+fp32. The matmul peak is measured in the same run, so MFU compares like with like. No other
+project's figure is printed: a comparison is two things measured in the same run (for decoding,
+bench/export.py runs transformers' generate beside our engine on the same weights). Random tokens: this measures compute,
 not the loader (bench the loader separately).
 
     .venv/bin/python bench/train.py [--depth 4] [--steps 30] [--dtype float32] [--attention xla]
@@ -75,10 +75,10 @@ def main() -> None:
     print(f"config: depth {args.depth}, d_model {cfg.model.d_model}, seq {args.seq_len}, vocab {args.vocab}, "
           f"{tokens} tokens/step, {args.dtype}, {model.param_count(cfg.model):,} params, "
           f"{model.flops_per_token(cfg.model):.3g} FLOPs/token")
-    print("| compile s | step ms (median) | tok/s | GFLOP/s | matmul peak GFLOP/s | MFU | vs nanochat tok/s (1,025) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| compile s | step ms (median) | tok/s | GFLOP/s | matmul peak GFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|")
     print(f"| {compile_s:.1f} | {dt * 1000:.0f} | {tokens / dt:,.0f} | {flops / 1e9:.1f} | {peak / 1e9:.0f} | "
-          f"{flops / peak:.1%} | {tokens / dt / 1025:.2f}x |")
+          f"{flops / peak:.1%} |")
 
 
 if __name__ == "__main__":
