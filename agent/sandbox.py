@@ -13,7 +13,7 @@ injection), a command is untrusted input that runs unapproved. Under `Sandbox` i
     network rule is what keeps anything from leaving the machine;
   - the workspace as the only writable bind, plus a private /tmp that is also its HOME;
   - a scrubbed environment: PATH, HOME, PYTHONDONTWRITEBYTECODE, the locale and terminal
-    variables and the tools' QUIET_ENV, nothing else (no OPENAI_API_KEY, HF_TOKEN, *_KEY or *_TOKEN);
+    variables and agent/shell.py QUIET_ENV, nothing else (no OPENAI_API_KEY, HF_TOKEN, *_KEY or *_TOKEN);
   - its own PID namespace: when the command ends or is killed, every process it started dies
     with the namespace, a `setsid` escapee included (--die-with-parent ties it to us);
   - CPU, memory and file-size limits (ulimit, set inside before the command starts), on top of

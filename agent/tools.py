@@ -12,7 +12,8 @@ components. Absolute paths, `~`, `..` and symlinks (leaf or parent) leading out 
 and edit writes the resolved path it checked. search and list do not descend into symlinked
 directories and skip file symlinks that lead out.
 
-The shell (and every command template) runs with the root as its cwd. Unsandboxed (the terminal agent's default) it is NOT
+The shell (and every command template) runs with the root as its cwd, through agent/shell.py
+(its own process group, capped output). Unsandboxed (the terminal agent's default) it is NOT
 confined: the user approves it call by call, and the group kill ends what it started unless a
 child escapes with `setsid`. With `sandbox=True` (agent/sandbox.py: bubblewrap; what the
 factory runs model-written calls with) it has no network, a read-only system, the workspace as
@@ -33,15 +34,12 @@ import functools
 import os
 import re
 import shlex
-import signal
 import stat
-import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import ripgrep
+from agent import ripgrep, shell
 from agent.sandbox import Sandbox, unavailable
 from nanocode.common import InputError, atomic_path
 from nanocode.spec import Tool, ToolSpec, entry_function, load_tools, type_args
@@ -51,9 +49,6 @@ SNIFF = 8192            # bytes looked at for a NUL byte: binary files are refus
 CONTEXT = 3             # lines of context around an edit
 SNIPPET_HALF = 10       # a changed region longer than twice this shows only its two ends
 _PREFIX = re.compile(r"^ *\d+→")  # read's line-number prefix, when copied into edit strings
-# no pagers, prompts or progress bars: nobody can answer them
-QUIET_ENV = {"PAGER": "cat", "GIT_PAGER": "cat", "MANPAGER": "cat", "GIT_TERMINAL_PROMPT": "0",
-             "PIP_PROGRESS_BAR": "off", "TQDM_DISABLE": "1"}
 
 
 @dataclass
@@ -115,19 +110,6 @@ def _changed(a: list[str], b: list[str]) -> tuple[int, int]:
     return first, len(b) - same
 
 
-def _elide(text: str, keep: int, tail: str = "", dropped: int = 0) -> str:
-    """`text` + `tail` in about `keep` chars: both ends kept, the middle counted. `dropped`
-    chars between text and tail were never captured (a huge shell output)."""
-    if not dropped:
-        if len(text) + len(tail) <= keep:
-            return text + tail
-        text, tail = text + tail, ""
-    end = tail if dropped else text
-    a, b = text[:keep // 2], end[max(0, len(end) - (keep - keep // 2)):]
-    n = len(text) + dropped + len(tail) - len(a) - len(b)
-    return f"{a}\n... [{n} chars elided] ...\n{b}"
-
-
 def _errors_as_text(method):
     """Failures come back as the `error: ...` text the model reads, never as exceptions
     (KeyboardInterrupt aside: the agent turns it into "interrupted by the user")."""
@@ -171,31 +153,6 @@ def command_line(tool: Tool, args: dict) -> str:
                                   for a in tool.args})
 
 
-class _Drain(threading.Thread):
-    """Read a pipe to its end keeping only the first and last `keep` bytes, so a command
-    printing gigabytes costs no memory and never blocks on a full pipe."""
-
-    def __init__(self, pipe, keep: int):
-        super().__init__(daemon=True)
-        self.pipe, self.keep, self.head, self.tail, self.dropped = pipe, keep, bytearray(), bytearray(), 0
-
-    def run(self):
-        with contextlib.suppress(OSError, ValueError):
-            while chunk := os.read(self.pipe.fileno(), 1 << 16):
-                room = max(0, self.keep - len(self.head))
-                self.head += chunk[:room]
-                self.tail += chunk[room:]
-                if len(self.tail) > self.keep:
-                    self.dropped += len(self.tail) - self.keep
-                    del self.tail[:len(self.tail) - self.keep]
-
-    def text(self) -> tuple[str, str, int]:
-        head, tail = bytes(self.head), bytes(self.tail)
-        if not self.dropped:  # contiguous: decode together so no character is split
-            return (head + tail).decode("utf-8", "replace"), "", 0
-        return head.decode("utf-8", "replace"), tail.decode("utf-8", "replace"), self.dropped
-
-
 class Tools:
     def __init__(self, root, spec: ToolSpec | None = None, limits: Limits | None = None, bin_dirs=(),
                  sandbox: Sandbox | bool = False):
@@ -221,9 +178,9 @@ class Tools:
         self._reader = getattr(self.spec.for_builtin("read"), "name", "read")
         path = os.pathsep.join([*map(str, bin_dirs), os.environ.get("PATH", "")])
         if sandbox is not None:
-            self.env, self._argv = sandbox.env(path, QUIET_ENV), sandbox.argv(self.root)
+            self.env, self._argv = sandbox.env(path, shell.QUIET_ENV), sandbox.argv(self.root)
         else:
-            self.env, self._argv = {**os.environ, **QUIET_ENV, **({"PATH": path} if bin_dirs else {})}, ["bash", "-c"]
+            self.env, self._argv = {**os.environ, **shell.QUIET_ENV, **({"PATH": path} if bin_dirs else {})}, ["bash", "-c"]
 
     def needs_approval(self, name: str) -> bool:
         tool = self.spec.get(name)
@@ -244,7 +201,7 @@ class Tools:
             out = entry_function(tool)(dict(args), self.root)
             if not isinstance(out, str):
                 raise ToolError(f"{tool.name} returned {type(out).__name__}, not text")
-        return _elide(out, self.limits.max_output_chars)
+        return shell.elide(out, self.limits.max_output_chars)
 
     def plan(self, call: dict) -> "EditPlan | str | None":
         """The change an edit or write call would make, without writing it: an EditPlan (for
@@ -510,7 +467,7 @@ class Tools:
         out = [line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
                for line in difflib.unified_diff(split(plan.before), split(plan.after),
                                                 f"a/{_show(plan.rel)}", f"b/{_show(plan.rel)}")]
-        return _elide("".join(out), self.limits.max_output_chars)
+        return shell.elide("".join(out), self.limits.max_output_chars)
 
     @staticmethod
     def _current(plan: EditPlan) -> str | None:
@@ -569,39 +526,4 @@ class Tools:
         if timeout <= 0:
             raise ToolError(f"{say['timeout']} must be a positive number of seconds")
         timeout, keep = min(timeout, self.limits.bash_max_timeout), self.limits.max_output_chars
-        # its own session, so one killpg reaches every child; no stdin to wait on
-        proc = subprocess.Popen([*self._argv, command], cwd=self.root, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, env=self.env)
-        drains = [_Drain(proc.stdout, keep), _Drain(proc.stderr, keep)]
-        for d in drains:
-            d.start()
-        code = None
-        try:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=timeout)
-        finally:  # on KeyboardInterrupt too, which then goes on up to the agent
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # background jobs too: nothing outlives the call
-            proc.wait()
-            deadline = time.monotonic() + 1.0
-            for d, pipe in zip(drains, (proc.stdout, proc.stderr)):
-                d.join(max(0.0, deadline - time.monotonic()))  # EOF, once the group is dead
-                if not d.is_alive():  # a setsid escapee may hold a pipe: leave that fd open
-                    pipe.close()
-        (oh, ot, od), (eh, et, ed) = drains[0].text(), drains[1].text()
-        budget = keep - 200  # stdout and stderr share the cap; a small one leaves room to the other
-        o_len, e_len = len(oh) + len(ot) + od, len(eh) + len(et) + ed
-        e_keep = e_len if e_len <= budget // 2 else max(budget // 2, budget - o_len)
-        out, err = _elide(oh, budget - e_keep, ot, od), _elide(eh, e_keep, et, ed)
-        if self.sandbox is not None and code is not None and 128 < code <= 128 + 64:
-            code = 128 - code  # bwrap reports a signal death as 128+N, like a shell: shown as one
-        if code is None:
-            head = f"error: command timed out after {timeout:g}s; killed it and its child processes"
-        else:
-            with contextlib.suppress(ValueError):
-                code = f"{code} (killed by {signal.Signals(-code).name})" if code < 0 else code
-            head = f"exit code: {code}"
-        section = lambda name, s: f"{name}:\n{s}" if s else f"{name}: (empty)"  # noqa: E731
-        return "\n".join([head, section("stdout", out.removesuffix("\n")),
-                          section("stderr", err.removesuffix("\n"))])
+        return shell.run([*self._argv, command], self.root, self.env, timeout, keep, self.sandbox is not None)

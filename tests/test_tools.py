@@ -68,7 +68,7 @@ def popens(monkeypatch):
             super().__init__(*a, **kw)
             started.append(self)
 
-    monkeypatch.setattr("agent.tools.subprocess.Popen", Recording)
+    monkeypatch.setattr("agent.shell.subprocess.Popen", Recording)
     return started
 
 
@@ -563,7 +563,7 @@ def test_run_never_raises_on_internal_failures(tools, monkeypatch):
 
     monkeypatch.setitem(tools._builtins, "read", boom)
     assert call(tools, "Read", file_path="a.py") == "error: RuntimeError: kaboom"
-    monkeypatch.setattr("agent.tools.subprocess.Popen", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("agent.shell.subprocess.Popen", lambda *a, **k: (_ for _ in ()).throw(
         FileNotFoundError(2, "No such file or directory", "bash")))
     assert call(tools, "Bash", command="ls") == "error: No such file or directory: bash"
 
