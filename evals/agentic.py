@@ -16,8 +16,11 @@ OpenAI-compatible endpoint. Success = the hidden tests pass afterwards: the prob
 in a subprocess with a timeout, in a fresh directory holding only the workspace's solution.py,
 so editing test_solution.py gains nothing. The model's Bash calls and the hidden tests (which run
 the model's code) run in agent/sandbox.py's bubblewrap sandbox, unless `unsafe_bash` says not to. Also counted, over every tool call: syntactically
-valid calls (parsed, a known tool, the right arguments), tool errors (results starting
-`error:`), and recoveries (a tool error followed by a call that works).
+valid calls (parsed, a known tool, its required arguments, no unknown ones: nanocode.spec.type_args),
+calls on existing files (of the calls whose canonical `path` argument is given, the share naming a
+file or directory inside the workspace as it was when the call was made), tool errors (results
+starting `error:`), and recoveries (a tool error followed by a call that works). Over every task:
+first call valid, and first call on an existing file (a task without calls has neither).
 """
 
 import hashlib
@@ -187,6 +190,15 @@ def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT
     return r.returncode == 0, lines[-1][:200] if lines else ""
 
 
+def _exists_in(workspace: Path, path: str) -> bool:
+    """Whether `path` (relative to the workspace, or absolute inside it) names a file or directory there."""
+    try:
+        target = (workspace / path).resolve()
+        return target.is_relative_to(workspace.resolve()) and target.exists()
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        return False
+
+
 def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int = 20, unsafe_bash: bool = False) -> dict:
     from agent.chat import auto_approve
     from agent.session import Session
@@ -196,12 +208,19 @@ def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int 
     try:
         for name, text in task.files.items():
             (workspace / name).write_text(text, encoding="utf-8")
-        stats, errors = {"calls": 0, "valid": 0, "tool_errors": 0, "recoveries": 0, "failing": False}, []
+        stats, errors = {"calls": 0, "valid": 0, "path_calls": 0, "on_existing": 0, "first_call_valid": False,
+                         "first_call_on_existing": False, "tool_errors": 0, "recoveries": 0, "failing": False}, []
 
         def on_event(kind, payload):
-            if kind == "call":
+            if kind == "call":  # before the call runs: the workspace as the model saw it
+                valid, path = type_args(payload, spec)[1] is None, spec.canonical(payload)[1].get("path")
+                exists = isinstance(path, str) and _exists_in(workspace, path)
+                if stats["calls"] == 0:
+                    stats["first_call_valid"], stats["first_call_on_existing"] = valid, exists
                 stats["calls"] += 1
-                stats["valid"] += type_args(payload, spec)[1] is None
+                stats["valid"] += valid
+                stats["path_calls"] += path is not None
+                stats["on_existing"] += exists
             elif kind == "result":  # a recovery: a result that is not an error right after one that is
                 failed = payload[1].startswith("error")
                 stats["tool_errors"] += failed
@@ -228,10 +247,15 @@ def summarize(rows: list[dict]) -> dict:
     n = len(rows)
     calls = sum(r["calls"] for r in rows)
     errors = sum(r["tool_errors"] for r in rows)
+    path_calls = sum(r["path_calls"] for r in rows)
     out = {"tasks": n, "passed": sum(r["passed"] for r in rows),
            "pass_rate": sum(r["passed"] for r in rows) / n if n else None,
            "calls": calls, "calls_per_task": calls / n if n else None,
            "valid_call_rate": sum(r["valid"] for r in rows) / calls if calls else None,
+           "tasks_with_calls": sum(r["calls"] > 0 for r in rows),
+           "first_call_valid_rate": sum(r["first_call_valid"] for r in rows) / n if n else None,
+           "first_call_on_existing_rate": sum(r["first_call_on_existing"] for r in rows) / n if n else None,
+           "existing_path_rate": (sum(r["on_existing"] for r in rows) / path_calls) if path_calls else None,
            "tool_errors": errors, "recoveries": sum(r["recoveries"] for r in rows),
            "recovery_rate": sum(r["recoveries"] for r in rows) / errors if errors else None,
            "statuses": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}}

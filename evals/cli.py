@@ -167,7 +167,8 @@ def soul(run: Path = typer.Argument(..., help="run directory"),
     r = soul_eval.evaluate(d, data=data, limit=limit, soul=soul_path, tools=tools, max_tokens=max_tokens,
                            judge_cfg=judge_cfg, loaded=loaded)
     console.print(escape(f"SOUL: {r['soul']['path']} ({r['soul']['from']})"))
-    _table(f"SOUL checks: {r['replies']} replies, all pass {pct(r['all_pass_rate'])}", r)
+    _table(f"SOUL checks: {r['replies']} replies, {pct(r['degenerate_rate'])} degenerate, all pass "
+           f"{pct(r['all_pass_rate'])}", r)
     if r.get("judge"):
         console.print(f"judge {r['judge']['model']}: mean rating {r['judge']['mean_rating']} "
                       f"({r['judge']['unrated']} unrated)")

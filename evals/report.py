@@ -228,6 +228,12 @@ def _eval_tables(page: Page, results: dict) -> None:
         page.p("no eval results yet (RUN/evals/*.json): run `evals bpb|core|agentic|soul|preference RUN`.")
         page.missing.append("evals: no results in evals/")
         return
+    try:
+        if lines := abilities(results):
+            page.body.append("<div class='can'><b>what this model can do</b><ul>" +
+                             "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul></div>")
+    except Exception as e:  # results from another version of this code
+        page.missing.append(f"what this model can do: cannot compute it ({type(e).__name__}: {e})")
     for name, r in results.items():
         try:
             _one_eval(page, name, r)
@@ -246,18 +252,38 @@ def result_table(kind: str, r: dict) -> tuple[list[str], list[tuple]] | None:
                  for t in r["tasks"]] + [("CORE", "", "", "", "", "", r["core"])])
     if kind == "agentic":
         s = r["summary"]
-        return (["pass rate", "stub", "bugfix", "calls/task", "valid calls", "tool errors", "recoveries", "statuses"],
+        return (["pass rate", "stub", "bugfix", "calls/task", "valid calls", "first call valid",
+                 "calls on existing files", "tool errors", "recoveries", "statuses"],
                 [(pct(s["pass_rate"]), pct(s.get("pass_rate_stub")), pct(s.get("pass_rate_bugfix")),
-                  s["calls_per_task"], pct(s["valid_call_rate"]), s["tool_errors"], s["recoveries"],
+                  s["calls_per_task"], pct(s["valid_call_rate"]), pct(s["first_call_valid_rate"]),
+                  pct(s["existing_path_rate"]), s["tool_errors"], s["recoveries"],
                   ", ".join(f"{k} {v}" for k, v in s["statuses"].items()))])
-    if kind == "soul":
-        return ["rule", "replies", "pass rate"], [(rule, v["replies"], pct(v["pass_rate"]))
-                                                  for rule, v in r["rules"].items()]
+    if kind == "soul":  # the rules' rates are over the replies that are not degenerate
+        return ["check", "replies", "rate"], [("degenerate (not language)", r["replies"], pct(r["degenerate_rate"])),
+                                              *[(rule, v["replies"], pct(v["pass_rate"]))
+                                                for rule, v in r["rules"].items()]]
     if kind == "preference":
         return (["pairs", "split", "reward accuracy", "log-prob accuracy", "reference"],
                 [(r["pairs"], r["split"], pct(r.get("reward_accuracy")), pct(r["logp_accuracy"]),
                   r.get("reference") or r.get("note"))])
     return None
+
+
+def abilities(results: dict) -> list[str]:
+    """What this model can do, one line a figure, from the agentic and SOUL results there are."""
+    lines = []
+    if (a := results.get("agentic")) and "summary" in a:
+        s = a["summary"]
+        lines += [f"makes tool calls: {s['tasks_with_calls']} of {s['tasks']} tasks ({s['calls']} calls)",
+                  f"valid calls: {pct(s['valid_call_rate'])}; first call valid: {pct(s['first_call_valid_rate'])} "
+                  "of tasks",
+                  f"calls on existing files: {pct(s['existing_path_rate'])}; first call on one: "
+                  f"{pct(s['first_call_on_existing_rate'])} of tasks",
+                  f"passes the hidden tests: {s['passed']} of {s['tasks']} tasks"]
+    if (v := results.get("soul")) and "rules" in v:
+        lines.append(f"SOUL: {pct(v['degenerate_rate'])} degenerate replies; all checks pass on "
+                     f"{pct(v['all_pass_rate'])} of {v['replies']}")
+    return lines
 
 
 def _one_eval(page: Page, name: str, r: dict) -> None:
@@ -273,7 +299,8 @@ def _one_eval(page: Page, name: str, r: dict) -> None:
         page.p(f"model {r.get('model')} at {r.get('base_url')}; {r['summary']['tasks']} task(s), "
                f"{r['tasks_per_s']:.3g} tasks/s")
     elif kind == "soul":
-        page.p(f"{r['replies']} replies to {r['prompts']} prompts; all checks pass: {pct(r['all_pass_rate'])}"
+        page.p(f"{r['replies']} replies to {r['prompts']} prompts; degenerate: {pct(r['degenerate_rate'])} (the rule "
+               f"rates are over the others); all checks pass: {pct(r['all_pass_rate'])}"
                + (f"; {r['too_long']} prompt(s) did not fit the context" if r.get("too_long") else ""))
     page.table(*table)
     if kind == "core":
@@ -297,7 +324,7 @@ def _one_eval(page: Page, name: str, r: dict) -> None:
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}
-.missing{background:#fff4e5;border:1px solid #f0b86e;padding:.5em 1em}.msg{margin:.3em 0;padding:.4em .6em;border-radius:4px}
+.missing{background:#fff4e5;border:1px solid #f0b86e;padding:.5em 1em}.can{background:#eef7ff;border:1px solid #8ab4e8;padding:.5em 1em}.msg{margin:.3em 0;padding:.4em .6em;border-radius:4px}
 .user{background:#eef4ff}.assistant{background:#f0faf0}.tool{background:#f7f7f7;font-family:monospace;font-size:12px}
 .call{color:#8a3ffc;font-family:monospace}.role{font-weight:600;font-size:12px;color:#555}"""
 

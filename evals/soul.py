@@ -5,7 +5,9 @@ Prompts: the first user turn of held-out conversations (`--data SPEC`: its valid
 same hash split SFT uses), or by default one question about each held-out HumanEval problem.
 Replies are greedy, generated in batches by the Engine with the SOUL's system prompt. A reply
 that ends in tool calls is checked as thinking (nanocode.soul_checks.check_message), as in the data.
-The rates are per rule the SOUL declares.
+A reply that is not language (nanocode.soul_checks.degenerate: no words, a repeated token, mostly
+symbols or numbers, not English) counts as degenerate, its own rate, and fails; the rates per rule
+the SOUL declares are over the other replies, and "all checks pass" is over every reply.
 
 Which SOUL: `--soul`, or by default the one the model was taught, so a model is scored against
 its own SOUL: the run's training data names factory versions (its checkpoint meta: `data.sources`,
@@ -22,7 +24,7 @@ import time
 
 from nanocode.common import InputError
 from nanocode.record import record_id
-from nanocode.soul_checks import check_message
+from nanocode.soul_checks import check_message, degenerate
 from nanocode.paths import shipped
 from nanocode.spec import DEFAULT_SOUL, load_soul, load_tools, render_system_prompt
 from trainer import template
@@ -67,17 +69,26 @@ def generate(params, cfg, tok, system_prompt: str, prompts: list[str], max_token
 
 
 def rates(replies: list[dict], rules) -> dict:
-    """Per rule: how many replies it applied to and the share that passed; plus all-pass."""
-    per_rule, all_ok = {}, 0
+    """Degenerate replies (nanocode.soul_checks.degenerate: no words, a repeated token, symbols,
+    not English) fail as such and skip the rules, which are written for sentences and which
+    noise passes; per rule: how many of the other replies it applied to and the share that
+    passed. All-pass is over every reply, so noise scores 0."""
+    per_rule, all_ok, bad = {}, 0, 0
     for r in replies:
+        if why := degenerate(r["message"].get("content") or ""):
+            r["degenerate"], r["checks"] = why, {}
+            bad += 1
+            continue
         checks = check_message(r["message"], rules)
         r["checks"] = {c.rule: {"ok": c.ok, "detail": c.detail} for c in checks}
         all_ok += all(c.ok for c in checks)
         for c in checks:
             n, ok = per_rule.get(c.rule, (0, 0))
             per_rule[c.rule] = (n + 1, ok + c.ok)
-    return {"replies": len(replies), "all_pass_rate": all_ok / len(replies) if replies else None,
-            "rules": {k: {"replies": n, "pass_rate": ok / n} for k, (n, ok) in per_rule.items()}}
+    n = len(replies)
+    return {"replies": n, "degenerate": bad, "degenerate_rate": bad / n if n else None,
+            "all_pass_rate": all_ok / n if n else None,
+            "rules": {k: {"replies": m, "pass_rate": ok / m} for k, (m, ok) in per_rule.items()}}
 
 
 def judge(replies: list[dict], soul, spec, backend_cfg) -> dict:

@@ -166,11 +166,12 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
             what = f"version {v} = version {retry}, its generate rejects retried" if retry else f"resuming version {v}"
             console.print(f"{what}: {len(done)} inputs done, {len(todo)} to go")
         requester = None if backend.name == "offline" else Requester(backend, store, v)
-        ctx = Context(soul, spec, prompts, requester, models_of(stages, backend))
-        counts = Counts(total=len(seeds), before=len(seeds) - len(todo))
+        counts = Counts(total=len(seeds), before=len(seeds) - len(todo), stored=len(seeds) - len(todo))
+        ctx = Context(soul, spec, prompts, requester, models_of(stages, backend),
+                      verdict=lambda line: setattr(counts, "verdict", line))
         start = time.monotonic()
-        with Progress(console, v, counts, requester.stats if requester else None) as progress:
-            error = asyncio.run(_run(todo, stages, ctx, store, v, config.chunk_size, counts, progress,
+        with Progress(console, v, counts, requester) as progress:
+            error = asyncio.run(_run(todo, stages, ctx, store, v, config, counts, progress,
                                      workers=OFFLINE_WORKERS if requester is None
                                      else 2 * (backend.max_concurrency or backend.concurrency)))
             progress.update(force=True)
@@ -187,17 +188,31 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
         store.close()
 
 
-async def _run(todo, stages, ctx, store, v, chunk_size, counts, progress, workers) -> str | None:
-    """Run the inputs with `workers` coroutines; commit every `chunk_size` finished inputs.
-    Returns the last backend error, if any input failed on it."""
+async def _run(todo, stages, ctx, store, v, config, counts, progress, workers) -> str | None:
+    """Run the inputs with `workers` coroutines. Finished inputs commit as one chunk when
+    `chunk_size` of them wait, or when `commit_seconds` passed since the last commit (a ticker
+    checks every second): with a slow model rows reach the store all the same. When the run
+    ends or is stopped (Ctrl-C, an error), what finished commits too. Returns the last backend
+    error, if any input failed on it."""
     buffer, pending, last_error = {"sft": [], "pairs": [], "rejects": []}, [], None
-    seeds = iter(todo)
+    seeds, last_commit = iter(todo), time.monotonic()
 
-    def commit():
-        store.commit_chunk(v, buffer, pending)
-        for rows in buffer.values():
-            rows.clear()
-        pending.clear()
+    def commit():  # no await inside: no other coroutine touches the buffer meanwhile
+        nonlocal last_commit
+        rows, done = {kind: list(r) for kind, r in buffer.items()}, list(pending)
+        for r in buffer.values():
+            r.clear()
+        pending.clear()  # before the write: a failing store is not asked twice for the same chunk
+        last_commit = time.monotonic()
+        store.commit_chunk(v, rows, done)
+        counts.stored += len(done)
+
+    async def tick():
+        while True:
+            await asyncio.sleep(min(1.0, config.commit_seconds))
+            if pending and time.monotonic() - last_commit >= config.commit_seconds:
+                commit()
+            progress.update()
 
     async def worker():
         nonlocal last_error
@@ -220,11 +235,17 @@ async def _run(todo, stages, ctx, store, v, chunk_size, counts, progress, worker
                 counts.rejects += 1
             pending.append((seed["input_id"], "sft" if "sft" in out else "reject"))
             counts.done += 1
-            if len(pending) >= chunk_size:
-                commit()  # no await inside: no other worker can touch the buffer meanwhile
+            if len(pending) >= config.chunk_size:
+                commit()
             progress.update()
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(todo))))))
-    if pending or not store.one("SELECT count(*) FROM parts WHERE version = ?", v)[0]:
-        commit()  # the tail, or an empty chunk so that every version has parts to query
+    ticker = asyncio.ensure_future(tick())
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(todo))))))
+    finally:
+        ticker.cancel()
+        if pending:  # the tail, or what finished before a stop: kept, not redone
+            commit()
+    if not store.one("SELECT count(*) FROM parts WHERE version = ?", v)[0]:
+        commit()  # an empty chunk, so that every version has parts to query
     return last_error

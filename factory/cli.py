@@ -86,20 +86,21 @@ app.add_typer(scenarios_app, name="scenarios")
 
 
 @scenarios_app.command("check")
-def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories [default: scenarios/]"),
+def scenarios_check(paths: list[Path] = typer.Argument(None, help="spec files or directories [default: scenarios/ and, if any, $NANOCODE_HOME/scenarios/generated]"),
                     tools: Optional[Path] = ToolsOption, unsafe_bash: bool = UnsafeBashOption) -> None:
     """Validate specs and expand them offline, in the tool spec's calls (their events must
     happen, their tests pass)."""
-    from factory.scenarios import check_specs
+    from factory.scenarios import GENERATED, ScenarioSource, check_specs
 
-    bad = check_specs(paths or [Path("scenarios")], load_tools(tools), say=print, unsafe_bash=unsafe_bash)
+    paths = paths or [Path("scenarios"), *ScenarioSource(dir=GENERATED, optional=True).files()]
+    bad = check_specs(paths, load_tools(tools), say=print, unsafe_bash=unsafe_bash)
     if bad:
         raise InputError(f"{bad} spec(s) failed")
 
 
 @scenarios_app.command("generate")
 def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many specs to ask for."),
-                       out: Path = typer.Option(Path("scenarios/generated"), "--out", help="where kept specs go."),
+                       out: Optional[Path] = typer.Option(None, "--out", help="where kept specs go [default: $NANOCODE_HOME/scenarios/generated, which the default build reads]"),
                        soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
                        backend: Optional[str] = typer.Option(None, "--backend", help="openai | litellm | vllm [default: openai]"),
                        model: Optional[str] = typer.Option(None, "--model", help="model id for the backend [default: none: required]"),
@@ -109,13 +110,13 @@ def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many s
     """Write N new scenario specs with a model, few-shot from shipped ones; invalid ones are dropped."""
     from factory.backends import BackendConfig
     from factory.config import construct
-    from factory.scenarios import generate
+    from factory.scenarios import GENERATED, generate
 
     cfg = construct("backend", BackendConfig, {"name": backend or "openai", "model": model, "base_url": base_url,
                                                "concurrency": concurrency}, "scenarios generate")
     if cfg.name == "offline":
         raise InputError("scenarios generate needs a model backend (--base-url/--model)")
-    result = generate(n, cfg, out, load_soul(soul), load_tools(tools), say=print, unsafe_bash=unsafe_bash)
+    result = generate(n, cfg, out or GENERATED, load_soul(soul), load_tools(tools), say=print, unsafe_bash=unsafe_bash)
     print(f"{len(result['kept'])} kept, {len(result['dropped'])} dropped")
 
 

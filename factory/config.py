@@ -32,6 +32,7 @@ class BuildConfig:
     backend: dict = field(default_factory=lambda: {"name": "offline"})
     max_rounds: int = 4    # attempts per input: the first draft plus revisions
     chunk_size: int = 16   # inputs per committed Parquet part: what a kill can cost at most
+    commit_seconds: float = 30.0  # and finished inputs commit at least this often, whatever the chunk size
     dedup: bool = True     # drop exact and near-duplicate prompts (decontamination always runs)
     path: str = "<defaults>"
 
@@ -40,6 +41,8 @@ class BuildConfig:
             value = getattr(self, key)
             if type(value) is not int or value < 1:
                 raise InputError(f"{self.path}: {key} must be a positive integer, got {value!r}")
+        if type(self.commit_seconds) not in (int, float) or not self.commit_seconds > 0:
+            raise InputError(f"{self.path}: commit_seconds must be a positive number, got {self.commit_seconds!r}")
         if not isinstance(self.dedup, bool):
             raise InputError(f"{self.path}: dedup must be true or false, got {self.dedup!r}")
         if not isinstance(self.critics, list):

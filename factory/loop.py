@@ -13,6 +13,9 @@ than parsing or length (a model's broken JSON or an over-long rollout teaches no
 the SOUL); chosen = the attempt that passed; written only if both sides hold assistant content
 and differ. Every row keeps its provenance: input, attempt, critic scores, critique, models.
 
+Each attempt's verdict (passed, the critics that failed and why, a reply not parsed) goes to
+`ctx.verdict` when the build gives one: its live display shows the last.
+
 A seed is plain data: one marked `"skip": [stage, reason]` is a reject with that reason; one
 naming its own converter entry (scenarios in a mix of seed files) goes through that converter.
 A rollout the tool spec cannot express (nanocode.spec.MissingTool: "spec has no search tool")
@@ -50,6 +53,7 @@ class Context:
     models: dict         # which model (or rule) ran each stage: provenance of every row
     input_id: str = ""
     attempt: int = 0
+    verdict: object = None  # called with each attempt's verdict line (the build's live display), or None
 
 
 def entry_key(entry) -> str:
@@ -97,6 +101,11 @@ async def critique(messages, critics, ctx) -> list:
     return verdicts
 
 
+def say(ctx: Context, verdict: str) -> None:
+    if ctx.verdict is not None:
+        ctx.verdict(f"{ctx.input_id} attempt {ctx.attempt}: {verdict}")
+
+
 async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
     """One input -> {"sft": row, "pair": row or None} or {"reject": row}. Backend failures
     that are not permanent (backends.RequestFailed) propagate: the input stays undone and a
@@ -124,6 +133,7 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
                 attempts.append({"attempt": attempt, "messages": None, "kind": "parse",
                                  "problems": [str(e)], "scores": {}})
                 problems = [f"your reply could not be used: {e}"]
+                say(actx, f"not parsed: {e}")
                 continue
             if writer.needs_model and ground is not None:
                 messages = await asyncio.to_thread(ground, messages, draft, ctx.spec)
@@ -133,6 +143,7 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
             failed = [v for v in verdicts if not v.ok]
             kind = None if not failed else "length" if {v.critic for v in failed} == {"token_length"} else "critic"
             problems = [p for v in failed for p in v.problems]
+            say(actx, f"failed {', '.join(v.critic for v in failed)}: {'; '.join(problems)}" if failed else "passed")
             attempts.append({"attempt": attempt, "messages": messages, "kind": kind, "problems": problems,
                              "scores": {v.critic: v.score for v in verdicts}})
             if not failed:

@@ -12,6 +12,13 @@ passed before the fix) is a Skip: the scenario spec is wrong.
 
 With a model, the generator writes the rollout from the spec (prompts/scenario.j2) and the
 loop calls the converter's `ground`, which re-runs its calls so the results are real.
+
+`factory scenarios generate` keeps the specs a model wrote under the home
+($NANOCODE_HOME/scenarios/generated, `GENERATED`), never in the cwd: the default build reads
+them from there through a second `scenarios` source (`optional`: none yet is no input), and
+they meet the same checks as shipped ones: a kept spec is the text written, parsed as
+`load_spec` reads a file and expanded in the sandbox, as the build and `factory scenarios check`
+do; `check` with no paths checks the generated specs too.
 """
 
 import asyncio
@@ -31,7 +38,7 @@ from factory.rollout import create_call, lacks, steady_run, system_message, work
 from factory.scenario_spec import EVENTS, LANGUAGES, Scenario, load_spec, parse_spec, spec_files
 from factory.store import Store
 from factory.writers import Prompts
-from nanocode.common import InputError
+from nanocode.common import InputError, nanocode_home, write_text_atomic
 from nanocode.record import REFUSED, refused
 from nanocode.paths import shipped
 from nanocode.spec import MissingTool
@@ -52,30 +59,47 @@ NEEDS = {"rollout": {"read": ("path",), "edit": ("path", "old", "new"), "create"
 
 # ------------------------------------------------------------------------------ the source
 
+GENERATED = "$NANOCODE_HOME/scenarios/generated"  # where `factory scenarios generate` keeps specs
+
+
+def home_path(where) -> Path:
+    """A path that may start with $NANOCODE_HOME: under the home, set or default (~/.cache/nanocode)."""
+    head, _, rest = str(where).partition("/")
+    return nanocode_home() / rest if head == "$NANOCODE_HOME" else Path(where)
+
+
 @dataclass
 class ScenarioSource:
-    """The specs under `dir` matching `glob` (recursive), each converted by `converter` (a
-    stage entry; default the scenario converter) whatever the build's own converter is, so a
-    `mix` can hold seed files and scenarios. A spec that fails validation is not fatal: it
-    becomes a seed marked skip, a reject with the error as the reason."""
+    """The specs under `dir` (a path, or one under $NANOCODE_HOME) matching `glob` (recursive),
+    each converted by `converter` (a stage entry; default the scenario converter) whatever the
+    build's own converter is, so a `mix` can hold seed files and scenarios. A spec that fails
+    validation is not fatal: it becomes a seed marked skip, a reject with the error as the
+    reason. `optional`: no spec there is no input, not an error (generated specs, before any)."""
     dir: str = "scenarios"
     glob: str = "*.yaml"
     label: str = "scenarios"
     converter: dict | str = field(default_factory=lambda: {"name": "scenario"})
+    optional: bool = False
 
     def __post_init__(self):
         self.name, self.columns = self.label, {"dir": self.dir, "glob": self.glob}
 
+    def files(self) -> list[Path]:
+        where = home_path(self.dir)
+        if self.optional and not (where.is_dir() and any(where.rglob(self.glob))):
+            return []
+        return spec_files(where, self.glob)
+
     @property
     def sha256(self) -> str:
         h = hashlib.sha256()
-        for p in spec_files(self.dir, self.glob):
+        for p in self.files():
             h.update(p.name.encode() + b"\0" + p.read_bytes())
         return h.hexdigest()
 
     def seeds(self) -> list[dict]:
         out, seen = [], set()
-        for p in spec_files(self.dir, self.glob):
+        for p in self.files():
             try:
                 spec, error = load_spec(p), None
                 sid = spec.id
@@ -317,13 +341,16 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
              say=print, unsafe_bash=False) -> dict:
     """Ask the model for `n` new specs, few-shot from `examples` (spec ids under scenarios/);
     keep the ones that validate AND expand for real (their events happen, their tests pass)
-    in `out_dir`, report and drop the rest. Calls go through the factory's request layer:
-    cached, retried, in the ledger (as version 0). The specs' commands are model-written: they
-    run in the sandbox unless `unsafe_bash`."""
+    in `out_dir` (a path or one under $NANOCODE_HOME; the CLI's default, `GENERATED`, is where
+    the default build reads them), report and drop
+    the rest. What is checked is what the build reads: the YAML text to be written, parsed as
+    `load_spec` parses a file, expanded in the sandbox; only then is it written. Calls go through the
+    factory's request layer: cached, retried, in the ledger (as version 0). The specs' commands
+    are model-written: they run in the sandbox unless `unsafe_bash`."""
     check_endpoint(backend)
     texts = [shipped(f"scenarios/{e}.yaml").read_text(encoding="utf-8") for e in examples]
     prompts = Prompts(soul, tools)
-    out_dir = Path(out_dir)
+    out_dir = home_path(out_dir)
     kept, dropped = [], []
     store = Store()
     try:
@@ -351,15 +378,15 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
             if spec.id == "generated":  # no id given: one from the task's first words
                 words = re.findall(r"[a-z0-9]+", spec.task.lower())[:5]
                 spec.id = f"gen-{spec.language}-{'-'.join(words) or 'task'}-{i}"
-            expand_in_temp(spec, tools, unsafe_bash)
+            text = yaml.dump(spec.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+            # the text the file will hold, parsed as load_spec parses it: what is checked is what a build reads
+            expand_in_temp(parse_spec(yaml.safe_load(text), where, default_id=spec.id), tools, unsafe_bash)
+            path = out_dir / f"{spec.id}.yaml"
+            write_text_atomic(path, text)
         except (InputError, Skip, MissingTool) as e:  # a Skip's reason names the spec, `where`
             dropped.append(getattr(e, "reason", None) or (f"{where}: {e}" if isinstance(e, MissingTool) else str(e)))
             say(f"dropped: {dropped[-1]}")
         else:
-            path = out_dir / f"{spec.id}.yaml"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.dump(spec.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                                      width=100), encoding="utf-8")
             kept.append(str(path))
             say(f"kept: {path}")
     return {"kept": kept, "dropped": dropped}

@@ -358,6 +358,57 @@ def declare_rules(value) -> SoulRules:
     return SoulRules(tuple(declared))
 
 
+# ------------------------------------------------------------------------------ degenerate
+
+# the SOUL's language is English (both shipped SOULs): common words, function words first, then
+# the words coding replies are made of; a reply in English has some of them in any sentence
+ENGLISH = frozenset("""
+a about after again all also am an and any are as at be because been before being both but by
+can could did do does doing done down each even every for from had has have he her here him his
+how i if in into is it its just let like may me might more most much must my no not now of off
+on once one only or other our out over same she should so some still such than that the their
+them then there these they this those through to too two under up us very was way we well were
+what when where which while who why will with would yes yet you your
+add added bug call change changed check code error file files find fix fixed function input
+issue line lines look looking make method need new next number read reading return returns run
+runs see test tests there's it's i'm i'll let's that's don't doesn't isn't use used value
+values want work works write wrong
+""".split())
+
+
+def degenerate(text: str) -> str | None:
+    """Why a message's text is not language at all, or None when it is. The SOUL's rules are
+    written for sentences and noise passes them (no capitals, no banned phrase, few words), so
+    this comes first. On the prose (code and pasted output removed; code-only text is fine):
+      - no words: no letters in the whole text,
+      - mostly symbols: under half of the prose's non-space characters are letters (`, 0, 0, 0`),
+      - a repeated token: 4+ tokens and one of them is half of them, or 12+ tokens with under a
+        quarter distinct (`the the the`, `a b a b a b`),
+      - not English: under half its letters are a-z, or 4+ words of which under 1 in 8 is one
+        of the common English words in ENGLISH.
+    """
+    if not re.search(r"[^\W\d_]", text):
+        return "no words"
+    prose = strip_code(text)
+    chars = [c for c in prose if not c.isspace()]
+    if not chars:
+        return None  # only code (or a path in backticks): nothing to judge the language of
+    letters = [c for c in chars if c.isalpha()]
+    if len(letters) < len(chars) / 2:
+        return "mostly punctuation or numbers"
+    tokens = [t.strip(_PUNCT).lower() for t in prose.split()]
+    tokens = [t for t in tokens if t]
+    top = max(map(tokens.count, set(tokens)), default=0)
+    if (len(tokens) >= 4 and top >= len(tokens) / 2) or (len(tokens) >= 12 and len(set(tokens)) < len(tokens) / 4):
+        return "a repeated token"
+    if sum("a" <= c.lower() <= "z" for c in letters) < len(letters) / 2:
+        return "not English (another script)"
+    words = re.findall(r"[a-z]+(?:'[a-z]+)?", prose.lower().replace("’", "'"))
+    if len(words) >= 4 and sum(w in ENGLISH for w in words) < len(words) / 8:
+        return "not English (few common English words)"
+    return None
+
+
 # ------------------------------------------------------------------------------ checking
 
 def check(text: str, rules: SoulRules, kind: str = "text") -> list[Check]:

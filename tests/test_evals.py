@@ -219,6 +219,9 @@ def test_a_model_that_solves_the_tasks_passes_them_all():
     assert [t["passed"] for t in r["tasks"]] == [True] * 4, [t["test_output"] for t in r["tasks"]]
     assert s["pass_rate"] == 1.0 and s["pass_rate_stub"] == s["pass_rate_bugfix"] == 1.0
     assert s["calls"] == 16 and s["calls_per_task"] == 4 and s["valid_call_rate"] == 1.0
+    # the first call is a valid Read of a file that is not there; of the 3 calls with a path, 2 name one that is
+    assert s["tasks_with_calls"] == 4 and s["first_call_valid_rate"] == 1.0 and s["first_call_on_existing_rate"] == 0
+    assert s["existing_path_rate"] == pytest.approx(2 / 3)
     assert s["tool_errors"] == 4 and s["recoveries"] == 4 and s["statuses"] == {"done": 4}
     assert r["tasks_per_s"] > 0 and r["tasks"][0]["messages"][0]["role"] == "user"
 
@@ -238,7 +241,18 @@ def test_garbage_fails_and_the_invalid_calls_are_counted(tmp_path):
     s = result["summary"]
     assert s["pass_rate"] == 0 and s["calls"] == 4 and s["valid_call_rate"] == 0.0
     assert s["tool_errors"] == 4 and s["recoveries"] == 0
-    assert "valid calls" in r.stdout and "0.0%" in r.stdout
+    assert s["first_call_valid_rate"] == 0 and s["existing_path_rate"] is None  # no call got as far as a path
+    assert "valid calls" in r.stdout and "first call" in r.stdout and "0.0%" in r.stdout
+
+
+def test_a_call_on_an_existing_file_means_one_inside_the_workspace(tmp_path):
+    (tmp_path / "ws" / "src").mkdir(parents=True)
+    (tmp_path / "ws" / "src" / "a.py").write_text("x = 1\n")
+    (tmp_path / "outside.py").write_text("")
+    ws = tmp_path / "ws"
+    assert agentic._exists_in(ws, "src/a.py") and agentic._exists_in(ws, str(ws / "src")) and agentic._exists_in(ws, ".")
+    assert not agentic._exists_in(ws, "src/b.py") and not agentic._exists_in(ws, "../outside.py")
+    assert not agentic._exists_in(ws, str(tmp_path / "outside.py")) and not agentic._exists_in(ws, "a\0b")
 
 
 def test_the_agentic_eval_runs_a_real_checkpoint_through_the_server(root):
@@ -263,6 +277,43 @@ def test_soul_rates_count_each_rule_over_the_replies():
     assert r["replies"] == 2 and r["all_pass_rate"] == 0.5
     assert r["rules"]["lowercase_prose"] == {"replies": 2, "pass_rate": 0.5}
     assert replies[1]["checks"]["lowercase_prose"]["ok"] is False
+    assert r["degenerate"] == 0 and r["degenerate_rate"] == 0.0
+
+
+NOISE = ["", ", 0, 0, 0, 0, 0, 0", "the the the the the the", "... !!! ??? ---", "1 2 3 4 5 6 7 8",
+         "return return x return return", "это исправлено, тесты проходят", "ing urn elf ptr cx ion str ox",
+         "ils ont corrigé la fonction dans le fichier principal"]
+
+
+def noise_model(prompt: str, i: int) -> dict:
+    """What an untrained model says: nothing, repeats, symbols, numbers, another language, subwords."""
+    return {"role": "assistant", "content": NOISE[i % len(NOISE)]}
+
+
+def voice_model(prompt: str, i: int) -> dict:
+    """Answers in soul/SOUL.md's voice: lowercase, short, no banned phrase; every other turn a
+    one-line thinking before a Read."""
+    entry = re.search(r"`(\w+)`", prompt).group(1)
+    if i % 2:
+        return {"role": "assistant", "content": f"reading how `{entry}` is called first",
+                "tool_calls": [{"name": "Read", "args": {"file_path": "solution.py"}}]}
+    return {"role": "assistant", "content": f"`{entry}` walks the input once and returns the result. i'd write it "
+            f"as a loop:\n\n```python\ndef {entry}(x):\n    return x\n```\n\nthe docstring's examples are the tests."}
+
+
+@pytest.mark.parametrize("model, degenerate, all_pass", [(noise_model, 1.0, 0.0), (voice_model, 0.0, 1.0)])
+def test_noise_fails_soul_adherence_as_degenerate_and_the_souls_voice_passes(model, degenerate, all_pass):
+    prompts = soul.default_prompts(limit=18)
+    replies = [{"prompt": p, "message": model(p, i)} for i, p in enumerate(prompts)]
+    r = soul.rates(replies, load_soul(None).rules)
+    assert r["replies"] == 18 and r["degenerate_rate"] == degenerate and r["all_pass_rate"] == all_pass
+    if degenerate:  # no rule is scored on noise: it passed them all before
+        assert r["rules"] == {} and all(x["degenerate"] for x in replies)
+    else:
+        assert r["rules"]["lowercase_prose"] == {"replies": 18, "pass_rate": 1.0}
+        assert r["rules"]["max_think_words"]["replies"] == 9
+    table = report.result_table("soul", r)[1]
+    assert table[0] == ("degenerate (not language)", 18, f"{degenerate:.1%}")
 
 
 def test_soul_eval_generates_replies_and_asks_an_optional_judge(root, loaded):
@@ -277,7 +328,9 @@ def test_soul_eval_generates_replies_and_asks_an_optional_judge(root, loaded):
         again = soul.judge(r["samples"], load_soul(None), load_tools(SMALL_TOOLS), cfg)
         assert again == r["judge"] and len(server.requests) == asked
     assert r["replies"] == 2 and len(r["samples"]) == 2 and 0 <= r["all_pass_rate"] <= 1
-    assert set(r["rules"]) >= {"lowercase_prose", "banned_phrases"}
+    # a 5-step model writes noise, which passed every rule before: now it is degenerate, and fails
+    assert r["degenerate"] == 2 and all(x["degenerate"] for x in r["samples"])
+    assert r["rules"] == {} and r["all_pass_rate"] == 0
     assert r["judge"] == {"model": "scripted", "rated": 2, "unrated": 0, "mean_rating": 9.0}
     assert "where is parse defined" in server.requests[0]["messages"][0]["content"]
     assert "Rate how well the assistant" in server.requests[0]["messages"][0]["content"]  # critic.j2
@@ -315,6 +368,10 @@ def test_the_report_renders_a_whole_run_and_names_what_is_missing(root, loaded, 
     assert "src='http" not in page and "<link" not in page  # nothing fetched: opens offline
     for text in ("tiny_mc", "CORE", "reward accuracy", "pass rate", "bytes/token", "jax", "→ Edit("):
         assert text in page, text
+    # computed from the agentic result: the solver makes 4 calls, all valid, the first on a missing file
+    assert "what this model can do" in page and "makes tool calls: 1 of 1 tasks (4 calls)" in page
+    assert "valid calls: 100.0%; first call valid: 100.0% of tasks" in page
+    assert "calls on existing files: 66.7%; first call on one: 0.0% of tasks" in page
     assert "stage sft: no" in page and "evals/broken.json: unreadable" in page
 
 

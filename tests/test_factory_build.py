@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -47,15 +48,17 @@ def seed_file(tmp_path, n=None) -> Path:
     return path
 
 
-def config_file(tmp_path, seeds, **extra) -> Path:
-    """The default config with one local seed file as its source (the default mixes two)."""
+def config_file(tmp_path, seeds, chunk_size=2, **extra) -> Path:
+    """The default config with one local seed file as its source (the default mixes several),
+    `chunk_size` and the top-level settings in `extra` set."""
     text = (REPO / "factory" / "configs" / "default.yaml").read_text()
     local = ("source:\n  name: local\n  path: factory/seeds/coding.jsonl\n"
              "  columns: {id: id, instruction: instruction, answer: answer, workspace: workspace}\n")
     text = re.sub(r"(?ms)^source:.*?^(?=converter:)", lambda m: local, text)
-    text = text.replace("path: factory/seeds/coding.jsonl", f"path: {seeds}").replace("chunk_size: 16", "chunk_size: 2")
-    for key, value in extra.items():
-        text += f"{key}: {value}\n"
+    text = text.replace("path: factory/seeds/coding.jsonl", f"path: {seeds}")
+    for key, value in {"chunk_size": chunk_size, **extra}.items():
+        line = re.compile(rf"(?m)^{key}:.*$")
+        text = line.sub(f"{key}: {value}", text) if line.search(text) else text + f"{key}: {value}\n"
     path = tmp_path / "build.yaml"
     path.write_text(text)
     return path
@@ -131,21 +134,30 @@ def test_llm_build_through_a_loopback_server(tmp_path):
         assert sql("SELECT count(*) FROM sft WHERE version = 2 AND id IN (SELECT id FROM sft WHERE version = 1)") == [(27,)]
 
 
-def test_kill_mid_build_then_resume_loses_nothing_and_repays_no_call(tmp_path):
-    config = config_file(tmp_path, seed_file(tmp_path, 12))  # 12 rows, 10 * 3 + 3 + 2 calls
+def test_a_slow_model_is_visible_and_a_kill_mid_build_then_resume_loses_nothing(tmp_path):
+    # a chunk larger than the inputs: only the time-driven commit (every second here) stores rows early
+    config = config_file(tmp_path, seed_file(tmp_path, 12), chunk_size=100, commit_seconds=1)  # 10 * 3 + 3 + 2 calls
     env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "killed")}
-    with ScriptedServer(respond=lambda body: respond(body, latency=0.05)) as server:
+    with ScriptedServer(respond=lambda body: respond(body, latency=0.25)) as server:
         cmd = [str(BIN / "factory"), "build", "--config", str(config), "--base-url", server.base_url,
                "--model", "scripted", "--concurrency", "2"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
         deadline = time.monotonic() + 60
-        while len(server.requests) < 14 and time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None and not any(re.search(r"stored [1-9]", x) for x in lines):
             time.sleep(0.01)
+        assert proc.poll() is None, "".join(lines)  # rows reached the store while the build was still running
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        # the live line (stdout is a pipe) says what is going on: calls in flight, tokens so far, the last verdict
+        shown = next(x for x in lines if re.search(r"stored [1-9]", x))
+        assert re.search(r"calls [0-2] in flight, [1-9]\d* done", shown) and re.search(r"tokens [1-9][\d,]* in", shown)
+        assert re.search(r"last verdict seeds:\S+ attempt \d: (passed|failed|not parsed)", shown), shown
         store = Store(tmp_path / "killed")
         done = len(store.done_inputs(1))
         assert store.version(1)["status"] == "building" and 0 < done < 12
+        assert store.one("SELECT count(*) FROM parts WHERE version = 1 AND kind = 'sft'")[0] >= 1
         store.close()
         first = len(server.requests)
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -153,7 +165,8 @@ def test_kill_mid_build_then_resume_loses_nothing_and_repays_no_call(tmp_path):
         assert f"resuming version 1: {done} inputs done" in out.stdout
     killed = Store(tmp_path / "killed", read_only=True)
     ids = [r[0] for r in killed.all(f"SELECT input_id FROM {killed.relation('sft', 1)}")]
-    assert len(ids) == len(set(ids)) == 12  # no duplicate, no lost row
+    rejects = [r[0] for r in killed.all(f"SELECT input_id FROM {killed.relation('rejects', 1)}")]
+    assert len(ids) == len(set(ids)) == 12 and rejects == []  # no duplicate, no lost row
     assert killed.version(1)["status"] == "done" and len(killed.versions()) == 1
     # an answered call is never paid twice; only calls in flight at the kill (<= concurrency) repeat
     bodies = Counter(json.dumps(b, sort_keys=True) for b in server.requests)
@@ -163,8 +176,30 @@ def test_kill_mid_build_then_resume_loses_nothing_and_repays_no_call(tmp_path):
     with ScriptedServer(respond=respond) as server:
         quiet_build(config=config, backend_overrides={"base_url": server.base_url, "model": "scripted"})
     clean = Store(read_only=True)
-    assert sorted(r[0] for r in clean.all(f"SELECT id FROM {clean.relation('sft', 1)}")) == \
-        sorted(r[0] for r in killed.all(f"SELECT id FROM {killed.relation('sft', 1)}"))
+    for kind, key in (("sft", "id"), ("pairs", "id"), ("rejects", "input_id")):
+        assert sorted(r[0] for r in clean.all(f"SELECT {key} FROM {clean.relation(kind, 1)}")) == \
+            sorted(r[0] for r in killed.all(f"SELECT {key} FROM {killed.relation(kind, 1)}")), kind
+
+
+def test_ctrl_c_keeps_the_inputs_that_finished(tmp_path):
+    config = config_file(tmp_path, seed_file(tmp_path, 8), chunk_size=100)  # neither the chunk nor 30 s is reached
+    env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "stopped")}
+    with ScriptedServer(respond=lambda body: respond(body, latency=0.5)) as server:
+        proc = subprocess.Popen([str(BIN / "factory"), "build", "--config", str(config), "--base-url", server.base_url,
+                                 "--model", "scripted", "--concurrency", "2"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        deadline, shown = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None and not shown:
+            shown = next((int(m[1]) for x in list(lines) if (m := re.search(r"rows ([1-7])/8", x))), None)
+            time.sleep(0.01)
+        assert shown and proc.poll() is None, "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    store = Store(tmp_path / "stopped", read_only=True)
+    assert store.version(1)["status"] == "building" and shown <= len(store.done_inputs(1)) < 8
+    assert store.one(f"SELECT count(*) FROM {store.relation('sft', 1)}")[0] == len(store.done_inputs(1))
 
 
 @dataclass
@@ -206,6 +241,7 @@ def test_a_critic_class_of_your_own_is_named_in_the_config(tmp_path):
     ("bad_column", "column 'prompt' (for instruction) not found"),
     ("corrupt_yaml", "build.yaml: bad YAML at line 3: expected ',' or ']'"),
     ("bad_setting", "critic 'token_length' has no setting(s) max_len"),
+    ("bad_commit_seconds", "commit_seconds must be a positive number, got 'often'"),
 ])
 def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, case, expected):
     config = config_file(tmp_path, SEEDS)
@@ -218,6 +254,7 @@ def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, case, expecte
             "unknown_module": text.replace("name: read_format", "name: 'nowhere.at_all:Critic'"),
             "unknown_class": text.replace("name: read_format", "name: 'tests.test_factory_build:Nope'"),
             "old_pairs": text + "pairs: {name: first_fail_vs_final}\n",
+            "bad_commit_seconds": re.sub(r"(?m)^commit_seconds:.*$", "commit_seconds: often", text),
             "old_replay": text.replace("  mode: rewrite", "  name: tools\n  mode: rewrite")}[case]
     config.write_text(text)
     with pytest.raises(InputError) as e:

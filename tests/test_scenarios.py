@@ -1,7 +1,8 @@
 """Scenario specs: every shipped spec validates and expands offline into a valid record whose
 tool results are what agent/tools.py really gives; bad specs fail with the file and the field;
-`factory scenarios generate` against a loopback OpenAI-compatible server keeps valid specs and
-drops invalid ones; a build with a scenarios source rejects a bad spec with its reason."""
+`factory scenarios generate` against a loopback OpenAI-compatible server keeps valid specs under
+$NANOCODE_HOME (never the cwd), drops invalid ones, and the default build's source for generated
+specs runs them; a build with a scenarios source rejects a bad spec with its reason."""
 
 import asyncio
 import os
@@ -12,13 +13,17 @@ from collections import Counter
 
 import pytest
 import yaml
+from rich.console import Console
 
+from factory.build import build
+from factory.config import DEFAULT_CONFIG
 from factory.critics import CRITICS
 from factory.loop import Context, Skip, critique
 from factory.rollout import STEADY_ROOT, workspace_tools
 from factory.scenario_spec import EVENTS, load_spec, parse_spec, spec_files
 from factory.scenarios import ScenarioConverter, ScenarioSource
-from nanocode.common import InputError
+from factory.store import Store
+from nanocode.common import InputError, nanocode_home
 from nanocode.record import refused, validate
 from nanocode.spec import load_soul, load_tools
 from tests.conftest import BIN, REPO
@@ -198,11 +203,6 @@ def test_bad_files_and_events_that_do_not_happen(tmp_path):
 
 
 def test_build_with_a_scenarios_source_rejects_bad_specs_with_the_reason(tmp_path):
-    from rich.console import Console
-
-    from factory.build import build
-    from factory.store import Store
-
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "good.yaml").write_text(GOOD)
     (tmp_path / "specs" / "bad.yaml").write_text(GOOD.replace("events:", "events:\n  - explode"))
@@ -224,27 +224,53 @@ def _spec_reply(text: str) -> dict:
     return {"text": "here you go:\n```yaml\n" + text + "```\n"}
 
 
-def test_generate_keeps_valid_specs_and_drops_invalid_ones(tmp_path):
+def test_generate_keeps_valid_specs_under_the_home_and_the_default_build_runs_them(tmp_path):
     script = [_spec_reply(GOOD.replace("calc", "mathx")),                                  # kept
               _spec_reply(GOOD.replace("events:", "events:\n  - explode")),                # unknown event
               {"text": "no yaml here: [unclosed"},                                           # bad YAML
               _spec_reply(GOOD.replace("return a - b", "return a + b").replace(            # tests pass before
                   'old: "return a + b"', 'old: "return a + b\\n"'))]
-    out = tmp_path / "gen"
-    with ScriptedServer(script) as server:
+    with ScriptedServer(script) as server:  # run from a folder of the user's: nothing lands in it
         run = subprocess.run([str(BIN / "factory"), "scenarios", "generate", "--n", "4", "--base-url",
-                              server.base_url, "--model", "scripted", "--out", str(out)],
-                             capture_output=True, text=True, timeout=60, cwd=REPO)
+                              server.base_url, "--model", "scripted"],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
         prompts = [r["messages"][-1]["content"] for r in server.requests]
     assert run.returncode == 0, run.stderr
     assert "1 kept, 3 dropped" in run.stdout
     assert "unknown event 'explode'" in run.stdout and "bad YAML" in run.stdout
     assert "tests passed before the edits" in run.stdout
+    out = nanocode_home() / "scenarios" / "generated"
     kept = sorted(out.glob("*.yaml"))
-    assert len(kept) == 1 and load_spec(kept[0]).files.keys() == {"mathx.py", "test_mathx.py"}
+    assert len(kept) == 1 and sorted(os.listdir(tmp_path)) == ["home"] and f"kept: {kept[0]}" in run.stdout
+    assert load_spec(kept[0]).files.keys() == {"mathx.py", "test_mathx.py"}
     # few-shot: the shipped examples and the format are in every request
     assert len(prompts) == 4 and all("slugify" in p and "tests_fail_then_pass" in p for p in prompts)
-    ScenarioConverter().convert({"scenario": load_spec(kept[0])}, SOUL, TOOLS)  # and it expands (again) for real
+
+    # the default build's source for generated specs reads them there, through the same
+    # checks as shipped ones: a spec placed there by hand whose events do not happen is a reject
+    (out / "liar.yaml").write_text(GOOD.replace("pattern: subtract", "pattern: return"))
+    default = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    entry = next(e for e in default["source"]["sources"] if str(e.get("dir")).startswith("$NANOCODE_HOME"))
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump({**default, "source": entry}))
+    summary = build(config=config, console=Console(file=open(os.devnull, "w")))
+    assert (summary["sft rows"], summary["rejects by stage"]) == (1, {"scenario": 1})
+    store = Store(read_only=True)
+    try:
+        rows = store.rows("SELECT input_id, source, messages FROM sft", kind="sft")
+        reasons = store.all("SELECT input_id, reason FROM rejects")
+    finally:
+        store.close()
+    assert [(r["input_id"], r["source"]) for r in rows] == [(f"generated-scenarios:{load_spec(kept[0]).id}",
+                                                             "generated-scenarios")]
+    validate(rows[0]["messages"])
+    assert any("mathx.py" in str(m.get("content")) for m in rows[0]["messages"] if m["role"] == "tool")
+    assert reasons[0][0] == "generated-scenarios:liar" and "grep_no_match: wanted `no matches`" in reasons[0][1]
+    # none generated (another home): no inputs from it, not an error
+    assert ScenarioSource(dir=entry["dir"], optional=True).seeds() != []
+    (out / "liar.yaml").unlink()
+    kept[0].unlink()
+    assert ScenarioSource(dir=entry["dir"], optional=True).seeds() == []
 
 
 def test_unsafe_bash_reaches_check_generate_expansion_and_ground(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ import json
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -14,7 +15,8 @@ from nanocode.openai_format import from_openai, parse_call, to_openai
 from nanocode.record import validate
 from tests.conftest import BIN, REPO, free_port
 from tests.tiny_run import train_tiny_run
-from trainer import checkpoint, template
+from nanocode.spec import load_soul, load_tools, render_system_prompt
+from trainer import checkpoint, sft, template
 from trainer.engine import Engine, Token
 from trainer.server import ModelServer, _Job, openai_calls
 
@@ -37,25 +39,34 @@ def run(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("server"), seq_len=SEQ_LEN)
 
 
-@pytest.fixture(scope="module")
-def url(run, request):
-    """`trainer serve` (the real console script) on a free loopback port."""
+@contextmanager
+def trainer_serve(run, while_it_starts=lambda: None):
+    """`trainer serve` (the real console script) on a free loopback port: yields its base URL."""
     port = free_port()
     proc = subprocess.Popen([str(BIN / "trainer"), "serve", "--checkpoint", str(run), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    request.getfixturevalue("greedy")  # load and run the checkpoint here while the server starts
+    while_it_starts()
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 60
-    while True:
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        try:
-            if httpx.get(f"{base}/health").status_code == 200:
-                break
-        except httpx.ConnectError:
-            time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    try:
+        while True:
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def url(run, request):
+    # load and run the checkpoint here while the server starts
+    with trainer_serve(run, lambda: request.getfixturevalue("greedy")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +287,70 @@ def test_nanocode_run_names_a_bad_local_run(tmp_path):
                         "--workspace", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: --model {tmp_path / 'nope'}: no such run or checkpoint directory: {tmp_path / 'nope'}"]
+
+
+# ------------------------------------------------------------------ a model that calls tools
+
+LIST_SPEC = """tools:
+  - name: List
+    builtin: list
+    needs_approval: false
+    description: list the files in the workspace
+    args:
+      - {name: glob, as: pattern, type: string, required: false, description: only files matching this glob}
+"""
+
+
+@pytest.fixture(scope="module")
+def caller(run, tmp_path_factory):
+    """(run, tool spec, workspace, conversation): the tiny run fine-tuned on one conversation until
+    even its samples give it back (the agent sends no temperature: the server samples at 1; 60 steps
+    are enough for greedy decoding, 120 gave 32 of 32 samples of each turn): a real model whose first
+    reply is a List call with no arguments and whose reply to the listing is "done."."""
+    root = tmp_path_factory.mktemp("caller")
+    (root / "tools.yaml").write_text(LIST_SPEC)
+    spec = load_tools(root / "tools.yaml")
+    (root / "ws").mkdir()
+    (root / "ws" / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    conv = [{"role": "system", "content": render_system_prompt(load_soul(None), spec)},
+            {"role": "user", "content": "fix add in calc.py"},
+            {"role": "assistant", "content": "listing the files", "tool_calls": [{"name": "List", "args": {}}]},
+            {"role": "tool", "name": "List", "content": "calc.py"},  # what the list builtin answers there
+            {"role": "assistant", "content": "done."}]
+    (root / "one.jsonl").write_text(json.dumps({"messages": conv}) + "\n")
+    sft.run(run, root / "sft", [str(root / "one.jsonl")], num_steps=150, device_batch_size=1, lr_scale=5.0,
+            val_fraction=0.0, warmdown_ratio=0.2, save_every=150, eval_every=150, log=lambda *a: None)
+    return root / "sft", root / "tools.yaml", root / "ws", conv
+
+
+def test_a_call_without_arguments_goes_out_as_an_empty_json_object(local):
+    tok = local.tok
+    ids = tok.encode("listing") + [tok.special_id(template.CALL_START)] + tok.encode("List") + \
+        [tok.special_id(template.CALL_END)]
+    [call] = openai_calls(template.parse_assistant(ids, tok))
+    assert call["function"] == {"name": "List", "arguments": "{}"}
+
+
+def test_streamed_tool_calls_go_through_trainer_serve_into_nanocode_run_and_back(caller, tmp_path):
+    run_dir, tools, workspace, conv = caller
+    with trainer_serve(run_dir) as base:
+        client = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
+        calls, text, finish = {}, [], None
+        for chunk in client.chat.completions.create(model="sft", messages=to_openai(conv[:2]), stream=True,
+                                                    temperature=0, max_tokens=48):
+            for choice in chunk.choices:  # SSE chunks over HTTP, read by the official client
+                text.append(choice.delta.content or "")
+                for tc in choice.delta.tool_calls or []:
+                    calls[tc.index] = (tc.function.name, tc.function.arguments, tc.id)
+                finish = choice.finish_reason or finish
+        assert "".join(text) == "listing the files" and finish == "tool_calls"
+        [(name, arguments, call_id)] = calls.values()
+        assert (name, arguments) == ("List", "{}") and call_id.startswith("call_")
+        # the agent against the same server: the call runs in the workspace, the model answers its result
+        r = subprocess.run([str(BIN / "nanocode"), "run", "fix add in calc.py", "--base-url", base,
+                            "--workspace", str(workspace), "--tools", str(tools), "--json", "-"],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    validate(record["messages"])
+    assert record["messages"] == conv  # the system prompt too: the agent's, which the model was trained on

@@ -72,11 +72,12 @@ def _number(body: dict, name: str, default, low, high, integer=False):
 
 
 def openai_calls(message: dict) -> list[dict]:
-    """A parsed assistant message's calls in OpenAI's shape (arguments as JSON text)."""
+    """A parsed assistant message's calls in OpenAI's shape (arguments as JSON text: `{}` for a
+    call without arguments, never an empty string, which clients read as invalid JSON)."""
     return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
              "function": {"name": c["name"],
                           "arguments": f"error: {c['error']}" if "error" in c
-                          else json.dumps(c["args"], ensure_ascii=False)}}
+                          else json.dumps(c.get("args") or {}, ensure_ascii=False)}}
             for c in message.get("tool_calls", [])]
 
 
