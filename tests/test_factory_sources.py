@@ -144,7 +144,7 @@ def test_bad_input_and_duplicates_across_sources_become_rejects_with_reasons(tmp
            {"id": "binary", "instruction": "what is in here?", "answer": "```text\nPK\x03\x04\x00\x00\n```"},
            {"id": "crlf", "instruction": "print a greeting in bash\r\n", "answer": "```bash\r\necho hi\r\n```\r\n"}]
     (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
-    config = (REPO / "factory" / "configs" / "default.yaml").read_text().split("converter:", 1)[1]
+    config = (REPO / "factory" / "configs" / "default.yaml").read_text().split("\nconverter:", 1)[1]
     sources = [{"name": n, "dataset": str(FIXTURES / f)} for n, f in HUB.items()]
     sources.append({"name": "local", "path": str(tmp_path / "bad.jsonl"), "columns": {"id": "id", "instruction": "instruction",
                                                                                     "answer": "answer"}})
