@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from nanocode.common import InputError
 from tests.conftest import BIN
@@ -21,8 +23,6 @@ from trainer import export, model, template
 from trainer.engine import Engine
 from trainer.model import GPTConfig
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 LOGIT_ATOL = 1e-4
 
