@@ -142,8 +142,7 @@ class _Names(dict):
 
 def _canonical(tool: Tool, args: dict) -> tuple[dict, _Names]:
     """A builtin tool's typed args by the builtin's names, and the names back for messages."""
-    return ({a.feeds: args[a.name] for a in tool.args if a.name in args},
-            _Names({a.feeds: a.name for a in tool.args}, tool.name))
+    return tool.canonical(args), _Names({a.feeds: a.name for a in tool.args}, tool.name)
 
 
 def command_line(tool: Tool, args: dict) -> str:

@@ -95,6 +95,10 @@ class Tool:
     command: str | None = None
     entry: str | None = None
 
+    def canonical(self, args: dict) -> dict:
+        """A builtin tool's args by the builtin's names (args it does not declare are dropped)."""
+        return {a.feeds: args[a.name] for a in self.args if a.name in args}
+
 
 class MissingTool(Exception):
     """The spec cannot express a call a converter needs ("spec has no search tool")."""
@@ -130,8 +134,7 @@ class ToolSpec:
         tool = self.get(call.get("name")) if isinstance(call, dict) else None
         if tool is None or tool.builtin is None:
             return None, {}
-        given = call.get("args") if isinstance(call.get("args"), dict) else {}
-        return tool.builtin, {a.feeds: given[a.name] for a in tool.args if a.name in given}
+        return tool.builtin, tool.canonical(call.get("args") if isinstance(call.get("args"), dict) else {})
 
 
 # ------------------------------------------------------------------------------ loading
