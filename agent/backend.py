@@ -2,7 +2,9 @@
 
 A backend has `label` (shown in the banner), `check()` (raise InputError with one line if it
 cannot serve) and `stream(messages, spec)`, which yields `("text", delta)` while the reply is
-generated and finally `("message", assistant_message)` in the record format of docs/DESIGN.md
+generated, `("finish", reason)` (the server's finish_reason: "stop", "tool_calls", "length" for a
+reply cut at max_tokens, None if it sent none) and finally `("message", assistant_message)` in the
+record format of docs/DESIGN.md
 (`{"role": "assistant", "content", "tool_calls": [{"name", "args"}]}`). It raises `ContextFull`
 when the conversation no longer fits and `BackendError` for any other failure mid-session.
 
@@ -108,6 +110,7 @@ class OpenAIBackend:
         except openai.APIConnectionError as e:
             raise BackendError(f"lost the server at {self.base_url}: {_one_line(e.__cause__ or e)}") from None
         content, calls = [], {}  # calls: stream index -> {"name": str, "arguments": [str]}
+        finish = None  # the server's finish_reason: "length" is a reply cut at max_tokens
         if "text/event-stream" not in response.response.headers.get("content-type", ""):
             what = what_came(response.response)  # an HTML page or a JSON body: no event would come
             response.close()
@@ -116,6 +119,7 @@ class OpenAIBackend:
         try:
             for chunk in response:
                 for choice in chunk.choices or []:  # usage-only chunks have no choices
+                    finish = choice.finish_reason or finish
                     delta = choice.delta
                     if delta is None:
                         continue
@@ -138,6 +142,7 @@ class OpenAIBackend:
         if calls:
             message["tool_calls"] = [parse_call(c["name"], "".join(c["arguments"]))
                                      for _, c in sorted(calls.items())]
+        yield "finish", finish  # before the message: a consumer may stop reading at the message
         yield "message", message
 
 

@@ -1,8 +1,13 @@
 """Factory throughput: offline build rows/s; the store's cost per row; builds against a loopback
 OpenAI-compatible server with a fixed per-request latency at concurrency 1, 16 and 64 (speed-up
-against the ideal); a cached rebuild (--new) vs the first.
+against the ideal); a cached rebuild (--new) vs the first. And (--part emitted) what the model
+must write per row: the default seeds built through the server with the writers' prompts of
+today (prose slots; scenario steps) and of before (bench/old_prompts.py: the whole conversation
+re-emitted), characters and server-reported tokens of the writer replies against the assistant
+prose of the final rows, pass rates and parse failures, all in the same run.
 
-    .venv/bin/python bench/factory.py [--copies 10] [--latency 0.2] [--concurrency 1,16,64]
+    .venv/bin/python bench/factory.py [--part all|throughput|emitted] [--copies 10] [--latency 0.2]
+                                      [--concurrency 1,16,64]
 
 The server is tests/scripted_server.py (in a child process) answering like tests/fake_model.py (generate, revise,
 judge: about 3 calls per row). Each build runs in a fresh NANOCODE_HOME under a temp dir.
@@ -49,9 +54,9 @@ def config(directory: Path, seed_path: Path) -> Path:
     return path
 
 
-def serve(latency: float, conn) -> None:
+def serve(latency: float, conn, answer=respond) -> None:
     """The model server, in its own process: its threads must not share the build's GIL."""
-    server = ScriptedServer(respond=lambda body: respond(body, latency=latency))
+    server = ScriptedServer(respond=lambda body: answer(body, latency=latency))
     conn.send(server.base_url)
     server._httpd.serve_forever()
 
@@ -63,15 +68,96 @@ def timed(home: Path, **kw) -> tuple[float, dict]:
     return time.perf_counter() - start, summary
 
 
+def emitted(home: Path) -> dict:
+    """Per source: the writer replies' characters and tokens per row against the final rows' prose."""
+    import duckdb
+
+    with duckdb.connect(str(home / "factory.duckdb"), read_only=True) as db:
+        rows = db.execute(
+            "SELECT s.source, s.messages, s.attempt, list(l.attempt), list(json_extract_string(c.reply, '$.text')), "
+            "list(l.tokens_out) FROM sft s JOIN ledger l ON l.input_id = s.input_id AND l.purpose IN ('generate', "
+            "'revise') AND l.outcome IN ('ok', 'cached') JOIN llm_cache c ON c.key = l.key GROUP BY ALL").fetchall()
+    out = {}
+    for source, messages, final, attempts, texts, tokens in rows:
+        messages = json.loads(messages)
+        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prose = sum(len(m.get("content") or "") for m in messages[first:] if m["role"] == "assistant")
+        last = attempts.index(final)
+        for key in (source, "all"):
+            o = out.setdefault(key, {"prose": [], "final": [], "total": [], "tokens": []})
+            o["prose"].append(prose)
+            o["final"].append(len(texts[last]))
+            o["total"].append(sum(len(t) for t in texts))
+            o["tokens"].append(tokens[last])
+    return out
+
+
+def emitted_part(tmp: Path, latency: float, url: str | None = None, model: str = "scripted", limit=None) -> None:
+    """The default seeds through the server: prompts of today (structured auto and off) vs before.
+    `url`: a real server (e.g. llama.cpp's) instead of the scripted one, `limit` inputs of the mix."""
+    import statistics
+
+    import yaml
+
+    from bench.old_prompts import respond as answer  # the old prompts answered in their shape too
+
+    old = {"generator": {"name": "bench.old_prompts:OldWriter", "temperature": 0.2, "max_tokens": 4096},
+           "reviser": {"name": "bench.old_prompts:OldReviser"}}
+    variants = [("before: whole conversation", old, "off"), ("today: prose slots / steps, json_schema", {}, "auto"),
+                ("today, structured off (fenced replies)", {}, "off")]
+    server = None
+    if url is None:
+        parent, child = multiprocessing.Pipe()
+        server = multiprocessing.get_context("fork").Process(target=serve, args=(latency, child, answer), daemon=True)
+        server.start()
+        url = parent.recv()
+    results = []
+    try:
+        for name, stages, structured in variants:
+            cfg = tmp / f"emitted-{len(results)}.yaml"
+            data = yaml.safe_load((REPO / "factory/configs/default.yaml").read_text())
+            cfg.write_text(yaml.safe_dump({**data, **stages}))
+            home = tmp / f"emitted-{len(results)}"
+            backend = {"base_url": url, "model": model, "concurrency": 16 if server else 2, "structured": structured}
+            secs, s = timed(home, config=cfg, backend_overrides=backend, limit=limit)
+            results.append((name, s, emitted(home), secs))
+    finally:
+        if server:
+            server.kill()
+    med = statistics.median
+    print("| writers' prompts | source | rows | median prose chars | median emitted chars (final attempt) | ratio |"
+          " all attempts, median | ratio | median tokens out (final) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, s, by_source, secs in results:
+        for source, o in sorted(by_source.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+            print(f"| {name} | {source} | {len(o['prose'])} | {med(o['prose']):.0f} | {med(o['final']):.0f} | "
+                  f"{med(o['final']) / med(o['prose']):.2f}x | {med(o['total']):.0f} | "
+                  f"{med(o['total']) / med(o['prose']):.2f}x | {med(o['tokens']):.0f} |")
+    print("\n| writers' prompts | sft rows | pass rate | first-try pass rate | writer replies | parse failure rate |"
+          " llm requests | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, s, _, secs in results:
+        print(f"| {name} | {s['sft rows']} | {s['pass rate']} | {s['first-try pass rate']} | {s['writer replies']} | "
+              f"{s['parse failure rate']:.2%} | {s['llm requests']} | {secs:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=10, help="offline: the seed file repeated this often")
     ap.add_argument("--server-copies", type=int, default=6, help="server builds: the seed file repeated")
     ap.add_argument("--latency", type=float, default=0.2, help="seconds the server takes per request")
     ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--part", choices=("all", "throughput", "emitted"), default="all")
+    ap.add_argument("--base-url", help="emitted: this server instead of the scripted one [default: scripted]")
+    ap.add_argument("--model", default="scripted", help="emitted: the model the --base-url serves")
+    ap.add_argument("--limit", type=int, help="emitted: the first N inputs of the default mix [default: all]")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nanocode-bench-factory-"))
     import openai  # noqa: F401  (imported once up front so no timed build pays for it)
+    if args.part in ("all", "emitted"):
+        emitted_part(tmp, 0.0, args.base_url, args.model, args.limit)
+        if args.part == "emitted":
+            return
 
     rows = []
     cfg = config(tmp, seeds(tmp, args.copies))

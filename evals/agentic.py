@@ -20,7 +20,8 @@ valid calls (parsed, a known tool, its required arguments, no unknown ones: nano
 calls on existing files (of the calls whose canonical `path` argument is given, the share naming a
 file or directory inside the workspace as it was when the call was made), tool errors (results
 starting `error:`), and recoveries (a tool error followed by a call that works). Over every task:
-first call valid, and first call on an existing file (a task without calls has neither).
+first call valid, and first call on an existing file (a task without calls has neither). And the
+replies the server cut at max_tokens (`replies_cut` of `replies`): a model that never stops.
 """
 
 import hashlib
@@ -243,6 +244,24 @@ def run_task(task: AgentTask, backend, spec, system_prompt: str, max_steps: int 
         shutil.rmtree(workspace, ignore_errors=True)
 
 
+class CountingBackend:
+    """A backend that counts its replies and those the server cut at max_tokens (finish_reason
+    "length"): a model that never stops says so in one line instead of as a pile of broken calls."""
+
+    def __init__(self, backend):
+        self.backend, self.replies, self.cut = backend, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def stream(self, messages, spec):
+        for kind, value in self.backend.stream(messages, spec):
+            if kind == "finish":
+                self.replies += 1
+                self.cut += value == "length"
+            yield kind, value
+
+
 def summarize(rows: list[dict]) -> dict:
     n = len(rows)
     calls = sum(r["calls"] for r in rows)
@@ -258,7 +277,8 @@ def summarize(rows: list[dict]) -> dict:
            "existing_path_rate": (sum(r["on_existing"] for r in rows) / path_calls) if path_calls else None,
            "tool_errors": errors, "recoveries": sum(r["recoveries"] for r in rows),
            "recovery_rate": sum(r["recoveries"] for r in rows) / errors if errors else None,
-           "statuses": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}}
+           "statuses": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})},
+           "replies": sum(r.get("replies", 0) for r in rows), "replies_cut": sum(r.get("replies_cut", 0) for r in rows)}
     for kind in KINDS:
         if sub := [r for r in rows if r["kind"] == kind]:
             out[f"pass_rate_{kind}"] = sum(r["passed"] for r in sub) / len(sub)
@@ -267,12 +287,13 @@ def summarize(rows: list[dict]) -> dict:
 
 def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = None, limit: int | None = None,
              kinds=KINDS, soul=None, tools=None, max_steps: int = 20, max_tokens: int | None = 1024,
-             unsafe_bash: bool = False, log=lambda *_: None) -> dict:
+             unsafe_bash: bool = False, prompt: Path | None = None, log=lambda *_: None) -> dict:
+    """`prompt`: the system prompt's template, the one the model trained with (None: system.j2)."""
     from agent.backend import OpenAIBackend
 
     soul_, spec = load_soul(soul), load_tools(tools)
-    system_prompt = render_system_prompt(soul_, spec)
-    backend = OpenAIBackend(base_url, model=model, api_key=api_key, max_tokens=max_tokens)
+    system_prompt = render_system_prompt(soul_, spec, prompt)
+    backend = CountingBackend(OpenAIBackend(base_url, model=model, api_key=api_key, max_tokens=max_tokens))
     backend.check()
     t0 = time.perf_counter()
     tasks = build_tasks(kinds, limit)
@@ -281,10 +302,13 @@ def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = N
         raise InputError("no tasks to run (--limit 0?)")
     rows, t0 = [], time.perf_counter()
     for task in tasks:
-        rows.append(r := run_task(task, backend, spec, system_prompt, max_steps, unsafe_bash))
+        before = backend.replies, backend.cut
+        r = run_task(task, backend, spec, system_prompt, max_steps, unsafe_bash)
+        rows.append({**r, "replies": backend.replies - before[0], "replies_cut": backend.cut - before[1]})
         log(f"{task.id}: {'pass' if r['passed'] else 'fail'} ({r['status']}, {r['calls']} calls)")
     seconds = time.perf_counter() - t0
     return {"kind": "agentic", "model": backend.model, "base_url": backend.base_url, "limit": limit,
-            "kinds": list(kinds), "max_steps": max_steps, "summary": summarize(rows),
+            "prompt": Path(prompt).stem if prompt else "system",
+            "kinds": list(kinds), "max_steps": max_steps, "max_tokens": max_tokens, "summary": summarize(rows),
             "seconds": seconds, "build_seconds": build_s, "tasks_per_s": len(rows) / seconds,
             "tasks": rows}

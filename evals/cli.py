@@ -125,13 +125,18 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
     if not unsafe_bash and (why := unavailable()):  # before a model is loaded for nothing
         raise InputError(f"cannot run the model's commands in a sandbox: {why}; pass --unsafe-bash to run "
                          "them unsandboxed")
+    prompt = None
     if run is not None:
+        from trainer.checkpoint import read_run
         from trainer.server import serve_in_background
+        from trainer.sft import system_prompt_of
 
+        prompt = system_prompt_of(read_run(runs.model_dir(run))[2])  # the variant the run trained with
         base_url, model = serve_in_background(runs.model_dir(run))
     r = agentic_eval.evaluate(base_url, model, api_key=api_key, limit=limit,
                               kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), soul=soul, tools=tools,
-                              max_steps=max_steps, max_tokens=max_tokens, unsafe_bash=unsafe_bash, log=console.print)
+                              max_steps=max_steps, max_tokens=max_tokens, unsafe_bash=unsafe_bash, prompt=prompt,
+                              log=console.print)
     s = r["summary"]
     _table(f"agentic: {r['model']} ({s['tasks']} tasks, {r['tasks_per_s']:.3g} tasks/s)", r)
     where = out or run or nanocode_home() / "evals" / "".join(c if c.isalnum() or c in "-_." else "_" for c in r["model"])
@@ -196,6 +201,8 @@ def report(run: Path = typer.Argument(..., help="a stage directory or a root wit
     from evals import report as report_mod
 
     console.print(f"wrote {report_mod.write(run, log=lambda m: console.print(f'[yellow]{escape(m)}[/]'))}")
+    for line in report_mod.abilities(runs.read_results(run)):  # the report's "what this model can do" box
+        console.print(escape(line))
 
 
 def main() -> None:

@@ -274,12 +274,18 @@ def abilities(results: dict) -> list[str]:
     lines = []
     if (a := results.get("agentic")) and "summary" in a:
         s = a["summary"]
-        lines += [f"makes tool calls: {s['tasks_with_calls']} of {s['tasks']} tasks ({s['calls']} calls)",
+        lines += [f"makes tool calls: {s['tasks_with_calls']} of {s['tasks']} tasks ({s['calls']} calls, "
+                  f"{s['calls_per_task']:.1f} a task)",
                   f"valid calls: {pct(s['valid_call_rate'])}; first call valid: {pct(s['first_call_valid_rate'])} "
                   "of tasks",
                   f"calls on existing files: {pct(s['existing_path_rate'])}; first call on one: "
                   f"{pct(s['first_call_on_existing_rate'])} of tasks",
                   f"passes the hidden tests: {s['passed']} of {s['tasks']} tasks"]
+        if s.get("replies") and s.get("replies_cut") == s["replies"]:
+            lines.append(f"never stops: all {s['replies']} replies hit --max-tokens ({a.get('max_tokens')}), "
+                         "so its calls are cut")
+        elif s.get("replies_cut"):
+            lines.append(f"{s['replies_cut']} of {s['replies']} replies hit --max-tokens ({a.get('max_tokens')})")
     if (v := results.get("soul")) and "rules" in v:
         lines.append(f"SOUL: {pct(v['degenerate_rate'])} degenerate replies; all checks pass on "
                      f"{pct(v['all_pass_rate'])} of {v['replies']}")

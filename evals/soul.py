@@ -170,13 +170,15 @@ def taught_soul(run_dir, meta: dict):
 def evaluate(run_dir, *, data=None, limit: int | None = None, soul=None, tools=None, max_tokens: int = 256,
              judge_cfg=None, loaded=None) -> dict:
     from trainer.checkpoint import load_model
+    from trainer.sft import system_prompt_of
 
     params, cfg, tok, meta = loaded or load_model(run_dir)
     soul, found = (soul, "--soul") if soul is not None else taught_soul(run_dir, meta)
     soul_, spec = load_soul(soul), load_tools(tools)
     prompts = prompts_from(data, limit) if data else default_prompts(limit)
     t0 = time.perf_counter()
-    replies, too_long = generate(params, cfg, tok, render_system_prompt(soul_, spec), prompts, max_tokens)
+    system = render_system_prompt(soul_, spec, system_prompt_of(meta))  # the variant the run trained with
+    replies, too_long = generate(params, cfg, tok, system, prompts, max_tokens)
     if not replies:
         raise InputError(f"none of the {len(prompts)} prompt(s) fits the model's {cfg.seq_len}-token context "
                          "with the system prompt")

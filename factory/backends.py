@@ -18,7 +18,15 @@ The Requester adds everything a long run needs, once for all clients:
     above and 401/403/404 (the key's or the model's fault, not the input's) is permanent:
     RequestFailed(permanent=True), and the build makes the input a reject (stage generate);
   - adaptive concurrency: x0.75 on a 429, +1 after a run of successes as long as the limit;
-  - a ledger row per network attempt (tokens, latency, cost, outcome), failures included.
+  - several endpoints (`base_url` a list, `concurrency` each): a request goes to the least busy
+    healthy one; one that fails is taken out and probed again later (factory/endpoints.py);
+  - structured output (`structured`): a call whose reply must be JSON passes its schema, sent
+    as response_format json_schema (auto, json_schema; guided decoding in-process vLLM), as
+    json_object, or not at all (off; the writers' parser is tolerant either way). Under auto a
+    server that refuses response_format (a 400 naming it) is asked in plain JSON from then on,
+    one ledger row and the build summary's `structured output` saying so, never a reject;
+  - a ledger row per network attempt (tokens, latency, cost, outcome), failures included; a
+    200 that cannot be used (stopped for length, empty) keeps the tokens its usage says.
 """
 
 import asyncio
@@ -26,9 +34,11 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+from factory.endpoints import EndpointPool
 from nanocode.common import InputError
 from nanocode.openai_format import model_ids, what_came
 
@@ -37,15 +47,15 @@ from nanocode.openai_format import model_ids, what_came
 class BackendConfig:
     name: str = "offline"          # offline | openai | litellm | vllm
     model: str | None = None
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # a server, or several (factory/endpoints.py routes between them)
     api_key_env: str | None = None  # the env var holding the key; keys are never stored
-    concurrency: int = 8            # requests in flight at the start
+    concurrency: int = 8            # requests in flight at the start, per endpoint
     max_concurrency: int | None = None  # adaptive ceiling (default: concurrency)
     timeout: float = 120.0          # seconds per request
     max_retries: int = 6
     backoff: float = 1.0            # first retry waits about this long, doubling each time
     max_backoff: float = 60.0
-    json_mode: bool = False         # ask for response_format json_object (servers that support it)
+    structured: str = "auto"        # how a JSON reply is asked for: auto | json_schema | json_object | off
     price_in: float | None = None   # $ per million prompt tokens (litellm: its price table if unset)
     price_out: float | None = None
 
@@ -56,14 +66,33 @@ class BackendConfig:
             raise ValueError(f"backend {self.name!r} needs a model (--model)")
         if type(self.concurrency) is not int or self.concurrency < 1:
             raise ValueError("concurrency must be a positive integer")
+        if isinstance(self.base_url, (list, tuple)):
+            urls = list(self.base_url)
+            if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+                raise ValueError(f"base_url must be a URL or a list of URLs, got {self.base_url!r}")
+            if twice := sorted({u for u in urls if urls.count(u) > 1}):
+                raise ValueError(f"base_url lists {', '.join(twice)} twice")
+            if self.name == "vllm" and len(urls) > 1:
+                raise ValueError("backend vllm runs the model in this process: it takes no list of base_url")
+            self.base_url = urls[0] if len(urls) == 1 else urls
+        if self.structured not in STRUCTURED:
+            raise ValueError(f"structured must be one of {', '.join(STRUCTURED)}, got {self.structured!r}")
 
     def fingerprint(self) -> dict:
         """What changes the data: not concurrency, timeouts, retries, prices, URLs or keys."""
-        return {"name": self.name, "model": self.model, "json_mode": self.json_mode}
+        return {"name": self.name, "model": self.model, "structured": self.structured}
+
+    @property
+    def urls(self) -> list:
+        """The endpoints: each base_url, or [None] (the client's default: a provider, an in-process model)."""
+        return list(self.base_url) if isinstance(self.base_url, list) else [self.base_url]
 
     @property
     def api_key(self) -> str:
         return os.environ.get(self.api_key_env or "OPENAI_API_KEY") or "none"
+
+
+STRUCTURED = ("auto", "json_schema", "json_object", "off")
 
 
 @dataclass
@@ -74,9 +103,14 @@ class Reply:
 
 
 class Retryable(Exception):
-    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+    """`reply`: what a 200 that cannot be used still cost (its usage), for the ledger. `fault`:
+    the endpoint's own failure, not this request's (endpoints.py takes such an endpoint out):
+    "unreachable" (no connection) or "server" (5xx, a timeout, a 200 that is no chat completion)."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None,
+                 reply: "Reply | None" = None, fault: str | None = None):
         super().__init__(reason)
-        self.status, self.retry_after = status, retry_after
+        self.status, self.retry_after, self.reply, self.fault = status, retry_after, reply, fault
 
 
 class LengthStop(Retryable):
@@ -115,9 +149,9 @@ def classify(e: Exception) -> Exception:
     import openai
 
     if isinstance(e, openai.APITimeoutError) or isinstance(e, asyncio.TimeoutError):
-        return Retryable("timeout")
+        return Retryable("timeout", fault="server")
     if isinstance(e, openai.APIConnectionError):
-        return Retryable(f"connection: {' '.join(str(e.__cause__ or e).split())[:200]}")
+        return Retryable(f"connection: {' '.join(str(e.__cause__ or e).split())[:200]}", fault="unreachable")
     status = getattr(e, "status_code", None)
     body = getattr(e, "body", None)  # the server's error object: its message, not the client's wrapping
     body = body.get("error", body) if isinstance(body, dict) else body
@@ -125,38 +159,62 @@ def classify(e: Exception) -> Exception:
     message = " ".join(str(said if isinstance(said, str) and said else getattr(e, "message", e)).split())[:200]
     if status == 429:
         return Retryable("429 rate limited", 429, _retry_after(e))
+    if status is not None and status >= 500 and "validation error" in message.lower():
+        # the request's fault, not the server's: llama-cpp-python answers a field it cannot take
+        # (OpenAI's response_format json_schema) with a 500 naming it. Asking again cannot help
+        return Fatal(f"{status}: {message}", 400)
     if status is not None and (status >= 500 or status in (408, 409)):
-        return Retryable(f"{status}: {message}", status)
+        return Retryable(f"{status}: {message}", status, fault=None if status == 409 else "server")
     return Fatal(f"{status}: {message}" if status else f"{type(e).__name__}: {message}", status)
 
 
 def reply_of(response) -> Reply:
     """A chat completion (openai or litellm object) -> Reply, or Retryable when a 200 is unusable."""
     if isinstance(response, str):  # a body that is not JSON (a proxy's web page): the client hands over its text
-        raise Retryable(f"not a chat completion, the body is text: {' '.join(response.split())[:80]!r}")
+        raise Retryable(f"not a chat completion, the body is text: {' '.join(response.split())[:80]!r}", fault="server")
     extra = getattr(response, "model_extra", None) or {}
     if extra.get("error"):
         error = extra["error"]
-        raise Retryable(f"error in a 200 body: {error.get('message', error) if isinstance(error, dict) else error}")
+        raise Retryable(f"error in a 200 body: {error.get('message', error) if isinstance(error, dict) else error}",
+                        fault="server")
     if not (choices := getattr(response, "choices", None)):
-        raise Retryable("empty reply (no choices)")
-    choice = choices[0]
-    if choice.finish_reason == "length":
-        raise LengthStop("stopped for length")
+        raise Retryable("empty reply (no choices)", fault="server")
+    choice, usage = choices[0], getattr(response, "usage", None)
     text = getattr(choice.message, "content", None) or ""
+    reply = Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+    if choice.finish_reason == "length":  # paid for all the same: the ledger keeps its tokens
+        raise LengthStop("stopped for length", reply=reply)
     if not text.strip():
-        raise Retryable("empty reply (no content)")
-    usage = getattr(response, "usage", None)
-    return Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+        raise Retryable("empty reply (no content)", reply=reply)
+    return reply
 
 
-def check_endpoint(cfg: BackendConfig) -> None:
-    """The pre-flight check before a build's first call: one GET /models. A wrong URL or key, a
-    model the server does not serve, or a web page where an API should be is one InputError
-    naming the URL, not a minute of retries per input. Only a server with a URL is checked
-    (openai, litellm with base_url); one without /models (404) is trusted."""
+class Unreachable(InputError):
+    """An endpoint that did not answer the pre-flight check at all."""
+
+
+def check_endpoint(cfg: BackendConfig) -> dict:
+    """The pre-flight check before a build's first call: one GET /models per endpoint. A wrong
+    URL or key, a model the server does not serve, or a web page where an API should be is one
+    InputError naming the URL, not a minute of retries per input. Of several endpoints, those
+    that do not answer at all are returned (url -> why: the build starts with them out, and
+    probes them later); all of them silent is one InputError. Only a server with a URL is
+    checked (openai, litellm with base_url); one without /models (404) is trusted."""
     if cfg.name not in ("openai", "litellm") or (cfg.name == "litellm" and not cfg.base_url):
-        return
+        return {}
+    dead = {}
+    for url in cfg.urls:
+        try:
+            _check_one(replace(cfg, base_url=url))
+        except Unreachable as e:
+            dead[url] = str(e)
+    if len(dead) == len(cfg.urls):
+        raise InputError(next(iter(dead.values())) if len(dead) == 1 else
+                         f"none of the {len(dead)} endpoints answers: " + "; ".join(dead.values()))
+    return dead
+
+
+def _check_one(cfg: BackendConfig) -> None:
     import httpx
 
     base = (cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
@@ -164,7 +222,7 @@ def check_endpoint(cfg: BackendConfig) -> None:
         r = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {cfg.api_key}"},
                       timeout=min(cfg.timeout, 10.0))
     except httpx.HTTPError as e:
-        raise InputError(f"cannot reach {base}: {' '.join(str(e).split())[:200] or type(e).__name__}") from None
+        raise Unreachable(f"cannot reach {base}: {' '.join(str(e).split())[:200] or type(e).__name__}") from None
     if r.status_code == 404:
         return
     served = model_ids(r)
@@ -225,17 +283,20 @@ class LiteLLMClient(OpenAIClient):
 class VLLMClient(OpenAIClient):
     """In-process vLLM: requests go to LLM.chat in batches (vLLM batches them on the GPU). Those
     that arrive together make one batch; those that arrive while a batch runs make the next, as
-    soon as it ends. A request whose caller gave up meanwhile (its timeout) is dropped. The real
-    LLM needs a GPU and the `vllm` extra: tests pass a stand-in with LLM.chat's interface."""
+    soon as it ends. A request whose caller gave up meanwhile (its timeout) is dropped. A
+    response_format becomes guided decoding (vLLM's structured outputs: the JSON schema, or any
+    JSON object). The real LLM needs a GPU and the `vllm` extra: tests pass stand-ins with
+    LLM.chat's interface and the two parameter classes'."""
 
-    def __init__(self, cfg: BackendConfig, llm=None, sampling_params=None):
+    def __init__(self, cfg: BackendConfig, llm=None, sampling_params=None, structured_params=None):
         if llm is None:
             try:
                 from vllm import LLM, SamplingParams
+                from vllm.sampling_params import StructuredOutputsParams
             except ImportError:
                 raise InputError("backend vllm needs the vllm package: pip install 'nanocode[vllm]'") from None
-            llm, sampling_params = LLM(model=cfg.model), SamplingParams
-        self.cfg, self.llm, self.SamplingParams = cfg, llm, sampling_params
+            llm, sampling_params, structured_params = LLM(model=cfg.model), SamplingParams, StructuredOutputsParams
+        self.cfg, self.llm, self.SamplingParams, self.Structured = cfg, llm, sampling_params, structured_params
         self.queue: list[tuple[list, dict, asyncio.Future]] = []
         self.batcher = None
 
@@ -258,7 +319,8 @@ class VLLMClient(OpenAIClient):
         """A Reply or an exception per request. A batch that fails is split, so a request vLLM
         refuses (a prompt over the model's length: ValueError, for good) fails alone."""
         sampling = [self.SamplingParams(temperature=p.get("temperature", 0.0), max_tokens=p.get("max_tokens"),
-                                        seed=p.get("seed")) for _, p, _ in batch]
+                                        seed=p.get("seed"), **self._guided(p.get("response_format")))
+                    for _, p, _ in batch]
         try:
             outputs = await asyncio.to_thread(self.llm.chat, [m for m, _, _ in batch], sampling, use_tqdm=False)
             return [_vllm_reply(out) for out in outputs]
@@ -267,6 +329,13 @@ class VLLMClient(OpenAIClient):
                 return [r for q in batch for r in await self._chat([q])]
             reason = f"vllm: {' '.join(str(e).split())[:200]}"
             return [Fatal(reason, 400) if isinstance(e, ValueError) else Retryable(reason)]
+
+    def _guided(self, fmt: dict | None) -> dict:
+        if not fmt:
+            return {}
+        if fmt["type"] == "json_schema":
+            return {"structured_outputs": self.Structured(json=fmt["json_schema"]["schema"])}
+        return {"structured_outputs": self.Structured(json_object=True)}
 
 
 def _vllm_reply(out) -> Reply | Exception:
@@ -321,9 +390,11 @@ class CallStats:
 class Requester:
     def __init__(self, cfg: BackendConfig, store, version: int, client=None):
         self.cfg, self.store, self.version = cfg, store, version
-        self.client = client or CLIENTS[cfg.name](cfg)
-        self.limit = AdaptiveLimit(cfg.concurrency, cfg.max_concurrency or cfg.concurrency)
+        self.pool = EndpointPool.of(cfg, CLIENTS[cfg.name], client)
+        n = len(self.pool.endpoints)  # `concurrency` is per endpoint; the pool spreads the load
+        self.limit = AdaptiveLimit(n * cfg.concurrency, n * (cfg.max_concurrency or cfg.concurrency))
         self.stats = CallStats()
+        self.plain = None  # why requests go without response_format (auto, after a server refused it)
         self.unsaved, self.saving = [], False  # group commit of paid replies, see _save
 
     async def _save(self, key: str, reply: Reply) -> None:
@@ -359,14 +430,39 @@ class Requester:
                 "tokens_in": reply.tokens_in if reply else 0, "tokens_out": reply.tokens_out if reply else 0,
                 "latency_s": latency, "cost": cost, "outcome": outcome, "error": error, **meta}
 
+    def response_format(self, schema: dict | None) -> dict | None:
+        """How a request whose reply must match JSON `schema` asks for it (`structured`): a JSON
+        schema (auto, json_schema), any JSON object (json_object), or not at all (off, or no schema:
+        a reply that is not JSON)."""
+        if schema is None or self.cfg.structured == "off":
+            return None
+        if self.cfg.structured == "json_object":
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+
+    def _refused_format(self, error, sent) -> bool:
+        """A 400 about response_format: under `auto`, every later request goes without it (one
+        ledger row says so); under an explicit mode it is the config's fault, one InputError."""
+        said = str(error).lower()
+        if not (isinstance(error, Fatal) and "response_format" in sent
+                and ("response_format" in said or "json_schema" in said or "response format" in said)):
+            return False
+        if self.cfg.structured != "auto":
+            raise InputError(f"the server refused response_format {sent['response_format']['type']} ({error}): "
+                             "set the backend's structured to auto or off")
+        self.plain = self.plain or f"plain JSON: the server refused response_format ({error})"
+        return True
+
     async def chat(self, messages: list[dict], params: dict, *, attempt: int, purpose: str,
-                   input_id: str) -> str:
+                   input_id: str, schema: dict | None = None) -> str:
         """The model's reply text to `messages`, from the cache or the backend; RequestFailed if
-        the backend cannot answer."""
+        the backend cannot answer. `schema`: the reply is JSON of this schema, asked for as
+        `response_format` says. The cache key is the request as the config asks for it, so a
+        server's refusal (plain JSON from then on) does not make a rebuild pay again."""
         seed = int(hashlib.sha256(f"{input_id}|{purpose}|{attempt}".encode()).hexdigest()[:8], 16) >> 1
         params = {**params, "seed": seed}
-        if self.cfg.json_mode:
-            params["response_format"] = {"type": "json_object"}
+        if (fmt := self.response_format(schema)) is not None:
+            params["response_format"] = fmt
         key = hashlib.sha256(json.dumps([self.cfg.model, messages, params, attempt], sort_keys=True,
                                         ensure_ascii=False).encode()).hexdigest()
         meta = {"input_id": input_id, "purpose": purpose, "attempt": attempt}
@@ -377,16 +473,20 @@ class Requester:
         last, lengths = None, []
         for n in range(self.cfg.max_retries + 1):
             await self.limit.acquire()
-            start, reply, error = time.monotonic(), None, None
+            endpoint, start, reply, error = self.pool.pick(), time.monotonic(), None, None
             try:
-                reply = await asyncio.wait_for(self.client.complete(messages, params), self.cfg.timeout + 5)
-                cost = self.client.cost(reply)
+                sent = {k: v for k, v in params.items() if k != "response_format" or self.plain is None}
+                try:
+                    reply = await asyncio.wait_for(endpoint.client.complete(messages, sent), self.cfg.timeout + 5)
+                except asyncio.TimeoutError:  # a client that ignores its own timeout
+                    raise Retryable("timeout", fault="server") from None
+                finally:  # the endpoint hears how its try went (exc_info: the error on its way out, if any)
+                    self.pool.done(endpoint, time.monotonic() - start, reply, sys.exc_info()[1])
+                cost = endpoint.client.cost(reply)
                 self.store.log_call(self._call(key, meta, "ok", reply, time.monotonic() - start, cost))
                 # committed before use, and before the slot frees: a kill loses at most the
                 # `concurrency` calls in flight, never one whose answer we had
                 await self._save(key, reply)
-            except asyncio.TimeoutError:  # a client that ignores its own timeout
-                error = Retryable("timeout")
             except (Retryable, Fatal) as e:
                 error = e
             finally:
@@ -398,20 +498,28 @@ class Requester:
                 self.stats.cost += cost
                 return reply.text
             last = error
+            if paid := getattr(error, "reply", None):  # a 200 we could not use still cost its tokens
+                self.stats.tokens_in += paid.tokens_in
+                self.stats.tokens_out += paid.tokens_out
             if isinstance(error, LengthStop):
                 lengths.append(params.get("max_tokens"))
                 if len(lengths) == 2:
-                    last = LengthStop(f"stopped for length twice (max_tokens {lengths[0]}, then {lengths[1]})")
+                    last = LengthStop(f"stopped for length twice (max_tokens {lengths[0]}, then {lengths[1]})",
+                                      reply=paid)
                     break
                 more = {"max_tokens": 2 * params["max_tokens"]} if params.get("max_tokens") else {}
                 params = {**params, **more, "seed": seed + 1}  # not the same request again
+            if self._refused_format(error, sent):
+                self.stats.retries += 1
+                self.store.log_call(self._call(key, meta, "retry", latency=time.monotonic() - start, error=self.plain))
+                continue
             if isinstance(error, Fatal) or n == self.cfg.max_retries:
                 break
             self.stats.retries += 1
-            self.store.log_call(self._call(key, meta, "retry", latency=time.monotonic() - start, error=str(error)))
+            self.store.log_call(self._call(key, meta, "retry", paid, time.monotonic() - start, error=str(error)))
             wait = min(self.cfg.max_backoff, self.cfg.backoff * 2 ** n)
             wait = error.retry_after if error.retry_after is not None else wait / 2 + random.uniform(0, wait / 2)
             await asyncio.sleep(wait)
         self.stats.failed += 1
-        self.store.log_call(self._call(key, meta, "failed", error=str(last)))
+        self.store.log_call(self._call(key, meta, "failed", getattr(last, "reply", None), error=str(last)))
         raise RequestFailed(f"{purpose} call failed: {last}", len(lengths) == 2 or getattr(last, "permanent", False))

@@ -13,7 +13,11 @@ prompts and the modules of your own `module:Class` stages). Then:
   - `--retry-rejected` with a finished one: a new version holding its rows, except the inputs
     it rejected at stage `generate` (a call that could not succeed then: too long a prompt, a
     reply stopped for length twice), which run again.
-Before the first call, one request checks the endpoint (backends.check_endpoint).
+Before the first call, one request checks each endpoint (backends.check_endpoint): of several
+(`base_url` a list, factory/endpoints.py), one that does not answer is a warning line and starts
+out of the pool; none answering is one error line. The summary has each endpoint's figures.
+`--ray auto|ADDRESS` runs the stages' CPU work (conversion, deterministic critics, replay) on a
+Ray cluster (factory/distributed.py); model calls and every commit stay here, in this process.
 Tool calls (conversion, scenario expansion and grounding, replay) run shell commands in the sandbox
 (agent/sandbox.py); `unsafe_bash` (--unsafe-bash) runs them as the user, and is identity.
 Offline (no backend), stages that need a model fall back: the generator hands on the
@@ -26,6 +30,7 @@ import hashlib
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
@@ -34,6 +39,7 @@ from factory.backends import BackendConfig, Requester, RequestFailed, check_endp
 from factory.config import FACTORY, BuildConfig, construct, load_config, make, stage_entry
 from factory.convert import CONVERTERS
 from factory.critics import CRITICS
+from factory.distributed import WorkerLost
 from factory.dedup import screen
 from factory.loop import Context, Stages, entry_key, run_input
 from factory.progress import Counts, Progress, facts_table
@@ -93,6 +99,16 @@ def plan(config, backend: BackendConfig):
     return stages, effective, notes
 
 
+def reply_figures(ctx, requester) -> dict:
+    """How the writers' model replies parsed (this run's; none offline) and how JSON was asked for."""
+    if requester is None:
+        return {}
+    n, unparsed = ctx.replies["parsed"] + ctx.replies["unparsed"], ctx.replies["unparsed"]
+    return {"writer replies": n, "parse failure rate": round(unparsed / max(1, n), 4),
+            "structured output": requester.plain or {"auto": "json_schema (auto)"}.get(requester.cfg.structured,
+                                                                                          requester.cfg.structured)}
+
+
 def models_of(stages, backend: BackendConfig) -> dict:
     label = lambda s, rule: f"{backend.name}:{backend.model}" if s.needs_model else rule  # noqa: E731
     judge = [c for c in stages.critics if c.needs_model]
@@ -102,7 +118,7 @@ def models_of(stages, backend: BackendConfig) -> dict:
 
 
 def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None, new=False,
-          retry_rejected=False, unsafe_bash=False, console=None) -> dict:
+          retry_rejected=False, unsafe_bash=False, ray=None, console=None) -> dict:
     """Make (or resume, or find up to date, or retry the rejects of) a version; returns its summary."""
     console = console or Console(highlight=False)
     if new and retry_rejected:
@@ -154,8 +170,16 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
                           "config, inputs and code (--new builds another" +
                           ("; it has no generate rejects to retry)" if retry_rejected else ")"))
             return {"version": found["version"], "up_to_date": True, **found["summary"]}
-        if backend.name != "offline":
-            check_endpoint(backend)  # a wrong URL, key or model: one line now, before any version
+        dead = check_endpoint(backend) if backend.name != "offline" else {}  # a wrong URL, key or model: one line now
+        for why in dead.values():
+            console.print(f"warning: {why}; the build goes on without it, and tries it again later",
+                          markup=False, soft_wrap=True)
+        cluster = None
+        if ray is not None:  # an address that does not answer: one line, before any version
+            from factory.distributed import Cluster
+
+            cluster = Cluster(ray, soul, spec)
+            stages = cluster.wrap(stages)
         resumed = found is not None and found["status"] == "building" and not new
         v = found["version"] if resumed else store.create_version(meta)
         if retry:
@@ -166,18 +190,22 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
             what = f"version {v} = version {retry}, its generate rejects retried" if retry else f"resuming version {v}"
             console.print(f"{what}: {len(done)} inputs done, {len(todo)} to go")
         requester = None if backend.name == "offline" else Requester(backend, store, v)
+        for url, why in dead.items():
+            requester.pool.take_out_url(url, why)
+        workers = OFFLINE_WORKERS if requester is None else 2 * requester.limit.ceiling
         counts = Counts(total=len(seeds), before=len(seeds) - len(todo), stored=len(seeds) - len(todo))
         ctx = Context(soul, spec, prompts, requester, models_of(stages, backend),
                       verdict=lambda line: setattr(counts, "verdict", line))
         start = time.monotonic()
         with Progress(console, v, counts, requester) as progress:
             error = asyncio.run(_run(todo, stages, ctx, store, v, config, counts, progress,
-                                     workers=OFFLINE_WORKERS if requester is None
-                                     else 2 * (backend.max_concurrency or backend.concurrency)))
+                                     workers=max(workers, 2 * cluster.cpus) if cluster else workers))
             progress.update(force=True)
         summary = {"version": v, **store.figures(v), **replay_figures(store, v), "seconds": round(time.monotonic() - start, 2),
                    "stages without a model": ", ".join(notes) or "none", "models": ctx.models, **screened,
-                   **({"retried from version": retry} if retry else {})}
+                   **({"retried from version": retry} if retry else {}), **reply_figures(ctx, requester),
+                   **({"endpoints": requester.pool.figures()} if requester else {}),
+                   **({"ray": cluster.figures()} if cluster else {})}
         if counts.failed:
             raise InputError(f"{counts.failed} input(s) failed on the backend ({error}); version {v} is "
                              "incomplete: run the same command again to finish it")
@@ -195,6 +223,8 @@ async def _run(todo, stages, ctx, store, v, config, counts, progress, workers) -
     ends or is stopped (Ctrl-C, an error), what finished commits too. Returns the last backend
     error, if any input failed on it."""
     buffer, pending, last_error = {"sft": [], "pairs": [], "rejects": []}, [], None
+    # a thread per input in flight (its blocking step: shell runs, or waiting on a Ray task) and the cache writer
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers + 2))
     seeds, last_commit = iter(todo), time.monotonic()
 
     def commit():  # no await inside: no other coroutine touches the buffer meanwhile
@@ -221,7 +251,7 @@ async def _run(todo, stages, ctx, store, v, config, counts, progress, workers) -
                 return  # the backend fails more often than not: stop spending, report it
             try:
                 out = await run_input(seed, stages, ctx)
-            except RequestFailed as e:
+            except (RequestFailed, WorkerLost) as e:  # left undone: a rerun retries it
                 counts.failed, last_error = counts.failed + 1, str(e)
                 continue
             if "sft" in out:

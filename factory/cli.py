@@ -55,30 +55,33 @@ def build(soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption
           config: Optional[Path] = typer.Option(None, "--config", help="build config YAML [default: factory/configs/default.yaml]"),
           backend: Optional[str] = typer.Option(None, "--backend", help="offline | openai | litellm | vllm [default: the config's, offline]"),
           model: Optional[str] = typer.Option(None, "--model", help="model id for the backend (implies --backend openai if none is set) [default: the config's]"),
-          base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (implies --backend openai) [default: the config's]"),
-          concurrency: Optional[int] = typer.Option(None, "--concurrency", help="LLM requests in flight [default: the config's, 8]"),
+          base_url: Optional[list[str]] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (implies --backend openai); repeat it for several endpoints of one model: each request goes to the least busy healthy one [default: the config's]"),
+          concurrency: Optional[int] = typer.Option(None, "--concurrency", help="LLM requests in flight per endpoint [default: the config's, 8]"),
           limit: Optional[int] = typer.Option(None, "--limit", min=0, help="only the first N inputs [default: all]"),
           new: bool = typer.Option(False, "--new", help="a new version even if an identical one is done (cached calls)."),
           from_version: Optional[int] = typer.Option(None, "--from", help="derive from this version (with --exclude-marked) [default: build from the sources]"),
           exclude_marked: bool = typer.Option(False, "--exclude-marked", help="with --from V: a new version = V minus the rows marked in `factory view --curate`."),
           retry_rejected: bool = typer.Option(False, "--retry-rejected", help="a new version = the finished one with its `generate` rejects (calls that could not succeed) run again."),
+          ray: Optional[str] = typer.Option(None, "--ray", help="run conversion, critics and replay on a Ray cluster: auto (this machine's, or a new local one) or the head's HOST:PORT; model calls and the store stay here [default: no Ray, one process]"),
           unsafe_bash: bool = UnsafeBashOption) -> None:
     """Build a dataset version: convert, generate, critique, revise; resumes an interrupted build."""
     from factory.build import build as run_build
+
+    base_url = base_url or None  # typer: [] when not given
 
     if from_version is not None or exclude_marked:
         from factory.curate import derive
 
         if from_version is None or not exclude_marked:
             raise InputError("--from V and --exclude-marked go together (a new version = V minus its marked rows)")
-        if any(x is not None for x in (soul, tools, config, backend, model, base_url, limit)) or new or retry_rejected:
+        if any(x is not None for x in (soul, tools, config, backend, model, base_url, limit, ray)) or new or retry_rejected:
             raise InputError("--from V --exclude-marked copies V's rows: it takes no SOUL, tools, config, backend or --limit")
         derive(from_version, console=_console())
         return
 
     run_build(soul, tools, config, {"name": backend, "model": model, "base_url": base_url,
                                     "concurrency": concurrency}, limit=limit, new=new, retry_rejected=retry_rejected,
-              unsafe_bash=unsafe_bash, console=_console())
+              unsafe_bash=unsafe_bash, ray=ray, console=_console())
 
 
 scenarios_app = cli_app("Scenario specs (scenarios/*.yaml): check them, write new ones.", root=False)

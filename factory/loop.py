@@ -14,7 +14,8 @@ the SOUL); chosen = the attempt that passed; written only if both sides hold ass
 and differ. Every row keeps its provenance: input, attempt, critic scores, critique, models.
 
 Each attempt's verdict (passed, the critics that failed and why, a reply not parsed) goes to
-`ctx.verdict` when the build gives one: its live display shows the last.
+`ctx.verdict` when the build gives one: its live display shows the last. `ctx.replies` counts
+the writers' model replies parsed and not (the build's parse-failure rate).
 
 A seed is plain data: one marked `"skip": [stage, reason]` is a reject with that reason; one
 naming its own converter entry (scenarios in a mix of seed files) goes through that converter.
@@ -28,6 +29,7 @@ any other backend failure leaves it undone, for a rerun to finish.
 import asyncio
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 from factory.backends import RequestFailed
@@ -54,6 +56,7 @@ class Context:
     input_id: str = ""
     attempt: int = 0
     verdict: object = None  # called with each attempt's verdict line (the build's live display), or None
+    replies: Counter = field(default_factory=Counter)  # the writers' model replies: "parsed", "unparsed"
 
 
 def entry_key(entry) -> str:
@@ -130,11 +133,13 @@ async def run_input(seed: dict, stages: Stages, ctx: Context) -> dict:
             try:
                 messages = await writer.write(draft, previous, problems, actx)
             except ParseError as e:
+                ctx.replies["unparsed"] += 1
                 attempts.append({"attempt": attempt, "messages": None, "kind": "parse",
                                  "problems": [str(e)], "scores": {}})
                 problems = [f"your reply could not be used: {e}"]
                 say(actx, f"not parsed: {e}")
                 continue
+            ctx.replies["parsed"] += writer.needs_model
             if writer.needs_model and ground is not None:
                 messages = await asyncio.to_thread(ground, messages, draft, ctx.spec)
             if not writer.needs_model and messages == previous:

@@ -245,6 +245,23 @@ def test_garbage_fails_and_the_invalid_calls_are_counted(tmp_path):
     assert "valid calls" in r.stdout and "first call" in r.stdout and "0.0%" in r.stdout
 
 
+def test_a_model_that_never_stops_is_one_line_and_the_eval_finishes(root):
+    """A real checkpoint whose every reply the server cuts at max_tokens (finish_reason "length"): the
+    summary counts them and the report's box says so in one line; a model that stops is not flagged."""
+    from trainer.server import serve_in_background
+
+    url, name = serve_in_background(root / "run" / "dpo")
+    cut = agentic.evaluate(url, name, limit=2, tools=SMALL_TOOLS, max_tokens=2, max_steps=1)
+    s = cut["summary"]
+    assert s["replies"] == s["replies_cut"] >= 2 and cut["max_tokens"] == 2
+    assert f"never stops: all {s['replies']} replies hit --max-tokens (2), so its calls are cut" in \
+        report.abilities({"agentic": cut})
+    with ScriptedServer(respond=lambda body: {"text": "done."}) as server:
+        fine = agentic.evaluate(server.base_url, limit=2)
+    assert fine["summary"]["replies"] == 2 and fine["summary"]["replies_cut"] == 0
+    assert not [line for line in report.abilities({"agentic": fine}) if "max-tokens" in line]
+
+
 def test_a_call_on_an_existing_file_means_one_inside_the_workspace(tmp_path):
     (tmp_path / "ws" / "src").mkdir(parents=True)
     (tmp_path / "ws" / "src" / "a.py").write_text("x = 1\n")
@@ -369,7 +386,7 @@ def test_the_report_renders_a_whole_run_and_names_what_is_missing(root, loaded, 
     for text in ("tiny_mc", "CORE", "reward accuracy", "pass rate", "bytes/token", "jax", "→ Edit("):
         assert text in page, text
     # computed from the agentic result: the solver makes 4 calls, all valid, the first on a missing file
-    assert "what this model can do" in page and "makes tool calls: 1 of 1 tasks (4 calls)" in page
+    assert "what this model can do" in page and "makes tool calls: 1 of 1 tasks (4 calls, 4.0 a task)" in page
     assert "valid calls: 100.0%; first call valid: 100.0% of tasks" in page
     assert "calls on existing files: 66.7%; first call on one: 0.0% of tasks" in page
     assert "stage sft: no" in page and "evals/broken.json: unreadable" in page

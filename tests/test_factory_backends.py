@@ -105,10 +105,15 @@ def test_a_length_stop_is_asked_again_bigger_and_a_second_one_is_permanent(serve
     first, second = server.requests
     assert (first["max_tokens"], second["max_tokens"]) == (100, 200) and first["seed"] != second["seed"]
     assert ask(1) == "whole" and len(server.requests) == 2  # cached under the call's own key
-    server.add({"text": "cut", "finish": "length"}, {"text": "cut again", "finish": "length"}, {"text": "never asked"})
+    server.add({"text": "cut", "finish": "length", "usage": [5, 100]},
+               {"text": "cut again", "finish": "length", "usage": [5, 200]}, {"text": "never asked"})
+    tokens = req.stats.tokens_out
     with pytest.raises(RequestFailed, match=r"stopped for length twice \(max_tokens 100, then 200\)") as e:
         ask(2)
     assert e.value.permanent and len(server.requests) == 4
+    # the cut replies were paid for: the ledger and the stats keep what their usage says
+    assert [r[0::2] + r[3:] for r in ledger(req)[-2:]] == [("retry", 5, 100), ("failed", 5, 200)]
+    assert req.stats.tokens_out - tokens == 300
 
 
 def test_adaptive_limit_bounds_what_is_in_flight():
@@ -229,3 +234,62 @@ def test_vllm_length_stops_go_through_the_requester_bigger(tmp_path):
         asyncio.run(req.chat([{"role": "user", "content": "long"}], {"max_tokens": 16}, attempt=1,
                              purpose="generate", input_id="x"))
     assert e.value.permanent and len(llm.batches) == 2
+
+
+SCHEMA = {"type": "object", "properties": {"m2": {"type": "string"}}, "required": ["m2"], "additionalProperties": False}
+
+
+def ask_json(req, attempt=1):
+    return asyncio.run(req.chat(HELLO, {}, attempt=attempt, purpose="generate", input_id="x", schema=SCHEMA))
+
+
+def test_structured_output_is_the_replys_schema_and_a_server_that_refuses_it_gets_plain_json_once(server, tmp_path):
+    refusal = {"error": {"status": 400, "message": "'response_format' of type 'json_schema' is not supported"}}
+    server.add(refusal, {"text": '{"m2": "a"}'}, {"text": '{"m2": "b"}'})
+    req = requester(server, tmp_path)  # structured: auto
+    assert ask_json(req) == '{"m2": "a"}' and ask_json(req, attempt=2) == '{"m2": "b"}'
+    refused, plain, later = server.requests
+    assert refused["response_format"] == {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}}
+    assert "response_format" not in plain and "response_format" not in later  # asked once, then never again
+    rows = ledger(req)
+    assert [r[0] for r in rows] == ["retry", "ok", "ok"] and rows[0][1].startswith("plain JSON: the server refused")
+    assert req.plain == rows[0][1]  # the build summary's `structured output`
+    # the cache key is the request as configured: another process pays for nothing
+    assert ask_json(Requester(req.cfg, req.store, version=2)) == '{"m2": "a"}' and len(server.requests) == 3
+    # ... and a request that changes (structured off) is a new call
+    server.add({"text": '{"m2": "c"}'})
+    off = Requester(BackendConfig(name="openai", model="scripted", base_url=server.base_url, structured="off"),
+                    req.store, version=3)
+    assert ask_json(off) == '{"m2": "c"}' and "response_format" not in server.requests[-1]
+    # a reply that is not JSON (no schema) is never asked for JSON
+    server.add({"text": "prose"})
+    assert chat(off, attempt=4) == "prose" and "response_format" not in server.requests[-1]
+
+
+def test_an_explicit_structured_mode_the_server_refuses_is_one_clear_line(server, tmp_path):
+    server.add({"text": "{}"}, {"error": {"status": 400, "message": "unknown field response_format"}})
+    assert ask_json(requester(server, tmp_path, structured="json_object")) == "{}"
+    assert server.requests[0]["response_format"] == {"type": "json_object"}
+    with pytest.raises(InputError, match=r"^the server refused response_format json_schema \(400: unknown field "
+                                         r"response_format\): set the backend's structured to auto or off$"):
+        ask_json(requester(server, tmp_path / "2", structured="json_schema"))
+    with pytest.raises(ValueError, match="structured must be one of auto, json_schema, json_object, off, got 'yes'"):
+        BackendConfig(name="openai", model="m", structured="yes")
+
+
+def test_vllm_turns_response_format_into_guided_decoding(tmp_path):
+    llm, seen = StandInLLM(seconds=0.0), []
+
+    def sampling(**kw):
+        seen.append(kw)
+        return SimpleNamespace(**kw)
+    client = VLLMClient(BackendConfig(name="vllm", model="stand-in"), llm=llm, sampling_params=sampling,
+                        structured_params=SimpleNamespace)
+    req = Requester(BackendConfig(name="vllm", model="stand-in"), Store(tmp_path / "home"), 1, client=client)
+    ask_json(req)
+    asyncio.run(req.chat(HELLO, {}, attempt=2, purpose="scenario_spec", input_id="x"))  # YAML: no guide
+    object_mode = Requester(BackendConfig(name="vllm", model="stand-in", structured="json_object"),
+                            req.store, 1, client=client)
+    ask_json(object_mode, attempt=3)
+    assert seen[0]["structured_outputs"] == SimpleNamespace(json=SCHEMA)
+    assert "structured_outputs" not in seen[1] and seen[2]["structured_outputs"] == SimpleNamespace(json_object=True)

@@ -122,6 +122,11 @@ def test_llm_build_through_a_loopback_server(tmp_path):
         assert len(server.requests) == 25 * 3 + 3 + 2 == 80
         assert (s1["sft rows"], s1["pairs"], s1["rejects"], s1["first-try pass rate"]) == (27, 25, 1, round(1 / 28, 4))
         assert s1["tokens in"] > 0 and s1["models"]["critic"] == "openai:scripted"
+        # 53 writer replies (25 x 2, BROKEN's 2, is_palindrome's 1), one of them not parsed
+        assert (s1["writer replies"], s1["parse failure rate"]) == (53, round(1 / 53, 4))
+        assert s1["structured output"] == "json_schema (auto)"
+        assert all(r["response_format"]["type"] == "json_schema" for r in server.requests
+                   if "rating" not in r["messages"][0]["content"])
         assert "llm_judge" not in s1["stages without a model"]
         broken = sql("SELECT attempt, critique FROM sft WHERE input_id = 'seeds:fizzbuzz'")
         assert broken[0][0] == 2 and "not valid JSON" in broken[0][1]

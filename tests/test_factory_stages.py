@@ -1,5 +1,5 @@
 """The factory's stages one by one: converter (real tool results), critics, rule fixes, the
-loop's pair policy, and rollout parsing."""
+loop's pair policy, and the judge's rating parser (the writers' replies: tests/test_writers.py)."""
 
 import asyncio
 import json
@@ -11,7 +11,7 @@ from factory.convert import CodeEdit
 from factory.critics import CRITICS, Grammar, ReadFormat, SoulRules, TokenLength, parse_rating
 from factory.loop import Context, Skip, Stages, run_input
 from factory.rules import fix_text
-from factory.writers import DraftWriter, ParseError, Prompts, RuleReviser, parse_rollout
+from factory.writers import DraftWriter, Prompts, RuleReviser
 from nanocode.soul_checks import check_message, declare_rules
 from nanocode.spec import load_soul, load_tools
 
@@ -93,18 +93,7 @@ def test_offline_loop_makes_a_pair_whose_sides_the_soul_tells_apart():
     assert [m for m in pair["chosen"] if m["role"] == "tool"] == [m for m in pair["rejected"] if m["role"] == "tool"]
 
 
-def test_parse_rollout_keeps_the_drafts_prompt_and_rejects_non_json():
-    draft = CodeEdit().convert(SEED, SOUL, SPEC)
-    reply = json.dumps([{"role": "user", "content": "something else"},
-                        {"role": "assistant", "content": "hi", "tool_call": {"name": "Read", "arguments": {"file_path": "a"}}},
-                        {"role": "tool_result", "name": "Read", "content": "x"},
-                        {"role": "assistant", "content": "done"}])
-    msgs = parse_rollout(f"here:\n```json\n{reply}\n```", draft)
-    assert msgs[:2] == draft["messages"][:2]  # system + user come from the draft
-    assert msgs[2]["tool_calls"] == [{"name": "Read", "args": {"file_path": "a"}}] and msgs[3]["role"] == "tool"
-    for bad in ('[{"role": "assistant", "content": "oops', '{"rating": 3}', '[{"role": "user", "content": "x"}]'):
-        with pytest.raises(ParseError):
-            parse_rollout(bad, draft)
+def test_parse_rating_takes_the_json_in_a_reply_and_rejects_out_of_range():
     assert parse_rating('sure: {"rating": 7, "critique": "too long"}') == (7, "too long")
     for bad in ('{"rating": 11}', '{"rating": "9"}', "nine"):
         with pytest.raises(ValueError):

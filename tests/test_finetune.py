@@ -263,3 +263,39 @@ def test_conversations_too_long_are_dropped_or_truncated_with_a_count(base, tmp_
     r = trainer("sft", "--from", base / "pre", "--data", base / "convs.jsonl", "--out", tmp_path / "b",
                 "--seq-len", 48, "--steps", 1, "--overflow", "truncate")
     assert r.returncode == 0 and "truncated 200 conversation(s)" in r.stdout, r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- the system prompt variant
+
+
+def test_a_compact_prompt_replaces_the_rows_own_and_the_run_says_so(base, tmp_path):
+    """`--prompt compact` trains on nanocode/prompts/compact.j2 instead of the rows' system prompt; the
+    checkpoint names the variant, DPO from it inherits it, and an unknown variant is one clear line."""
+    full, compact = sft.system_prompt("system"), sft.system_prompt("compact")
+    assert len(compact) < len(full) / 3 and "Read(file_path, offset?, limit?)" in compact
+    rows = [{"messages": [{"role": "system", "content": full}, *grep_conversation(i, random.Random(i))]}
+            for i in range(40)]
+    data = tmp_path / "with-system.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = conversations.load(str(data), val_fraction=0.1, system_prompt=compact)
+    assert {m[0]["content"] for m in loaded["train"] + loaded["val"]} == {compact}
+    assert [m[1:] for m in loaded["val"]] == [m[1:] for m in conversations.load(str(data), val_fraction=0.1)["val"]]  # same split
+
+    out = tmp_path / "sft"
+    r = trainer("sft", "--from", base / "pre", "--data", data, "--out", out, "--seq-len", 512, "--steps", 2,
+                "--prompt", "compact")
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = checkpoint.load_model(out)[3]
+    assert sft.prompt_of(meta) == "compact" and sft.system_prompt_of(meta).name == "compact.j2"
+    assert sft.prompt_of(checkpoint.load_model(base / "pre")[3]) == "system"  # a run that never chose one
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": r["messages"][:2], "chosen": [{"role": "assistant", "content": "it is in utils.py."}],
+                                         "rejected": [{"role": "assistant", "content": "Certainly!"}]}) + "\n"
+                             for r in rows))
+    r = trainer("dpo", "--from", out, "--data", pairs, "--out", tmp_path / "dpo", "--seq-len", 512, "--steps", 1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sft.prompt_of(checkpoint.load_model(tmp_path / "dpo")[3]) == "compact"
+
+    r = trainer("sft", "--from", base / "pre", "--data", data, "--out", tmp_path / "bad", "--prompt", "tiny")
+    assert r.returncode == 2 and "error: no system prompt variant 'tiny' (the variants: compact, system)" in r.stderr

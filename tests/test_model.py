@@ -11,7 +11,7 @@ import pytest
 
 from nanocode.common import InputError
 from trainer import configs
-from trainer.model import (GPTConfig, apply_rope, flops_per_token, forward, init_params, loss_fn,
+from trainer.model import (GPTConfig, apply_rope, flops_per_token, forward, init_params, linear, loss_fn,
                            matmul_params, param_count, rope, token_losses)
 
 # These shapes run in microseconds; XLA's optimizing passes are most of every compile here.
@@ -107,6 +107,37 @@ def test_scan_over_layers_equals_unrolled_reference():
     params = random_params(CFG)
     np.testing.assert_allclose(fwd(params, ids(), CFG), reference(params, ids(), CFG),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_equal_autodiff_of_the_reference():
+    # model.linear has its own backward (the weight gradient's transpose laid out first): the
+    # gradients must still be those of plain matmuls, here autodiff through reference_forward
+    params, x, y = random_params(CFG), ids(), ids(1)
+
+    def reference_loss(p):
+        logits = reference_forward(p, x, CFG)
+        picked = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
+
+    expected = jit(jax.grad(reference_loss))(params)
+    _, got = loss_and_grads(params, x, y, CFG)
+    for path, a in jax.tree_util.tree_leaves_with_path(got):
+        b = functools.reduce(lambda t, k: t[k.key], path, expected)
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("dtype, out_dtype", [(jnp.float32, None), (jnp.bfloat16, None), (jnp.bfloat16, jnp.float32)])
+def test_linear_backward_equals_plain_dot(dtype, out_dtype):
+    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+    x, w = jax.random.normal(kx, (2, 5, 16), dtype), jax.random.normal(kw, (16, 24), dtype)
+    cot = jax.random.normal(kg, (2, 5, 24), out_dtype or dtype)
+    mine = jax.vjp(lambda x, w: linear(x, w, out_dtype), x, w)
+    plain = jax.vjp(lambda x, w: jnp.dot(x, w, preferred_element_type=out_dtype), x, w)
+    assert mine[0].dtype == plain[0].dtype and np.array_equal(mine[0], plain[0])
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for a, b in zip(mine[1](cot), plain[1](cot.astype(plain[0].dtype))):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * 4)
 
 
 def test_causal():

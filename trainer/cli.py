@@ -206,6 +206,8 @@ def finetune_options(
     device_batch_size: int = typer.Option(None, help="rows (SFT) or pairs (DPO) per micro-batch per device [default: up to 8]"),
     lr_scale: float = typer.Option(None, help="every learning rate times this [default: 0.8 for sft, 0.1 for dpo]"),
     val_fraction: float = typer.Option(0.05, help="share of rows held out for validation (by a hash of their id)"),
+    prompt: str = typer.Option(None, help="system prompt variant, nanocode/prompts/VARIANT.j2: system (the rows' "
+                               "own) or compact (tiny contexts) [default: the --from run's, else system]"),
     eval_every: int = typer.Option(None, help="steps between val evals [default: a quarter of the run]"),
     save_every: int = typer.Option(None, help="steps between checkpoints [default: half the run]"),
     seed: int = typer.Option(0),

@@ -109,7 +109,10 @@ def for_depth(depth: int, *, vocab_size: int = 32768, seq_len: int = 2048, head_
 
 
 # Presets: recipes for for_depth, so get_config(name, vocab_size=...) re-derives everything.
-_CPU = dict(  # the CPU model: ~4M params, a few thousand tokens per step
+_CPU = dict(  # the CPU model: ~4M params, a few thousand tokens per step. Its x0/resid mixing scalars
+    # learn at a fifth of the reference rate: at 0.5 the demo's step 30 (peak lr) hopped x0_lambdas
+    # over a cliff, loss 8.32 -> 9.63 -> 8.21 (bench/RESULTS.md, "Demo model (issue 18)")
+    scalar_lr=0.1,
     vocab_size=8192, seq_len=256, head_dim=64, total_batch_tokens=4096, device_batch_size=16,
     eval_every=250, eval_tokens=2**16, sample_every=500, save_every=500)
 PRESET_RECIPES = {

@@ -11,6 +11,10 @@ chat messages (a published factory export, most Hub tool-calling sets: read with
 
 Rows are split into train and validation by a hash of their id (stable across runs and sources),
 so a held-out conversation never trains, whichever mix it is in.
+
+A run may train with another system prompt than the rows carry (`system_prompt`: the text, e.g.
+nanocode/prompts/compact.j2 rendered for a tiny context): it replaces every leading system message,
+and rows without one stay without.
 """
 
 import json
@@ -141,12 +145,21 @@ def _weighted(rows: list, weight: float, seed: int) -> list:
     return rows * whole + extra
 
 
-def load(spec, kind: str = "conversations", val_fraction: float = 0.05, seed: int = 0) -> dict:
+def with_system_prompt(messages: list[dict], text: str | None) -> list[dict]:
+    """The messages with a leading system message's content replaced by `text` (None: as they are)."""
+    if text is None or not messages or messages[0].get("role") != "system":
+        return messages
+    return [{**messages[0], "content": text}] + messages[1:]
+
+
+def load(spec, kind: str = "conversations", val_fraction: float = 0.05, seed: int = 0,
+         system_prompt: str | None = None) -> dict:
     """{"train": [...], "val": [...], "dropped": {reason: count}, "sources": [...]}.
 
     Conversations come back as message lists; pairs as {"prompt", "chosen", "rejected"}.
     Invalid rows are dropped with a count per reason (a pair needs assistant content on both
-    sides); missing fields are errors that name the source and the row.
+    sides); missing fields are errors that name the source and the row. `system_prompt` replaces
+    the rows' own (with_system_prompt).
     """
     out = {"train": [], "val": [], "dropped": {}, "sources": []}
     for source, weight in parse_spec(spec):
@@ -159,6 +172,10 @@ def load(spec, kind: str = "conversations", val_fraction: float = 0.05, seed: in
             except _Drop as reason:
                 out["dropped"][str(reason)] = out["dropped"].get(str(reason), 0) + 1
                 continue
+            if kind == "conversations":
+                item = with_system_prompt(item, system_prompt)
+            else:
+                item = {**item, "prompt": with_system_prompt(item["prompt"], system_prompt)}
             kept["val" if hash_unit(row_id) < val_fraction else "train"].append(item)
         out["train"] += _weighted(kept["train"], weight, seed)
         out["val"] += kept["val"]

@@ -185,14 +185,17 @@ def _batches(items, batch_size: int):
 
 
 def run(from_, out, data, *, val_data=None, beta: float = 0.1, loss: str = "sigmoid", reference: str = "auto",
-        val_fraction: float = 0.05, seed: int = 0, resume: bool = False, checkpoint_dir: str | None = None,
-        log=print, **overrides) -> dict:
+        val_fraction: float = 0.05, seed: int = 0, prompt: str | None = None, resume: bool = False,
+        checkpoint_dir: str | None = None, log=print, **overrides) -> dict:
     """`trainer run dpo`: from the run `from_` (the frozen reference too) into `out`, on the pairs `data`;
-    `val_data`: held-out conversations for bpb; `overrides`: sft.finetune_config's (None: its default)."""
-    ref, base, tok, _ = checkpoint.load_model(from_)
+    `val_data`: held-out conversations for bpb; `prompt`: the system prompt variant (None: the base
+    run's, sft.prompt_of); `overrides`: sft.finetune_config's (None: its default)."""
+    ref, base, tok, meta = checkpoint.load_model(from_)
     seq = overrides.get("seq_len") or base.seq_len
-    pairs = conversations.load(data, "pairs", val_fraction, seed)
-    val_convs = conversations.load(val_data, "conversations", 1.0, seed)["val"] if val_data else None
+    prompt = prompt or sft.prompt_of(meta)
+    text = None if prompt == "system" else sft.system_prompt(prompt)
+    pairs = conversations.load(data, "pairs", val_fraction, seed, text)
+    val_convs = conversations.load(val_data, "conversations", 1.0, seed, text)["val"] if val_data else None
     prepared = prepare(pairs, tok, seq, val_convs, log)
     cfg = sft.finetune_config(base, "dpo", n_devices=jax.device_count(), seed=seed,
                               train_rows=len(prepared["train"]), **overrides)
@@ -202,6 +205,7 @@ def run(from_, out, data, *, val_data=None, beta: float = 0.1, loss: str = "sigm
         reference = "cached" if seen >= n else "live"
         log(f"reference: {reference} ({seen:,} pairs seen, {n:,} in the data)")
     stage = dpo_stage(cfg, prepared, tok, batch, str(from_), ref, beta=beta, kind=loss, reference=reference)
+    stage.fingerprint["prompt"] = prompt
     paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out,
                            checkpoints=checkpoint_dir)
     return train.train(cfg, paths, resume=resume, log=log, stage=stage)

@@ -10,6 +10,11 @@ epoch, so a resumed run sees exactly the batches it would have.
 The stage starts from another run's params (pretrain, or an earlier SFT) with a fresh optimizer,
 and reports validation loss and bits-per-byte on held-out conversations (assistant tokens only).
 
+The system prompt a run trains with is a variant, nanocode/prompts/VARIANT.j2: `system` (the
+rows' own, as the factory wrote them) or `compact` for a tiny context, which replaces the rows' own.
+The variant is part of the stage's data identity, so the checkpoint says it (`prompt_of`), DPO and
+a further SFT inherit it, and the evals prompt the model with what it learned (`system_prompt`).
+
 `run` reads top to bottom: base run, data, config, stage, loop. DPO shares EpochCursor,
 data_fingerprint and finetune_config.
 """
@@ -17,11 +22,13 @@ data_fingerprint and finetune_config.
 import dataclasses
 import hashlib
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from nanocode.common import InputError
+from nanocode.spec import PROMPTS, load_soul, load_tools, render_system_prompt
 from trainer import checkpoint, conversations, model, template, train
 from trainer.configs import TrainConfig
 from trainer.engine import Engine
@@ -29,6 +36,31 @@ from trainer.train import Stage, bits_per_byte, eval_losses
 
 STATE_VERSION = 1
 LR_SCALE = {"sft": 0.8, "dpo": 0.1}  # preference steps move a tuned model: far gentler than SFT
+SCALAR_LR_FRAC = 0.1  # the x0/resid mixing scalars' lr while fine-tuning, of pretraining's (finetune_config)
+
+
+def prompt_of(meta: dict) -> str:
+    """The system prompt variant a checkpoint's run trained with (its meta, checkpoint.read_run's)."""
+    return meta.get("data", {}).get("prompt", "system")
+
+
+def prompt_template(variant: str) -> Path:
+    """nanocode/prompts/VARIANT.j2, for nanocode.spec.render_system_prompt."""
+    path = PROMPTS / f"{variant}.j2"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROMPTS.glob("*.j2")))
+        raise InputError(f"no system prompt variant {variant!r} (the variants: {known})")
+    return path
+
+
+def system_prompt_of(meta: dict) -> Path:
+    """The template of the system prompt a checkpoint's run trained with."""
+    return prompt_template(prompt_of(meta))
+
+
+def system_prompt(variant: str, soul=None, tools=None) -> str:
+    """The variant rendered for the SOUL and tool spec (None: the shipped ones)."""
+    return render_system_prompt(load_soul(soul), load_tools(tools), prompt_template(variant))
 
 
 def render_all(convs: list[list[dict]], tok, seq_len: int, overflow: str = "drop") -> tuple[list, int]:
@@ -140,7 +172,10 @@ def data_fingerprint(items) -> str:
 def finetune_config(base: model.GPTConfig, name: str, *, n_devices: int, train_rows: int, **overrides) -> TrainConfig:
     """SFT/DPO defaults: nanochat's SFT schedule (no warmup, flat at the stage's LR_SCALE, then a
     linear warmdown over the last half to 0) and no weight decay: a short run must not shrink the
-    pretrained weights. num_steps defaults to one pass over train_rows rows. None overrides nothing."""
+    pretrained weights. The residual-mixing scalars learn at SCALAR_LR_FRAC of the pretraining rate:
+    a fresh AdamW moves each by its full lr every step, and at the full rate four steps carried the
+    demo's x0_lambdas over a cliff (SFT step 5: loss 7.27 -> 11.01 -> 7.37; bench/RESULTS.md).
+    num_steps defaults to one pass over train_rows rows. None overrides nothing."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     seq_len = overrides.pop("seq_len", None) or base.seq_len
     m = dataclasses.replace(base, seq_len=seq_len)
@@ -148,6 +183,7 @@ def finetune_config(base: model.GPTConfig, name: str, *, n_devices: int, train_r
     total = overrides.pop("total_batch_tokens", None) or rows * seq_len * n_devices
     steps = overrides.pop("num_steps", None) or max(1, math.ceil(train_rows * seq_len / total))
     defaults = dict(warmup_steps=0, warmdown_ratio=0.5, final_lr_frac=0.0, weight_decay=0.0,
+                    scalar_lr=TrainConfig.scalar_lr * SCALAR_LR_FRAC,
                     lr_scale=LR_SCALE[name], eval_every=max(1, steps // 4), eval_tokens=2**16, sample_every=steps,
                     save_every=max(1, steps // 2))
     return TrainConfig(name=name, model=m, device_batch_size=rows, total_batch_tokens=total,
@@ -211,15 +247,20 @@ def sft_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str) -> 
 
 
 def run(from_, out, data, *, overflow: str = "drop", val_fraction: float = 0.05, seed: int = 0,
-        resume: bool = False, checkpoint_dir: str | None = None, log=print, **overrides) -> dict:
+        prompt: str | None = None, resume: bool = False, checkpoint_dir: str | None = None, log=print,
+        **overrides) -> dict:
     """`trainer run sft`: fine-tune the run `from_` on the conversations `data` (a spec for
-    conversations.load) into `out`. `overrides` are finetune_config's (None: its default)."""
-    base, tok, _ = checkpoint.read_run(from_)
+    conversations.load) into `out`, with the system prompt variant `prompt` (None: the base run's).
+    `overrides` are finetune_config's (None: its default)."""
+    base, tok, meta = checkpoint.read_run(from_)
     seq = overrides.get("seq_len") or base.seq_len
-    prepared = prepare(conversations.load(data, "conversations", val_fraction, seed), tok, seq, overflow, log)
+    prompt = prompt or prompt_of(meta)
+    text = None if prompt == "system" else system_prompt(prompt)
+    prepared = prepare(conversations.load(data, "conversations", val_fraction, seed, text), tok, seq, overflow, log)
     cfg = finetune_config(base, "sft", n_devices=jax.device_count(), seed=seed,
                           train_rows=rows_per_epoch(prepared["train"], seq), **overrides)
     stage = sft_stage(cfg, prepared, tok, cfg.device_batch_size * jax.device_count(), str(from_))
+    stage.fingerprint["prompt"] = prompt
     paths = train.RunPaths(corpus=None, tokenizer=checkpoint.tokenizer_dir(from_), out=out,
                            checkpoints=checkpoint_dir)
     return train.train(cfg, paths, resume=resume, log=log, stage=stage)

@@ -1,0 +1,141 @@
+"""nanochat as a same-run anchor: its own scripts, run from a checkout of karpathy/nanochat at DIR.
+
+Nothing of nanochat is copied here. We write a corpus in its data layout (parquet shards with a
+`text` column under NANOCHAT_BASE_DIR/base_data_climbmix; the last shard is its val split), train
+its tokenizer with its own `scripts.tok_train`, and run its `scripts.base_train` at our shape. Our
+side of the benchmark reads the same shards through the same tokenizer (its tokenizer.pkl is a
+pickled tiktoken Encoding), so both sides train on the same tokens' distribution.
+
+The corpus is this Python's standard library sources, cut into documents of at most 4,000
+characters at line boundaries (long single documents stall nanochat's loader), so every machine
+with our venv builds the same one.
+"""
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nanocode.common import InputError
+
+DOC_CHARS = 4000
+STEP_LINE = re.compile(r"step (\d+)/\d+ .*\| dt: ([\d.]+)ms \| tok/sec: ([\d,]+)")
+
+
+def checkout(path: str) -> Path:
+    """DIR if it holds nanochat's scripts, else InputError."""
+    root = Path(path)
+    missing = [p for p in ("scripts/base_train.py", "scripts/tok_train.py", "nanochat/gpt.py", "nanochat/engine.py")
+               if not (root / p).is_file()]
+    if missing:
+        raise InputError(f"--anchor {path} is not a nanochat checkout (no {missing[0]}): "
+                         "pass a clone of karpathy/nanochat")
+    return root
+
+
+def documents(max_chars: int) -> list[str]:
+    """The standard library's .py files as <= DOC_CHARS-character documents, in a fixed order."""
+    docs, total = [], 0
+    for path in sorted(Path(os.__file__).parent.rglob("*.py")):
+        doc = ""
+        for line in path.read_text(errors="replace").splitlines(keepends=True):
+            if len(doc) + len(line) > DOC_CHARS and doc:
+                docs.append(doc)
+                total += len(doc)
+                doc = ""
+            doc += line[:DOC_CHARS]
+        if doc:
+            docs.append(doc)
+            total += len(doc)
+        if total >= max_chars:
+            break
+    rng = np.random.default_rng(42)
+    return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def _peak_rss_gb(pid: int) -> float:
+    """The process's high-water RSS (VmHWM: its own since exec; rusage would count ours from the fork)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone, or no /proc
+        return 0.0
+    return next((int(line.split()[1]) / 2**20 for line in status.splitlines() if line.startswith("VmHWM:")), 0.0)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, what: str) -> tuple[str, float]:
+    """(stdout, peak RSS in GB) of a nanochat script; InputError with its last output line when it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:  # the high-water mark only grows: the last read before exit is it
+            peak = max(peak, _peak_rss_gb(proc.pid))
+            time.sleep(0.5)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        last = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1]
+        raise InputError(f"nanochat's {what} failed in {cwd} (exit {proc.returncode}): {last}")
+    return stdout, peak
+
+
+def prepare(root: Path, base_dir: Path, max_chars: int = 20_000_000, vocab: int = 32768):
+    """Shards and nanochat's tokenizer under base_dir (kept: a second run reuses them) -> the
+    tiktoken Encoding both sides tokenize with."""
+    data = base_dir / "base_data_climbmix"
+    tok_file = base_dir / "tokenizer" / "tokenizer.pkl"
+    if not tok_file.exists():
+        docs = documents(max_chars)
+        data.mkdir(parents=True, exist_ok=True)
+        n_val = max(len(docs) // 20, 1)
+        for i, part in enumerate((docs[:-n_val], docs[-n_val:])):  # the last shard is nanochat's val split
+            pq.write_table(pa.table({"text": part}), data / f"shard_{i:05d}.parquet", row_group_size=1024)
+        _run([sys.executable, "-m", "scripts.tok_train", f"--max-chars={max_chars}", f"--vocab-size={vocab}"],
+             root, {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}, "scripts.tok_train")
+    with open(tok_file, "rb") as f:
+        return pickle.load(f)
+
+
+def token_batches(enc, base_dir: Path, steps: int, rows: int, seq_len: int) -> np.ndarray:
+    """(steps, rows, seq_len + 1) int32: train-shard documents, each BOS-first, packed back to back."""
+    bos = enc.encode_single_token("<|bos|>")
+    need = steps * rows * (seq_len + 1)
+    texts = pq.read_table(base_dir / "base_data_climbmix" / "shard_00000.parquet").column("text").to_pylist()
+    ids: list[int] = []
+    for batch in (texts[i:i + 256] for i in range(0, len(texts), 256)):
+        for doc in enc.encode_ordinary_batch(batch):
+            ids += [bos, *doc]
+        if len(ids) >= need:
+            break
+    if len(ids) < need:
+        raise InputError(f"the shared corpus has {len(ids):,} tokens, fewer than the {need:,} the steps need")
+    return np.asarray(ids[:need], np.int32).reshape(steps, rows, seq_len + 1)
+
+
+def base_train(root: Path, base_dir: Path, *, depth: int, seq_len: int, rows: int, steps: int,
+               skip: int = 10) -> dict:
+    """nanochat's scripts.base_train at our shape -> tok/s (median and range over steps >= skip,
+    which nanochat's own timer also leaves out), first-step seconds (compile included), peak RSS."""
+    cmd = [sys.executable, "-m", "scripts.base_train", f"--depth={depth}", "--head-dim=64", "--window-pattern=L",
+           f"--max-seq-len={seq_len}", f"--device-batch-size={rows}", f"--total-batch-size={rows * seq_len}",
+           f"--num-iterations={steps}", "--eval-every=-1", "--core-metric-every=-1", "--sample-every=-1",
+           "--model-tag=bench"]
+    t0 = time.perf_counter()
+    out, peak_gb = _run(cmd, root, {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}, "scripts.base_train")
+    wall = time.perf_counter() - t0
+    rows_seen = [(int(s), float(dt) / 1000, int(t.replace(",", ""))) for s, dt, t in STEP_LINE.findall(out)]
+    timed = [r for r in rows_seen if r[0] >= skip]
+    if not timed:
+        raise InputError(f"nanochat's scripts.base_train printed no step lines past step {skip} "
+                         f"(ran {steps} steps): its output format changed?")
+    tok_s = [r[2] for r in timed]
+    return {"tok_s": float(np.median(tok_s)), "tok_s_range": (min(tok_s), max(tok_s)),
+            "step_s": float(np.median([r[1] for r in timed])), "first_step_s": rows_seen[0][1],
+            "wall_s": wall, "peak_rss_gb": peak_gb}
