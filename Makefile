@@ -26,11 +26,13 @@ demo: $(BIN)/.installed
 	$(BIN)/trainer run pretrain --config d3 --steps 60 --eval-every 30 --sample-every 60 --out $(DEMO)/pretrain
 	$(BIN)/factory build --soul soul/SOUL.md
 # SFT with the compact system prompt (nanocode/prompts/compact.j2): ~130 tokens a row that the model
-# never learns from instead of ~700; DPO and the evals take it from the run. A fine-tuning stage that
-# fails is one `error:` line and the demo goes on: the evals use the last stage there is, the report
-# names the missing one
+# never learns from instead of ~700; DPO and the evals take it from the run. Context 1024, the longer
+# rows truncated (each keeps its first calls), 200 steps at --lr-scale 4 (5x the SFT default): the
+# sweep's best valid-call rate inside the demo's budget (bench/RESULTS.md, "Demo model"). A fine-tuning
+# stage that fails is one `error:` line and the demo goes on: the evals use the last stage there is,
+# the report names the missing one
 	-$(BIN)/trainer run sft --from $(DEMO)/pretrain --data factory:latest --out $(DEMO)/sft \
-	  --seq-len 2048 --device-batch-size 2 --steps 16 --prompt compact
+	  --seq-len 1024 --overflow truncate --device-batch-size 2 --steps 200 --lr-scale 4 --prompt compact
 	-$(BIN)/trainer run dpo --from $(DEMO)/sft --data factory:latest --out $(DEMO)/dpo \
 	  --seq-len 2048 --device-batch-size 2 --steps 8
 	$(BIN)/evals bpb $(DEMO)
