@@ -192,8 +192,7 @@ def run(from_, out, data, *, val_data=None, beta: float = 0.1, loss: str = "sigm
     run's, sft.prompt_of); `overrides`: sft.finetune_config's (None: its default)."""
     ref, base, tok, meta = checkpoint.load_model(from_)
     seq = overrides.get("seq_len") or base.seq_len
-    prompt = prompt or sft.prompt_of(meta)
-    text = None if prompt == "system" else sft.system_prompt(prompt)
+    prompt, text = sft.stage_prompt(prompt, meta)
     pairs = conversations.load(data, "pairs", val_fraction, seed, text)
     val_convs = conversations.load(val_data, "conversations", 1.0, seed, text)["val"] if val_data else None
     prepared = prepare(pairs, tok, seq, val_convs, log)

@@ -58,9 +58,16 @@ def system_prompt_of(meta: dict) -> Path:
     return prompt_template(prompt_of(meta))
 
 
-def system_prompt(variant: str, soul=None, tools=None) -> str:
-    """The variant rendered for the SOUL and tool spec (None: the shipped ones)."""
-    return render_system_prompt(load_soul(soul), load_tools(tools), prompt_template(variant))
+def system_prompt(variant: str) -> str:
+    """The variant rendered for the shipped SOUL and tool spec."""
+    return render_system_prompt(load_soul(), load_tools(), prompt_template(variant))
+
+
+def stage_prompt(variant: str | None, meta: dict) -> tuple[str, str | None]:
+    """A fine-tuning stage's variant (`variant`, else the base run's) and the text that replaces
+    the rows' own system prompt (None for `system`: the rows keep theirs). SFT and DPO share it."""
+    variant = variant or prompt_of(meta)
+    return variant, None if variant == "system" else system_prompt(variant)
 
 
 def render_all(convs: list[list[dict]], tok, seq_len: int, overflow: str = "drop") -> tuple[list, int]:
@@ -254,8 +261,7 @@ def run(from_, out, data, *, overflow: str = "drop", val_fraction: float = 0.05,
     `overrides` are finetune_config's (None: its default)."""
     base, tok, meta = checkpoint.read_run(from_)
     seq = overrides.get("seq_len") or base.seq_len
-    prompt = prompt or prompt_of(meta)
-    text = None if prompt == "system" else system_prompt(prompt)
+    prompt, text = stage_prompt(prompt, meta)
     prepared = prepare(conversations.load(data, "conversations", val_fraction, seed, text), tok, seq, overflow, log)
     cfg = finetune_config(base, "sft", n_devices=jax.device_count(), seed=seed,
                           train_rows=rows_per_epoch(prepared["train"], seq), **overrides)
