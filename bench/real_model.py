@@ -7,9 +7,9 @@ prompts (the generator's, through the request layer and the writers' parser, as 
 Each prompt is asked in every mode (one fresh store each, so no reply comes from the cache):
     off          plain JSON asked for in the prompt, the tolerant parser
     json_object  response_format {"type": "json_object"}: the server's grammar allows any JSON
-    schema       the reply's JSON schema as a grammar: llama-cpp-python spells it
-                 {"type": "json_object", "schema": ...} and answers OpenAI's {"type":
-                 "json_schema", ...} with a 422, so this mode's client rewrites it
+    auto         the factory's default: the reply's JSON schema, in OpenAI's spelling first,
+                 which llama-cpp-python refuses (a 500), then in its own, {"type":
+                 "json_object", "schema": ...}, where the server makes the schema a grammar
 and the OpenAI spelling is sent once to show what the server says to it. Printed per mode:
 replies parsed, not parsed (ParseError), stopped for length twice, other failures, seconds,
 and the parse-failure rate (everything not parsed, over the prompts), then the ratio of the
@@ -26,7 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from factory.backends import BackendConfig, OpenAIClient, Requester, RequestFailed  # noqa: E402
+from factory.backends import BackendConfig  # noqa: E402
+
+from factory.requester import Requester, RequestFailed  # noqa: E402
 from factory.build import plan  # noqa: E402
 from factory.config import load_config, make  # noqa: E402
 from factory.convert import CONVERTERS  # noqa: E402
@@ -38,16 +40,6 @@ from nanocode.spec import load_soul, load_tools  # noqa: E402
 from tests.llama_server import LlamaServer  # noqa: E402
 
 CONFIG = REPO / "factory" / "configs" / "default.yaml"
-
-
-class LlamaCppSchema(OpenAIClient):
-    """OpenAI's json_schema response_format in llama-cpp-python's spelling."""
-
-    async def complete(self, messages, params):
-        fmt = params.get("response_format")
-        if fmt and fmt["type"] == "json_schema":
-            params = {**params, "response_format": {"type": "json_object", "schema": fmt["json_schema"]["schema"]}}
-        return await super().complete(messages, params)
 
 
 def drafts(n_coding: int, n_scenarios: int, soul, spec) -> list[tuple[str, dict]]:
@@ -66,12 +58,12 @@ def drafts(n_coding: int, n_scenarios: int, soul, spec) -> list[tuple[str, dict]
 
 async def ask(mode: str, base_url: str, model: str, items, soul, spec, max_tokens: int, home: Path) -> dict:
     cfg = BackendConfig(name="openai", model=model, base_url=base_url, concurrency=1, timeout=600,
-                        max_retries=1, structured="json_schema" if mode == "schema" else mode)
+                        max_retries=1, structured=mode)
     config = load_config(CONFIG)
     writer = plan(config, cfg)[0].generator
     writer.max_tokens = max_tokens
     store = Store(home / mode)
-    requester = Requester(cfg, store, 1, client=LlamaCppSchema(cfg) if mode == "schema" else None)
+    requester = Requester(cfg, store, 1)
     counts, t0 = {"parsed": 0, "not parsed": 0, "length twice": 0, "other failure": 0}, time.perf_counter()
     for input_id, draft in items:
         ctx = Context(soul, spec, Prompts(soul, spec), requester, {}, input_id=input_id, attempt=1)
@@ -86,6 +78,7 @@ async def ask(mode: str, base_url: str, model: str, items, soul, spec, max_token
                 print(f"  {mode} {input_id}: {e}")
     store.close()
     return {**counts, "seconds": round(time.perf_counter() - t0, 1), "tokens out": requester.stats.tokens_out,
+            "sent as": requester.fallback_note or mode,
             "failure rate": round(1 - counts["parsed"] / len(items), 3)}
 
 
@@ -103,7 +96,7 @@ def main():
     ap.add_argument("--coding", type=int, default=4, help="coding seeds (the slots shape)")
     ap.add_argument("--scenarios", type=int, default=2, help="scenario specs (the steps shape)")
     ap.add_argument("--max-tokens", type=int, default=384, help="per reply (a length stop asks again with twice)")
-    ap.add_argument("--modes", default="off,json_object,schema")
+    ap.add_argument("--modes", default="off,json_object,auto")
     args = ap.parse_args()
     soul, spec = load_soul(None), load_tools(None)
     items = drafts(args.coding, args.scenarios, soul, spec)
@@ -114,8 +107,8 @@ def main():
             results[mode] = r = asyncio.run(ask(mode, server.base_url, server.model, items, soul, spec,
                                                 args.max_tokens, Path(home)))
             print(f"{mode:12s} {len(items)} prompts: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
-    if "off" in results and "schema" in results:
-        plain, schema = results["off"]["failure rate"], results["schema"]["failure rate"]
+    if "off" in results and "auto" in results:
+        plain, schema = results["off"]["failure rate"], results["auto"]["failure rate"]
         print(f"parse-failure rate: plain {plain:.0%}, schema {schema:.0%}, ratio "
               f"{plain / schema:.2f}" if schema else f"parse-failure rate: plain {plain:.0%}, schema 0%")
 

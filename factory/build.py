@@ -35,7 +35,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from factory.backends import BackendConfig, Requester, RequestFailed, check_endpoint
+from factory.backends import BackendConfig, check_endpoint
+
+from factory.requester import Requester, RequestFailed
 from factory.config import FACTORY, BuildConfig, construct, load_config, make, stage_entry
 from factory.convert import CONVERTERS
 from factory.critics import CRITICS
@@ -105,7 +107,7 @@ def reply_figures(ctx, requester) -> dict:
         return {}
     n, unparsed = ctx.replies["parsed"] + ctx.replies["unparsed"], ctx.replies["unparsed"]
     return {"writer replies": n, "parse failure rate": round(unparsed / max(1, n), 4),
-            "structured output": requester.plain or {"auto": "json_schema (auto)"}.get(requester.cfg.structured,
+            "structured output": requester.fallback_note or {"auto": "json_schema (auto)"}.get(requester.cfg.structured,
                                                                                           requester.cfg.structured)}
 
 

@@ -32,7 +32,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from factory.backends import RequestFailed
+from factory.requester import RequestFailed
 from factory.writers import ParseError, prompt_part
 from nanocode.record import has_assistant, record_id
 from nanocode.spec import MissingTool

@@ -32,7 +32,8 @@ from pathlib import Path
 import yaml
 
 from agent.tools import Tools
-from factory.backends import Requester, check_endpoint
+from factory.backends import check_endpoint
+from factory.requester import Requester
 from factory.loop import Skip
 from factory.rollout import create_call, lacks, steady_run, system_message, workspace_tools
 from factory.scenario_spec import EVENTS, LANGUAGES, Scenario, load_spec, parse_spec, spec_files

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from factory.backends import (AdaptiveLimit, BackendConfig, Fatal, LengthStop, Reply, Requester, RequestFailed,
-                              Retryable, VLLMClient, check_endpoint)
+from factory.backends import BackendConfig, Fatal, LengthStop, Reply, Retryable, VLLMClient, check_endpoint
+
+from factory.requester import AdaptiveLimit, Requester, RequestFailed
 from factory.store import Store
 from nanocode.common import InputError
 from tests.scripted_server import ScriptedServer
@@ -43,9 +44,9 @@ def ledger(req):
 
 def test_faults_are_retried_until_a_good_reply_and_every_try_is_in_the_ledger(server, tmp_path):
     server.add({"status": 500}, {"empty": True}, {"body_error": "upstream overloaded"},
-               {"html": True}, {"text": "   "}, {"latency": 1.0, "text": "too slow"},
+               {"html": True}, {"text": "   "}, {"latency": 4.0, "text": "too slow"},
                {"text": "finally", "usage": [7, 2]})
-    req = requester(server, tmp_path, timeout=0.3)
+    req = requester(server, tmp_path, timeout=1.5)  # wide enough that a loaded machine's request is not late
     assert chat(req) == "finally"
     rows = ledger(req)
     assert [r[0] for r in rows] == ["retry"] * 6 + ["ok"]
@@ -243,24 +244,34 @@ def ask_json(req, attempt=1):
     return asyncio.run(req.chat(HELLO, {}, attempt=attempt, purpose="generate", input_id="x", schema=SCHEMA))
 
 
-def test_structured_output_is_the_replys_schema_and_a_server_that_refuses_it_gets_plain_json_once(server, tmp_path):
+def test_structured_output_is_the_replys_schema_and_a_server_that_refuses_it_is_asked_another_way_once(server, tmp_path):
     refusal = {"error": {"status": 400, "message": "'response_format' of type 'json_schema' is not supported"}}
     server.add(refusal, {"text": '{"m2": "a"}'}, {"text": '{"m2": "b"}'})
     req = requester(server, tmp_path)  # structured: auto
     assert ask_json(req) == '{"m2": "a"}' and ask_json(req, attempt=2) == '{"m2": "b"}'
-    refused, plain, later = server.requests
+    refused, llama_spelling, later = server.requests
     assert refused["response_format"] == {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}}
-    assert "response_format" not in plain and "response_format" not in later  # asked once, then never again
+    # llama.cpp's spelling next, asked once, then for every later request
+    assert llama_spelling["response_format"] == later["response_format"] == {"type": "json_object", "schema": SCHEMA}
     rows = ledger(req)
-    assert [r[0] for r in rows] == ["retry", "ok", "ok"] and rows[0][1].startswith("plain JSON: the server refused")
-    assert req.plain == rows[0][1]  # the build summary's `structured output`
+    assert [r[0] for r in rows] == ["retry", "ok", "ok"]
+    assert rows[0][1].startswith("json_object + schema: the server refused response_format json_schema (400: ")
+    assert req.fallback_note == rows[0][1]  # the build summary's `structured output`
     # the cache key is the request as configured: another process pays for nothing
     assert ask_json(Requester(req.cfg, req.store, version=2)) == '{"m2": "a"}' and len(server.requests) == 3
+    # a server that refuses that spelling too is asked in plain JSON from then on
+    plain = requester(server, tmp_path / "2")
+    server.add(refusal, {"error": {"status": 400, "message": "unknown key 'schema' in response_format"}},
+               {"text": '{"m2": "c"}'}, {"text": '{"m2": "d"}'})
+    assert ask_json(plain, attempt=3) == '{"m2": "c"}' and ask_json(plain, attempt=4) == '{"m2": "d"}'
+    assert [r.get("response_format", {}).get("type") for r in server.requests[3:]] == [
+        "json_schema", "json_object", None, None]
+    assert plain.fallback_note.startswith("plain JSON: the server refused response_format json_object + schema")
     # ... and a request that changes (structured off) is a new call
-    server.add({"text": '{"m2": "c"}'})
+    server.add({"text": '{"m2": "e"}'})
     off = Requester(BackendConfig(name="openai", model="scripted", base_url=server.base_url, structured="off"),
                     req.store, version=3)
-    assert ask_json(off) == '{"m2": "c"}' and "response_format" not in server.requests[-1]
+    assert ask_json(off) == '{"m2": "e"}' and "response_format" not in server.requests[-1]
     # a reply that is not JSON (no schema) is never asked for JSON
     server.add({"text": "prose"})
     assert chat(off, attempt=4) == "prose" and "response_format" not in server.requests[-1]

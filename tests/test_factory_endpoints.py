@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from factory.backends import BackendConfig, Requester, RequestFailed, check_endpoint
+from factory.backends import BackendConfig, check_endpoint
+
+from factory.requester import Requester, RequestFailed
 from factory.endpoints import FAULTS_TO_OUT
 from factory.store import Store
 from nanocode.common import InputError

@@ -12,7 +12,9 @@ import subprocess
 import duckdb
 import pytest
 
-from factory.backends import BackendConfig, Requester, RequestFailed
+from factory.backends import BackendConfig
+
+from factory.requester import Requester
 from factory.store import Store
 from nanocode.common import InputError, nanocode_home
 from nanocode.spec import load_soul, load_tools
@@ -63,24 +65,25 @@ def test_a_factory_build_through_a_real_small_model_ends_every_input(llama_serve
     assert all(body["model"] == llama_server.model for body, _, _ in proxy.calls)
 
 
-def test_a_server_without_openais_response_format_is_asked_in_plain_json(llama_server, tmp_path):
-    """llama_cpp.server takes response_format {"type": "json_object", "schema": ...}, not OpenAI's
-    {"type": "json_schema", ...}, which it answers with a 500 naming the field. Under `structured: auto` (the
-    default) the request layer asks again without it, and from then on; a config that insists
-    on json_schema gets one InputError naming the refusal."""
-    message, schema = [{"role": "user", "content": "Say hi as JSON."}], {"type": "object"}
+def test_a_server_without_openais_response_format_is_asked_in_its_own_spelling(llama_server, tmp_path):
+    """llama_cpp.server takes response_format {"type": "json_object", "schema": ...} (the schema as a
+    grammar), not OpenAI's {"type": "json_schema", ...}, which it answers with a 500 naming the field.
+    Under `structured: auto` (the default) the request layer asks again in llama.cpp's spelling, and
+    from then on, and the reply is JSON of the schema; a config that insists on json_schema gets one
+    InputError naming the refusal."""
+    message = [{"role": "user", "content": "Say hi as JSON."}]
+    schema = {"type": "object", "properties": {"m2": {"type": "string", "maxLength": 12}},
+              "required": ["m2"], "additionalProperties": False}
     store = Store(tmp_path / "home")
     try:
         req = Requester(BackendConfig(name="openai", model=llama_server.model, base_url=llama_server.base_url), store, 1)
-        try:
-            asyncio.run(req.chat(message, {"max_tokens": 16}, attempt=1, purpose="generate", input_id="x",
-                                 schema=schema))
-        except RequestFailed as e:  # a 135M model may ramble past max_tokens: answered in plain all the same
-            assert "length" in str(e), e
-        assert req.plain and "response_format" in req.plain, req.plain
+        reply = asyncio.run(req.chat(message, {"max_tokens": 48}, attempt=1, purpose="generate", input_id="x",
+                                     schema=schema))
+        assert list(json.loads(reply)) == ["m2"], reply  # the grammar held a 135M model to the schema
+        assert req.fallback_note.startswith("json_object + schema: the server refused response_format json_schema")
         store.flush_ledger()
         outcomes = [o for (o,) in store.all("SELECT outcome FROM ledger ORDER BY ts")]
-        assert outcomes[0] == "retry" and len(outcomes) > 1  # the refusal, then the plain request(s)
+        assert outcomes == ["retry", "ok"]  # the refusal, then the request in llama.cpp's spelling
         strict = Requester(BackendConfig(name="openai", model=llama_server.model, base_url=llama_server.base_url,
                                          structured="json_schema"), store, 1)
         with pytest.raises(InputError, match="refused response_format json_schema"):

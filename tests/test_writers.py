@@ -11,7 +11,9 @@ import shutil
 import pytest
 from rich.console import Console
 
-from factory.backends import BackendConfig, Requester
+from factory.backends import BackendConfig
+
+from factory.requester import Requester
 from factory.build import build
 from factory.convert import CodeEdit
 from factory.loop import Context
