@@ -52,13 +52,19 @@ class OpenAIBackend:
     """A model behind an OpenAI-compatible `/v1/chat/completions` (streamed, with tools)."""
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 600.0, connect_timeout: float = 5.0, max_tokens: int | None = None):
+                 timeout: float = 600.0, connect_timeout: float = 5.0, max_tokens: int | None = None,
+                 temperature: float | None = None, top_k: int | None = None, seed: int | None = None):
         import httpx
         import openai  # here, not at module top: the server and tests import the pure functions
 
         self.base_url = _normalize_url(base_url)
         self.model = model
-        self.max_tokens = max_tokens
+        # what a request sends; None leaves it to the server (ours: temperature 1, a fresh seed a
+        # reply). An eval fixes them to be repeatable. top_k is vLLM's and our server's extension
+        sent = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        self.sampling = {k: v for k, v in sent.items() if v is not None}
+        if top_k:
+            self.sampling["extra_body"] = {"top_k": top_k}
         # no retries: a retried stream would repeat text already shown; a short connect timeout
         # so an unreachable server is reported at once, a long read timeout for slow generation
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "none", max_retries=0,
@@ -100,11 +106,10 @@ class OpenAIBackend:
 
         if self.model is None:
             self.check()
-        extra = {"max_tokens": self.max_tokens} if self.max_tokens else {}
         try:
             response = self.client.chat.completions.create(
                 model=self.model, messages=to_openai(messages), tools=tools_schema(spec),
-                stream=True, **extra)
+                stream=True, **self.sampling)
         except openai.APIStatusError as e:
             raise _translate(e, e.status_code) from None
         except openai.APIConnectionError as e:

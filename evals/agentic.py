@@ -45,6 +45,9 @@ from nanocode.spec import load_soul, load_tools, render_system_prompt, type_args
 KINDS = ("stub", "bugfix")
 STUB_BODY = '    raise NotImplementedError("implement me")\n'
 TEST_TIMEOUT = 10.0   # seconds for the hidden tests of one task
+# sampling, sent with every request so that an eval repeats: a fixed seed (the server's default is a
+# fresh one a reply) and the defaults measured in bench/RESULTS.md "Demo model"
+TEMPERATURE, TOP_K, SEED = 0.3, 50, 0
 
 # token swaps for the bug injection: each keeps the code valid Python
 SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "+": "-", "-": "+",
@@ -287,13 +290,16 @@ def summarize(rows: list[dict]) -> dict:
 
 def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = None, limit: int | None = None,
              kinds=KINDS, soul=None, tools=None, max_steps: int = 20, max_tokens: int | None = 1024,
-             unsafe_bash: bool = False, prompt: Path | None = None, log=lambda *_: None) -> dict:
-    """`prompt`: the system prompt's template, the one the model trained with (None: system.j2)."""
+             unsafe_bash: bool = False, prompt: Path | None = None, temperature: float | None = TEMPERATURE,
+             top_k: int | None = TOP_K, seed: int | None = SEED, log=lambda *_: None) -> dict:
+    """`prompt`: the system prompt's template, the one the model trained with (None: system.j2).
+    `temperature`, `top_k`, `seed`: sent with every request (None: the server's own)."""
     from agent.backend import OpenAIBackend
 
     soul_, spec = load_soul(soul), load_tools(tools)
     system_prompt = render_system_prompt(soul_, spec, prompt)
-    backend = CountingBackend(OpenAIBackend(base_url, model=model, api_key=api_key, max_tokens=max_tokens))
+    backend = CountingBackend(OpenAIBackend(base_url, model=model, api_key=api_key, max_tokens=max_tokens,
+                                            temperature=temperature, top_k=top_k, seed=seed))
     backend.check()
     t0 = time.perf_counter()
     tasks = build_tasks(kinds, limit)
@@ -309,6 +315,7 @@ def evaluate(base_url: str, model: str | None = None, *, api_key: str | None = N
     seconds = time.perf_counter() - t0
     return {"kind": "agentic", "model": backend.model, "base_url": backend.base_url, "limit": limit,
             "prompt": Path(prompt).stem if prompt else "system",
-            "kinds": list(kinds), "max_steps": max_steps, "max_tokens": max_tokens, "summary": summarize(rows),
+            "kinds": list(kinds), "max_steps": max_steps, "max_tokens": max_tokens,
+            "sampling": {"temperature": temperature, "top_k": top_k, "seed": seed}, "summary": summarize(rows),
             "seconds": seconds, "build_seconds": build_s, "tasks_per_s": len(rows) / seconds,
             "tasks": rows}

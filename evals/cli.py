@@ -15,7 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from evals import runs
-from evals.report import cell, pct, result_table
+from evals.agentic import SEED, TEMPERATURE, TOP_K
+from evals.report import cell, pct, result_table, sampling
 from nanocode.common import InputError, cli_app, nanocode_home, run_cli
 from nanocode.soul_checks import check_reply
 from nanocode.spec import load_soul, read_file
@@ -108,6 +109,11 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
             kinds: str = typer.Option("stub,bugfix", help="task kinds, comma-separated"),
             max_steps: int = typer.Option(20, help="model turns per task"),
             max_tokens: int = typer.Option(1024, help="tokens per model turn"),
+            temperature: float = typer.Option(TEMPERATURE, min=0.0, max=2.0, help="sampling temperature sent with "
+                                              "every request (0: greedy)"),
+            top_k: int = typer.Option(TOP_K, min=0, help="sample from the k likeliest tokens (0: all)"),
+            seed: int = typer.Option(SEED, help="sampling seed sent with every request: the same model and "
+                                     "seed give the same eval"),
             out: Optional[Path] = typer.Option(None, help="where evals/agentic.json goes [default: RUN, or "
                                                "$NANOCODE_HOME/evals/MODEL with --base-url]"),
             soul: Optional[Path] = typer.Option(None, "--soul", help="[default: soul/SOUL.md]"),
@@ -136,9 +142,9 @@ def agentic(run: Optional[Path] = typer.Argument(None, help="run directory (serv
     r = agentic_eval.evaluate(base_url, model, api_key=api_key, limit=limit,
                               kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()), soul=soul, tools=tools,
                               max_steps=max_steps, max_tokens=max_tokens, unsafe_bash=unsafe_bash, prompt=prompt,
-                              log=console.print)
+                              temperature=temperature, top_k=top_k, seed=seed, log=console.print)
     s = r["summary"]
-    _table(f"agentic: {r['model']} ({s['tasks']} tasks, {r['tasks_per_s']:.3g} tasks/s)", r)
+    _table(f"agentic: {r['model']} ({s['tasks']} tasks, {r['tasks_per_s']:.3g} tasks/s, {sampling(r)})", r)
     where = out or run or nanocode_home() / "evals" / "".join(c if c.isalnum() or c in "-_." else "_" for c in r["model"])
     _saved(where, "agentic", r)
 

@@ -269,6 +269,15 @@ def result_table(kind: str, r: dict) -> tuple[list[str], list[tuple]] | None:
     return None
 
 
+def sampling(r: dict) -> str:
+    """An agentic result's sampling settings in words (older results sent none)."""
+    s = r.get("sampling") or {}
+    if s.get("temperature") is None:
+        return "sampled at the server's defaults, a fresh seed a reply"
+    top_k = f", top-k {s['top_k']}" if s.get("top_k") else ""
+    return f"sampled at temperature {s['temperature']:g}{top_k}, seed {s.get('seed')}"
+
+
 def abilities(results: dict) -> list[str]:
     """What this model can do, one line a figure, from the agentic and SOUL results there are."""
     lines = []
@@ -303,7 +312,7 @@ def _one_eval(page: Page, name: str, r: dict) -> None:
         return
     if kind == "agentic":
         page.p(f"model {r.get('model')} at {r.get('base_url')}; {r['summary']['tasks']} task(s), "
-               f"{r['tasks_per_s']:.3g} tasks/s")
+               f"{r['tasks_per_s']:.3g} tasks/s; {sampling(r)}")
     elif kind == "soul":
         page.p(f"{r['replies']} replies to {r['prompts']} prompts; degenerate: {pct(r['degenerate_rate'])} (the rule "
                f"rates are over the others); all checks pass: {pct(r['all_pass_rate'])}"

@@ -11,9 +11,10 @@ When the code is new (nothing to change, or the answer shares little with what i
     assistant: the seed answer's prose after the code (the final reply)
 
 When the answer modifies code that is already there (a workspace file, or code pasted into the
-instruction, which then becomes the file): search for it, read it, then one targeted edit per
-changed region of a line diff (difflib), each `old` grown with context lines until it is
-unique in the file at that point; the edits must reproduce the answer's code exactly.
+instruction, which then becomes the file): read that file (its name is known, so no search),
+then one targeted edit per changed region of a line diff (difflib), each `old` grown with
+context lines until it is unique in the file at that point; the edits must reproduce the
+answer's code exactly.
 `code_diff` is that second path only (a seed with nothing to modify is rejected).
 
 The calls are the tool spec's (`spec.call("search", pattern=...)`, rollout.create_call), so a
@@ -179,7 +180,7 @@ class CodeEdit:
                 messages.append({"role": "tool", "name": call["name"], "content": result})
 
             if modifies:
-                self._edits(step, spec, target, ident, workspace[target], code, before)
+                self._edits(step, spec, target, workspace[target], code, before)
                 if (tools.root / target).read_text(encoding="utf-8") != _ends(code):
                     raise Skip("convert", "the diff edits do not reproduce the answer's code")
             else:
@@ -206,9 +207,9 @@ class CodeEdit:
         step(before or f"writing it to `{target}`", edit)
 
     @staticmethod
-    def _edits(step, spec, target, ident, original, code, before):
-        pattern = ident or target.rsplit(".", 1)[0]
-        step(f"finding `{pattern}` first", spec.call("search", pattern=pattern))
+    def _edits(step, spec, target, original, code, before):
+        # the file is known (named, or the pasted code): read it first, as an agent should; a
+        # search first would teach a model to grep for what it was told where to find
         step(f"reading `{target}` before changing it", spec.call("read", path=target))
         for n, (old, new) in enumerate(diff_edits(original, _ends(code))):
             remark = (before or f"editing `{target}`") if n == 0 else "and the next spot"

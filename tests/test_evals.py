@@ -224,6 +224,10 @@ def test_a_model_that_solves_the_tasks_passes_them_all():
     assert s["existing_path_rate"] == pytest.approx(2 / 3)
     assert s["tool_errors"] == 4 and s["recoveries"] == 4 and s["statuses"] == {"done": 4}
     assert r["tasks_per_s"] > 0 and r["tasks"][0]["messages"][0]["role"] == "user"
+    # every request carries the eval's sampling, so the server does not pick a fresh seed a reply
+    sent = {(b.get("temperature"), b.get("top_k"), b.get("seed")) for b in server.requests}
+    assert sent == {(agentic.TEMPERATURE, agentic.TOP_K, agentic.SEED)} and len(server.requests) == 20
+    assert r["sampling"] == {"temperature": agentic.TEMPERATURE, "top_k": agentic.TOP_K, "seed": agentic.SEED}
 
 
 def test_garbage_fails_and_the_invalid_calls_are_counted(tmp_path):
@@ -235,9 +239,14 @@ def test_garbage_fails_and_the_invalid_calls_are_counted(tmp_path):
 
     with ScriptedServer(respond=garbage) as server:
         r = subprocess.run([str(BIN / "evals"), "agentic", "--base-url", server.base_url, "--limit", "2",
-                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+                            "--out", str(tmp_path), "--temperature", "0", "--top-k", "0", "--seed", "7"],
+                           capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "evals/agentic.json").read_text())
+    # --top-k 0 (all tokens) sends none; temperature 0 and the seed are sent as given
+    assert {(b.get("temperature"), "top_k" in b, b.get("seed")) for b in server.requests} == {(0.0, False, 7)}
+    assert result["sampling"] == {"temperature": 0.0, "top_k": 0, "seed": 7}
+    assert "temperature 0, seed 7" in " ".join(r.stdout.split())
     s = result["summary"]
     assert s["pass_rate"] == 0 and s["calls"] == 4 and s["valid_call_rate"] == 0.0
     assert s["tool_errors"] == 4 and s["recoveries"] == 0
@@ -281,6 +290,10 @@ def test_the_agentic_eval_runs_a_real_checkpoint_through_the_server(root):
     # a 3-step model writes noise; what counts is that the loop ran to a status and was judged
     assert task["status"] in ("done", "step_limit", "context_full", "error") and task["passed"] is False
     assert r["model"] == "dpo" and r["summary"]["tasks"] == 1
+    # the server honours the seed: at temperature 1 the same seed is the same eval, another one is not
+    a, b, c = (agentic.evaluate(url, name, limit=1, tools=SMALL_TOOLS, max_tokens=32, max_steps=3, temperature=1.0,
+                                top_k=0, seed=seed)["tasks"][0]["messages"] for seed in (3, 3, 4))
+    assert a == b != c
 
 
 # ----------------------------------------------------------------------------- SOUL and preference

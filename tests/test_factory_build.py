@@ -211,10 +211,11 @@ def test_ctrl_c_keeps_the_inputs_that_finished(tmp_path):
 class MaxToolCalls:
     """A user's own critic, named in YAML as tests.test_factory_build:MaxToolCalls."""
     limit: int = 2
+    tool: str | None = None  # count only this tool's calls
     needs_model = False
 
     async def judge(self, messages, ctx) -> Verdict:
-        n = sum(len(m.get("tool_calls") or []) for m in messages)
+        n = sum(self.tool in (None, c["name"]) for m in messages for c in m.get("tool_calls") or [])
         problems = [f"{n} tool calls, over {self.limit}"] if n > self.limit else []
         return Verdict("max_tool_calls", not problems, float(not problems), problems)
 
@@ -222,14 +223,14 @@ class MaxToolCalls:
 def test_a_critic_class_of_your_own_is_named_in_the_config(tmp_path):
     config = config_file(tmp_path, SEEDS)
     text = config.read_text().replace("  - name: soul_rules\n", "  - name: soul_rules\n"
-                                      "  - {name: 'tests.test_factory_build:MaxToolCalls', limit: 2}\n")
+                                      "  - {name: 'tests.test_factory_build:MaxToolCalls', limit: 0, tool: Grep}\n")
     config.write_text(text)
     s = quiet_build(config=config)
-    # new code (Grep/Read + one Edit) passes; a modified file (Grep, Read, Edits) has too many calls
+    # a row that reads a file first (a workspace to read) passes; one that searches (none) has a Grep too many
     assert s["sft rows"] > 0 and s["rejects by stage"]["critique"] > 0
     assert {json.loads(v)["max_tool_calls"] for (v,) in sql("SELECT scores FROM sft")} == {1.0}
     reasons = [r for (r,) in sql("SELECT reason FROM rejects WHERE stage = 'critique'")]
-    assert all(re.fullmatch(r"\d+ tool calls, over 2", r) for r in reasons), reasons
+    assert all(re.fullmatch(r"\d+ tool calls, over 0", r) for r in reasons), reasons
     # the same config as a BuildConfig object is the same build; its code version covers the class's module
     data = yaml.safe_load(text)
     assert quiet_build(config=BuildConfig(**data))["up_to_date"]

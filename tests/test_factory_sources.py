@@ -68,12 +68,14 @@ def test_the_shipped_humaneval_seeds_are_the_seedable_problems_only():
     numbers = {int(r["id"].rsplit("-", 1)[1]) for r in rows}
     assert not any(is_held_out(f"HumanEval/{n}") for n in numbers) and len(numbers) == 123
     assert "MIT" in (REPO / "factory" / "seeds" / "README.md").read_text()
-    # each becomes a Grep, a line-numbered Read and one targeted Edit filling in the stub
+    # each becomes a line-numbered Read of the file the user named (no search first: its name is
+    # known) and one targeted Edit filling in the stub
     seed = seed_row("humaneval", rows[0]["id"], rows[0]["instruction"], rows[0]["answer"], rows[0]["workspace"])
     draft = CodeEdit(system_prompt=False).convert(seed, SOUL, SPEC)
     calls = [c for m in draft["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
-    assert [c["name"] for c in calls] == ["Grep", "Read", "Edit"]
-    assert calls[2]["args"]["old_string"] != rows[0]["workspace"][calls[2]["args"]["file_path"]]  # targeted
+    assert [c["name"] for c in calls] == ["Read", "Edit"]
+    assert calls[0]["args"] == {"file_path": "separate_paren_groups.py"} and rows[0]["workspace"]["separate_paren_groups.py"]
+    assert calls[1]["args"]["old_string"] != rows[0]["workspace"][calls[1]["args"]["file_path"]]  # targeted
 
 
 def test_pasted_code_and_a_modified_answer_become_unique_targeted_edits(tmp_path):
@@ -82,13 +84,13 @@ def test_pasted_code_and_a_modified_answer_become_unique_targeted_edits(tmp_path
     msgs = draft["messages"]
     assert list(draft["workspace"]) == ["storage.py"] and "return None" in draft["workspace"]["storage.py"]
     calls = [c for m in msgs if m["role"] == "assistant" for c in m.get("tool_calls", [])]
-    assert [c["name"] for c in calls] == ["Grep", "Read", "Edit", "Edit"]
+    assert [c["name"] for c in calls] == ["Read", "Edit", "Edit"] and calls[0]["args"] == {"file_path": "storage.py"}
     original = draft["workspace"]["storage.py"]
-    for edit in calls[2:]:  # small regions, not the whole file
+    for edit in calls[1:]:  # small regions, not the whole file
         assert edit["args"]["old_string"] in original and len(edit["args"]["old_string"]) < len(original) / 2
     # the results are the real tool runtime's, and replaying them yields the answer's code
     assert replay(draft, tmp_path) == [m["content"] for m in msgs if m["role"] == "tool"]
-    assert msgs[4]["content"].startswith("    1→def load(path):\n    2→    with open(path) as f:")
+    assert msgs[2]["content"].startswith("    1→def load(path):\n    2→    with open(path) as f:")
     assert "return data" in (tmp_path / "storage.py").read_text() and msgs[-1]["content"].startswith("Both now use")
     with pytest.raises(Skip, match="holds no code that the answer modifies"):
         CodeDiff().convert(hub("tulu_personas_code").seeds()[0], SOUL, SPEC)
