@@ -38,16 +38,21 @@ demo: $(BIN)/.installed
 	$(BIN)/evals bpb $(DEMO)
 	$(BIN)/evals preference $(DEMO) --data factory:latest
 	$(BIN)/evals soul $(DEMO) --limit 8
+# sampled at the eval's default (temperature 0.3, top-k 50, seed 0): repeatable, and the setting
+# where the SFT model's calls are valid (bench/RESULTS.md, "Demo model")
 	$(BIN)/evals agentic $(DEMO) --limit 4 --max-steps 4 --max-tokens 256
 	$(BIN)/evals report $(DEMO)  # ends with the model's valid-call rate and calls per task
 	@echo "report: $(DEMO)/report.html"
 	@echo "chat with the model: $(BIN)/nanocode chat --model $(DEMO)/dpo"
 
 # the llama extra (tests/test_real_model.py), apart so `make demo` never pays for it: PyPI ships
-# llama-cpp-python as source, about 9 min to build on 2 cores, once (pip caches the wheel).
+# llama-cpp-python as source, minutes to build on 2 cores, once (pip caches the wheel).
 # GGML_NATIVE=OFF: no -march=native, a VM may advertise instructions (AVX-512, AMX) it cannot run
+# (ggml still builds AVX/AVX2/FMA/F16C then); LLAVA_BUILD=OFF: no multimodal library, a quarter of
+# the compile, and SmolLM2 reads text
 $(BIN)/.llama: $(BIN)/.installed
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --disable-pip-version-check -e '.[llama]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
+	  $(BIN)/pip install -q --disable-pip-version-check -e '.[llama]'
 	touch $@
 
 test: $(BIN)/.installed $(BIN)/.llama
