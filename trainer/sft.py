@@ -36,7 +36,7 @@ from trainer.train import Stage, bits_per_byte, eval_losses
 
 STATE_VERSION = 1
 LR_SCALE = {"sft": 0.8, "dpo": 0.1}  # preference steps move a tuned model: far gentler than SFT
-SCALAR_LR_FRAC = 0.1  # the x0/resid mixing scalars' lr while fine-tuning, of pretraining's (finetune_config)
+SCALAR_LR_FRAC = 0.1  # the x0/resid mixing scalars' lr while fine-tuning, of the reference TrainConfig.scalar_lr
 
 
 def prompt_of(meta: dict) -> str:
@@ -179,7 +179,8 @@ def data_fingerprint(items) -> str:
 def finetune_config(base: model.GPTConfig, name: str, *, n_devices: int, train_rows: int, **overrides) -> TrainConfig:
     """SFT/DPO defaults: nanochat's SFT schedule (no warmup, flat at the stage's LR_SCALE, then a
     linear warmdown over the last half to 0) and no weight decay: a short run must not shrink the
-    pretrained weights. The residual-mixing scalars learn at SCALAR_LR_FRAC of the pretraining rate:
+    pretrained weights. The residual-mixing scalars learn at SCALAR_LR_FRAC of the reference rate
+    (TrainConfig.scalar_lr, whatever the base run's preset used):
     a fresh AdamW moves each by its full lr every step, and at the full rate four steps carried the
     demo's x0_lambdas over a cliff (SFT step 5: loss 7.27 -> 11.01 -> 7.37; bench/RESULTS.md).
     num_steps defaults to one pass over train_rows rows. None overrides nothing."""
