@@ -15,10 +15,10 @@ pass them (loop.py), since a model's opinion of a malformed rollout is money thr
 """
 
 import json
-import re
 from dataclasses import dataclass, field
 
 from factory.loop import Skip
+from factory.writers import ParseError, first_json
 from nanocode.common import InputError
 from nanocode.record import validate
 from nanocode.soul_checks import check_message
@@ -121,13 +121,19 @@ class SoulRules:
         return _verdict("soul_rules", problems)
 
 
-_RATING = re.compile(r"\{.*\}", re.S)
+# the verdict's shape, sent as the request's JSON schema (structured output: a grammar on servers
+# that take one, so even a small judge answers in it)
+RATING_SCHEMA = {"type": "object", "properties": {"rating": {"type": "integer", "minimum": 1, "maximum": 10},
+                                                  "critique": {"type": "string"}},
+                 "required": ["rating", "critique"], "additionalProperties": False}
 
 
 def parse_rating(text: str) -> tuple[int, str]:
-    """The judge's strict JSON {"rating", "critique"}; ValueError if it is not that."""
-    m = _RATING.search(text)
-    data = json.loads(m.group() if m else text)
+    """The judge's JSON {"rating", "critique"}, wherever it is in the reply; ValueError if it is not that."""
+    try:
+        data = first_json(text, kinds=(dict,))
+    except ParseError as e:
+        raise ValueError(str(e)) from None
     rating, critique = data.get("rating"), data.get("critique", "")
     if type(rating) is not int or not 1 <= rating <= 10 or not isinstance(critique, str):
         raise ValueError('want {"rating": 1-10, "critique": "..."}')
@@ -151,10 +157,11 @@ class LLMJudge:
         error = None
         for n in range(self.tries):
             text = await ctx.llm.chat(request, {"temperature": self.temperature, "max_tokens": self.max_tokens},
-                                      attempt=ctx.attempt * 100 + n, purpose="critic", input_id=ctx.input_id)
+                                      attempt=ctx.attempt * 100 + n, purpose="critic", input_id=ctx.input_id,
+                                      schema=RATING_SCHEMA)
             try:
                 return parse_rating(text)
-            except (ValueError, AttributeError) as e:
+            except ValueError as e:
                 error = e
         # the rollout is not at fault: drop the input rather than revise it
         raise Skip("critic", f"the critic gave no valid verdict in {self.tries} tries: {error}")

@@ -95,6 +95,7 @@ def test_offline_loop_makes_a_pair_whose_sides_the_soul_tells_apart():
 
 def test_parse_rating_takes_the_json_in_a_reply_and_rejects_out_of_range():
     assert parse_rating('sure: {"rating": 7, "critique": "too long"}') == (7, "too long")
+    assert parse_rating('```json\n{"rating": 9, "critique": "fine"}\n``` (a {brace} after)') == (9, "fine")
     for bad in ('{"rating": 11}', '{"rating": "9"}', "nine"):
         with pytest.raises(ValueError):
             parse_rating(bad)
