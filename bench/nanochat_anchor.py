@@ -9,8 +9,12 @@ pickled tiktoken Encoding), so both sides train on the same tokens' distribution
 The corpus is this Python's standard library sources, cut into documents of at most 4,000
 characters at line boundaries (long single documents stall nanochat's loader), so every machine
 with our venv builds the same one.
+
+For decoding, `engine_decode` runs nanochat's own GPT (its init, at our shape) and its own
+Engine.generate in a subprocess inside the checkout; only the timing around it is ours.
 """
 
+import json
 import os
 import pickle
 import re
@@ -139,3 +143,56 @@ def base_train(root: Path, base_dir: Path, *, depth: int, seq_len: int, rows: in
     return {"tok_s": float(np.median(tok_s)), "tok_s_range": (min(tok_s), max(tok_s)),
             "step_s": float(np.median([r[1] for r in timed])), "first_step_s": rows_seen[0][1],
             "wall_s": wall, "peak_rss_gb": peak_gb}
+
+
+# Run inside nanochat's checkout (cwd DIR, so `nanochat` imports from there): its own GPT at our
+# shape, its own init, its own Engine.generate with num_samples=B, greedy. Only the timing is ours.
+DECODE_DRIVER = """
+import json, statistics, sys, time
+import torch
+from nanochat.engine import Engine
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.tokenizer import get_tokenizer
+
+a = json.loads(sys.argv[1])
+torch.manual_seed(0)
+config = GPTConfig(sequence_len=a["seq_len"], vocab_size=a["vocab"], n_layer=a["depth"], n_head=a["n_head"],
+                   n_kv_head=a["n_head"], n_embd=a["d_model"], window_pattern="L")
+with torch.device("meta"):
+    model = GPT(config)
+model.to_empty(device="cpu")
+model.init_weights()
+model.eval()
+tok = get_tokenizer()
+engine = Engine(model, tok)
+prompt = [tok.get_bos_token_id()] + torch.randint(600, a["vocab"], (a["prompt_len"] - 1,)).tolist()
+
+def decode(B):
+    t0, times = time.perf_counter(), []
+    for _ in engine.generate(prompt, num_samples=B, max_tokens=a["new_tokens"], temperature=0.0):
+        times.append(time.perf_counter())
+    steps = [t1 - t0 for t0, t1 in zip(times, times[1:])]
+    return {"ttft_s": times[0] - t0, "tpot_s": statistics.median(steps), "steps": len(times)}
+
+out = {}
+for B in a["batches"]:
+    decode(B)  # warm-up: allocator, threads
+    out[B] = decode(B)
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "decode": out}))
+"""
+
+
+def engine_decode(root: Path, base_dir: Path, *, depth: int, d_model: int, n_head: int, vocab: int, seq_len: int,
+                  batches: list[int], prompt_len: int, new_tokens: int) -> dict:
+    """nanochat's Engine.generate (one prompt, num_samples=B rows, greedy, randomly initialised
+    model of our shape) -> {B: {"ttft_s", "tpot_s" (median per decode step), "steps"}}, torch version."""
+    spec = {"depth": depth, "d_model": d_model, "n_head": n_head, "vocab": vocab, "seq_len": seq_len,
+            "batches": batches, "prompt_len": prompt_len, "new_tokens": new_tokens}
+    out, _ = _run([sys.executable, "-c", DECODE_DRIVER, json.dumps(spec)], root,
+                  {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}, "Engine.generate")
+    try:
+        result = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise InputError(f"nanochat's Engine.generate run in {root} printed no result: its API changed?") from None
+    result["decode"] = {int(b): r for b, r in result["decode"].items()}
+    return result

@@ -122,8 +122,9 @@ class Engine:
             if len(r.feed) > S:
                 r.done = True
                 yield Done(i, "context_full", f"the prompt has {len(r.feed)} tokens; the context holds {S}")
-        shape, dtype = (self.cfg.n_layer, B, self.cfg.n_kv_head, S, self.cfg.head_dim), self.cfg.compute_dtype
-        kv = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))  # the cache: every layer's keys and values
+        shape, dtype = (B, self.cfg.n_kv_head, S, self.cfg.head_dim), self.cfg.compute_dtype
+        # the cache: each layer's keys and values, one array each (see model.hidden)
+        kv = tuple(tuple(jnp.zeros(shape, dtype) for _ in range(self.cfg.n_layer)) for _ in "kv")
         seeds = jnp.asarray(np.asarray(seed, np.int64) % (1 << 32), jnp.uint32)
         settings = (jnp.asarray(temperature, jnp.float32), jnp.asarray(top_k, jnp.int32),
                     jnp.asarray(top_p, jnp.float32))

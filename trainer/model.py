@@ -127,11 +127,11 @@ def apply_rope(x, cos, sin):
 
 
 def attention(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
-    """Causal self-attention over x -> (y, None); with `cache` = (this layer's k, v, positions,
-    valid) the queries attend to the cached tokens and the new ones -> (y, (new k, new v)).
-    `fresh` (static): every row starts at position 0 (a prompt's prefill), so the cache holds
-    nothing yet and plain causal attention over the chunk is exact (padding sits after each row's
-    real tokens, where causality hides it): the same kernel as training, flash attention on GPUs."""
+    """Causal self-attention over x -> (y, None); with `cache` = (this layer's k, v (B, Hkv, S, Dh),
+    positions (B, T), valid (B, T)) the new keys and values are written into the cache first and the
+    queries attend to it -> (y, (k cache, v cache)). `fresh` (static): every row starts at position 0
+    (a prompt's prefill), so plain causal attention over the chunk is exact (padding sits after each
+    row's real tokens, where causality hides it): the same kernel as training, flash attention on GPUs."""
     B, T, _ = x.shape
     q = linear(x, w["wq"]).reshape(B, T, cfg.n_head, cfg.head_dim)
     k = linear(x, w["wk"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
@@ -139,30 +139,28 @@ def attention(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
     # RoPE before QK-norm, as nanochat; fewer kv heads than q heads is GQA, handled natively
     q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
     scale = cfg.qk_gain**2 / math.sqrt(cfg.head_dim)  # the gain on q and k folded into the scale
+    if cache is not None:  # the new keys and values into their slots (in place: the cache is donated)
+        cache_k, cache_v, positions, valid = cache
+        S = cache_k.shape[2]
+        slot = jnp.where(valid, positions, S)[:, None, :]  # padding goes out of range and is dropped
+        b, h = jnp.arange(B)[:, None, None], jnp.arange(cfg.n_kv_head)[None, :, None]
+        cache_k, cache_v = (c.at[b, h, slot].set(n.swapaxes(1, 2).astype(c.dtype), mode="drop")
+                            for c, n in ((cache_k, k), (cache_v, v)))
     if cache is None or fresh:
         # "cudnn" is never picked automatically: ask for it
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, implementation=cfg.attention)
-        return linear(y.reshape(B, T, -1), w["wo"]), None if cache is None else (k.swapaxes(1, 2), v.swapaxes(1, 2))
-    # decoding: attend to this layer's cache (B, Hkv, S, Dh), which holds each row's first
-    # positions[:, 0] tokens, plus the T new tokens; return the new keys and values, which
-    # hidden() writes into the cache once for all layers (in place: no copy of it per layer)
-    cache_k, cache_v, positions, valid = cache
-    S, G = cache_k.shape[2], cfg.n_head // cfg.n_kv_head
+        return linear(y.reshape(B, T, -1), w["wo"]), None if cache is None else (cache_k, cache_v)
+    # decoding: attend to this layer's cache, which now holds every row's tokens up to each query's
+    # position. Plain einsums over heads-before-positions: on CPU ~10x faster than
+    # dot_product_attention, which transposes the whole cache on every call
+    G = cfg.n_head // cfg.n_kv_head
     qg = q.reshape(B, T, cfg.n_kv_head, G, cfg.head_dim).transpose(0, 2, 3, 1, 4)  # (B, Hkv, G, T, Dh)
-    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)                                     # (B, Hkv, T, Dh)
-    # plain einsums over heads-before-positions: on CPU ~10x faster than dot_product_attention,
-    # which transposes the whole cache on every call
-    old = jnp.einsum("bkgtd,bksd->bkgts", qg, cache_k.astype(q.dtype), preferred_element_type=jnp.float32)
-    new = jnp.einsum("bkgtd,bkud->bkgtu", qg, k, preferred_element_type=jnp.float32)
-    old_seen = jnp.arange(S)[None, None, :] < positions[:, :1, None]                 # (B, 1, S)
-    new_seen = (jnp.arange(T)[None, :, None] >= jnp.arange(T)[None, None, :]) & valid[:, None, :]  # (B, T, T)
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, cache_k.astype(q.dtype), preferred_element_type=jnp.float32)
+    seen = jnp.arange(S)[None, None, :] <= positions[:, :, None]  # (B, T, S): causal, by absolute position
     never = jnp.finfo(jnp.float32).min  # not -inf: a padding row that sees nothing stays finite
-    scores = jnp.concatenate([jnp.where(old_seen[:, None, None], old * scale, never),
-                              jnp.where(new_seen[:, None, None], new * scale, never)], axis=-1)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    y = (jnp.einsum("bkgts,bksd->btkgd", probs[..., :S], cache_v.astype(q.dtype))
-         + jnp.einsum("bkgtu,bkud->btkgd", probs[..., S:], v))
-    return linear(y.reshape(B, T, -1), w["wo"]), (k, v)
+    probs = jax.nn.softmax(jnp.where(seen[:, None, None], scores * scale, never), axis=-1).astype(q.dtype)
+    y = jnp.einsum("bkgts,bksd->btkgd", probs, cache_v.astype(q.dtype))
+    return linear(y.reshape(B, T, -1), w["wo"]), (cache_k, cache_v)
 
 
 def mlp(x, w):
@@ -179,10 +177,10 @@ def block(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
 def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
     """(B, T) token ids -> (B, T, D) final normed hidden states, and the updated cache.
 
-    Without `cache`, ids are whole sequences from position 0. With `cache` = {"k", "v": (L, B, Hkv,
-    S, Dh), "pos": (B,) tokens already cached per row, "n": (B,) how many of this call's T ids
-    are real per row}, ids continue each row at its own position (prefill, decode, forced tokens);
-    `fresh`: every row starts at 0 (see attention).
+    Without `cache`, ids are whole sequences from position 0. With `cache` = {"k", "v": L-tuples of
+    (B, Hkv, S, Dh) per-layer arrays, "pos": (B,) tokens already cached per row, "n": (B,) how many
+    of this call's T ids are real per row}, ids continue each row at its own position (prefill,
+    decode, forced tokens); `fresh`: every row starts at 0 (see attention).
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     if cache is None:
@@ -193,23 +191,28 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
     cos, sin = rope(positions, cfg.head_dim, cfg.rope_base)
     x0 = rms_norm(params["wte"][ids].astype(dtype))  # gather first, then cast: never copies the table
 
-    def layer(x, layer_params):
-        w, resid_lambda, x0_lambda, kv = layer_params
+    def layer(x, w, resid_lambda, x0_lambda, kv):
         w = jax.tree.map(lambda a: a.astype(dtype), w)  # one layer's weights in bf16 at a time
         x = resid_lambda.astype(dtype) * x
         if x0_lambda is not None:  # x0_mix
             x = x + x0_lambda.astype(dtype) * x0
         return block(x, w, cos, sin, cfg, None if kv is None else (*kv, positions, valid), fresh)
 
-    kv = None if cache is None else (cache["k"], cache["v"])
-    # scan, not a Python loop: compile time stays flat in depth
-    x, new_kv = jax.lax.scan(layer, x0, (params["blocks"], params["resid_lambdas"], params.get("x0_lambdas"), kv))
-    if cache is not None:  # every layer's new keys and values into the cache at once
-        S = cache["k"].shape[3]
-        slot = jnp.where(valid, positions, S)[:, None, :]  # padding goes out of range and is dropped
-        b, h = jnp.arange(ids.shape[0])[:, None, None], jnp.arange(cfg.n_kv_head)[None, :, None]
-        new_kv = tuple(c.at[:, b, h, slot].set(n.astype(c.dtype), mode="drop") for c, n in zip(kv, new_kv))
-    return rms_norm(x), new_kv
+    x0_lambdas = params.get("x0_lambdas")
+    if cache is None:  # scan, not a Python loop: compile time stays flat in depth
+        x, _ = jax.lax.scan(lambda x, xs: layer(x, *xs, None), x0,
+                            (params["blocks"], params["resid_lambdas"], x0_lambdas))
+        return rms_norm(x), None
+    # decoding: a Python loop over per-layer caches. A scan would slice each layer's cache out of
+    # a stacked one, which XLA copies: a whole cache copy per step, more than the attention reads
+    x, ks, vs = x0, [], []
+    for i in range(cfg.n_layer):
+        w = jax.tree.map(lambda a: a[i], params["blocks"])
+        x, (k, v) = layer(x, w, params["resid_lambdas"][i], None if x0_lambdas is None else x0_lambdas[i],
+                          (cache["k"][i], cache["v"][i]))
+        ks.append(k)
+        vs.append(v)
+    return rms_norm(x), (tuple(ks), tuple(vs))
 
 
 def logits_of(params, h, cfg: GPTConfig):
