@@ -95,7 +95,7 @@ def judge(replies: list[dict], soul, spec, backend_cfg) -> dict:
     """Rate each reply 1-10 with the factory's own SOUL judge (critics.LLMJudge, prompts/critic.j2):
     the ruler the data was filtered with, through its request layer (cache, retries, ledger as
     version 0). The judged conversation is the prompt and the reply."""
-    from factory.requester import Requester
+    from factory.requester import Requester, run_closing
     from factory.critics import LLMJudge
     from factory.loop import Context, Skip
     from factory.store import Store
@@ -118,7 +118,7 @@ def judge(replies: list[dict], soul, spec, backend_cfg) -> dict:
 
     try:
         requester = Requester(backend_cfg, store, 0)
-        results = asyncio.run(all_())
+        results = run_closing(all_(), requester)
     finally:
         store.close()
     for r, (rating, critique) in zip(replies, results):

@@ -216,6 +216,11 @@ class OpenAIClient:
     def _create(self, messages, params):
         return self.client.chat.completions.create(model=self.cfg.model, messages=messages, **params)
 
+    async def aclose(self) -> None:
+        """Close the HTTP client in the loop that used it (litellm and vLLM keep none of ours)."""
+        if (client := getattr(self, "client", None)) is not None:
+            await client.close()
+
     def cost(self, reply: Reply) -> float:
         return ((self.cfg.price_in or 0) * reply.tokens_in + (self.cfg.price_out or 0) * reply.tokens_out) / 1e6
 

@@ -37,7 +37,7 @@ from rich.console import Console
 
 from factory.backends import BackendConfig, check_endpoint
 
-from factory.requester import Requester, RequestFailed
+from factory.requester import Requester, RequestFailed, run_closing
 from factory.config import FACTORY, BuildConfig, construct, load_config, make, stage_entry
 from factory.convert import CONVERTERS
 from factory.critics import CRITICS
@@ -200,8 +200,8 @@ def build(soul=None, tools=None, config=None, backend_overrides=None, limit=None
                       verdict=lambda line: setattr(counts, "verdict", line))
         start = time.monotonic()
         with Progress(console, v, counts, requester) as progress:
-            error = asyncio.run(_run(todo, stages, ctx, store, v, config, counts, progress,
-                                     workers=max(workers, 2 * cluster.cpus) if cluster else workers))
+            error = run_closing(_run(todo, stages, ctx, store, v, config, counts, progress,
+                                     workers=max(workers, 2 * cluster.cpus) if cluster else workers), requester)
             progress.update(force=True)
         summary = {"version": v, **store.figures(v), **replay_figures(store, v), "seconds": round(time.monotonic() - start, 2),
                    "stages without a model": ", ".join(notes) or "none", "models": ctx.models, **screened,

@@ -239,3 +239,20 @@ class Requester:
         self.stats.failed += 1
         self.store.log_call(self._call(key, meta, "failed", getattr(last, "reply", None), error=str(last)))
         raise RequestFailed(f"{purpose} call failed: {last}", len(lengths) == 2 or getattr(last, "permanent", False))
+
+    async def aclose(self) -> None:
+        for endpoint in self.pool.endpoints:
+            if (close := getattr(endpoint.client, "aclose", None)) is not None:
+                await close()
+
+
+def run_closing(coro, requester: Requester | None):
+    """asyncio.run(coro), then the requester's clients closed inside that same loop: an HTTP client
+    left to the garbage collector closes on a loop that is gone, a logged traceback for the user."""
+    async def main():
+        try:
+            return await coro
+        finally:
+            if requester is not None:
+                await requester.aclose()
+    return asyncio.run(main())

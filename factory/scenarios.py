@@ -33,7 +33,7 @@ import yaml
 
 from agent.tools import Tools
 from factory.backends import check_endpoint
-from factory.requester import Requester
+from factory.requester import Requester, run_closing
 from factory.loop import Skip
 from factory.rollout import create_call, lacks, steady_run, system_message, workspace_tools
 from factory.scenario_spec import EVENTS, LANGUAGES, Scenario, load_spec, parse_spec, spec_files
@@ -367,7 +367,7 @@ def generate(n: int, backend, out_dir, soul, tools, examples=EXAMPLES, temperatu
         async def run():
             return await asyncio.gather(*(one(i) for i in range(1, n + 1)), return_exceptions=True)
 
-        replies = asyncio.run(run())
+        replies = run_closing(run(), requester)
     finally:
         store.close()
     for i, reply in enumerate(replies, 1):

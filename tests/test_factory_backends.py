@@ -13,7 +13,7 @@ import pytest
 
 from factory.backends import BackendConfig, Fatal, LengthStop, Reply, Retryable, VLLMClient, check_endpoint
 
-from factory.requester import AdaptiveLimit, Requester, RequestFailed
+from factory.requester import AdaptiveLimit, Requester, RequestFailed, run_closing
 from factory.store import Store
 from nanocode.common import InputError
 from tests.scripted_server import ScriptedServer
@@ -57,6 +57,14 @@ def test_faults_are_retried_until_a_good_reply_and_every_try_is_in_the_ledger(se
     assert rows[-1][2:] == (7, 2) and req.stats.tokens_in == 7 and req.stats.retries == 6
     assert len(server.requests) == 7
     assert all(r["seed"] == server.requests[0]["seed"] for r in server.requests)  # same call, retried
+
+
+def test_run_closing_closes_the_http_clients_in_the_loop_that_used_them(server, tmp_path):
+    # left open, the client closes when collected, maybe inside a later loop: a logged traceback
+    server.add({"text": "hi"})
+    req = requester(server, tmp_path)
+    assert run_closing(req.chat(HELLO, {}, attempt=1, purpose="generate", input_id="x"), req) == "hi"
+    assert all(e.client.client.is_closed() for e in req.pool.endpoints)
 
 
 def test_429_honours_retry_after_and_cuts_concurrency(server, tmp_path):
