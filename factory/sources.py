@@ -299,22 +299,38 @@ _CLOSERS = ["It follows the docstring, examples included.", "the docstring's exa
             "Let me know if you want tests for it!", "", "Hope this helps!"]
 
 
+# the file a problem lives in, by row: 7 names (coprime with the other lists' lengths), so each
+# has 1/7 of the rows and none dominates; two of them still carry the function's name
+_FILES = ["solution.py", "main.py", "utils.py", "{fn}.py", "src/{fn}.py", "lib/helpers.py", "core.py"]
+_STUB_BODIES = ["", '    raise NotImplementedError("implement me")\n', "    pass\n"]
+_ASKS = ["`{fn}` in `{file}` is only a stub; implement it as its docstring says.",
+         "Please write the body of {fn} in {file}.",
+         "{file} has a stub for `{fn}`. fill it in so it does what the docstring says.",
+         "can you implement `{fn}`? it's in {file}, the docstring has the spec.",
+         "finish the function {fn} in `{file}` - right now it does nothing useful."]
+_PASTED = ["finish `{fn}` in {file}, it's still a stub:\n\n```python\n{stub}```",
+           "here is {file} as it stands:\n\n```python\n{stub}```\n\nimplement `{fn}` in it."]
+
+
 def humaneval_rows() -> list[dict]:
     """Seed rows from the 123 seedable HumanEval problems (never the held-out 41): the stub in
     the workspace (or pasted into the request) and the canonical solution as the answer, so
-    the converter makes a targeted edit that fills the stub in."""
+    the converter makes a targeted edit that fills the stub in. The file's name varies apart
+    from the function's (as in real repos: `_FILES`), so a model learns to copy the name the
+    request gives, not to make one up from the function."""
     from factory.heldout import seedable
 
     rows = []
-    for p in seedable():
+    for n, p in enumerate(seedable()):
         k, fn = int(p["task_id"].rsplit("/", 1)[1]), p["entry_point"]
-        file, stub, full = f"{fn}.py", p["prompt"], p["prompt"] + p["canonical_solution"]
+        file = _FILES[n % len(_FILES)].format(fn=fn)
+        prompt = p["prompt"] if p["prompt"].endswith("\n") else p["prompt"] + "\n"
+        stub, full = prompt + _STUB_BODIES[n % len(_STUB_BODIES)], p["prompt"] + p["canonical_solution"]
         if k % 4 == 2:  # pasted into the request: the converter puts it into the named file
-            instruction, workspace = f"finish `{fn}` in {file}, it's still a stub:\n\n```python\n{stub}```", {}
-        elif k % 4 == 1:
-            instruction, workspace = f"`{fn}` in `{file}` is only a stub; implement it as its docstring says.", {file: stub}
+            ask, workspace = _PASTED[n % len(_PASTED)], {}
         else:
-            instruction, workspace = f"Please write the body of {fn} in {file}.", {file: stub}
+            ask, workspace = _ASKS[n % len(_ASKS)], {file: stub}
+        instruction = ask.format(fn=fn, file=file, stub=stub)
         answer = f"{_OPENERS[k % 5]}\n\n```python\n{full.rstrip()}\n```\n\n{_CLOSERS[k % 5]}".rstrip() + "\n"
         rows.append({"id": f"humaneval-{k}", "instruction": instruction, "answer": answer, "workspace": workspace})
     return rows

@@ -4,6 +4,8 @@ seed file, diff-based targeted edits, dedup + decontamination, and bad input end
 
 import json
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -74,7 +76,14 @@ def test_the_shipped_humaneval_seeds_are_the_seedable_problems_only():
     draft = CodeEdit(system_prompt=False).convert(seed, SOUL, SPEC)
     calls = [c for m in draft["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
     assert [c["name"] for c in calls] == ["Read", "Edit"]
-    assert calls[0]["args"] == {"file_path": "separate_paren_groups.py"} and rows[0]["workspace"]["separate_paren_groups.py"]
+    assert calls[0]["args"] == {"file_path": "solution.py"} and "def separate_paren_groups" in rows[0]["workspace"]["solution.py"]
+    # the file's name varies apart from the function's, as in real repos: no name holds more than
+    # a sixth of the rows, and most do not spell the function (a model copies the name it is given)
+    names = [re.search(r"[\w/]+\.py", r["instruction"])[0] for r in rows]
+    fns = [p["entry_point"] for p in seedable()]
+    assert max(Counter(re.sub(r"\w+(?=\.py$)", "F", n) if f in n else n for n, f in zip(names, fns)).values()) <= 123 / 6
+    assert sum(f in n for n, f in zip(names, fns)) < 123 / 3
+    assert all(n in r["workspace"] for n, r in zip(names, rows) if r["workspace"])
     assert calls[1]["args"]["old_string"] != rows[0]["workspace"][calls[1]["args"]["file_path"]]  # targeted
 
 
