@@ -38,7 +38,7 @@ from bench import nanochat_anchor  # noqa: E402
 from nanocode.common import InputError  # noqa: E402
 from trainer import dpo, model, optim  # noqa: E402
 from trainer.configs import effective_hparams, for_depth, for_platform  # noqa: E402
-from trainer.engine import Engine, Token  # noqa: E402
+from trainer.engine import Engine, Token, decode_logits  # noqa: E402
 from trainer.tokenizer import Tokenizer  # noqa: E402
 from trainer.train import make_train_step  # noqa: E402
 
@@ -128,7 +128,8 @@ def profile_decode(cfg, params, batches, repeats, cached=128):
                                    "w_proj": 0.02 * jax.random.normal(key[1], params["blocks"]["w_proj"].shape)}}
     S, L = cfg.seq_len, cfg.n_layer
     w0 = jax.tree.map(lambda a: a[0], params["blocks"])
-    step = Engine(params, cfg, small_tokenizer()).step  # the engine's own jitted step (cache donated)
+    engine = Engine(params, cfg, small_tokenizer())
+    step, held = engine.step, engine.params  # the engine's own jitted step (cache donated), its lm_head layout
     layers = jax.jit(lambda kv, ids, pos, n: model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos,
                                                                              "n": n}), donate_argnums=(0,))
     print("\n| part of one decode step (jitted alone) | " + " | ".join(f"batch {B} ms" for B in batches) + " |")
@@ -147,14 +148,14 @@ def profile_decode(cfg, params, batches, repeats, cached=128):
         state = {"kv": kv}
         parts = {
             "whole step (what the engine runs)": (
-                lambda: step(params, state["kv"], ids, pos, n, zeros, zeros.astype(jnp.int32), *off, mode="greedy",
+                lambda: step(held, state["kv"], ids, pos, n, zeros, zeros.astype(jnp.int32), *off, mode="greedy",
                              fresh=False), ()),
             f"{L} layers, cache writes included": (lambda: layers(state["kv"], ids, pos, n), ()),
             "  attention over the cache, one layer": (jax.jit(
                 lambda x, k, v: model.attention(x, w0, cos, sin, cfg, (k, v, pos[:, None], n[:, None] > 0)),
                 donate_argnums=(1, 2)), None),
             "  MLP, one layer": (lambda x: model.mlp(x, w0), (x,)),
-            "lm_head + soft-cap over 32k": (lambda h: model.logits_of(params, h, cfg), (h,)),
+            "lm_head + soft-cap over 32k (the engine's layout)": (lambda h: decode_logits(held, h, cfg), (h,)),
             "greedy sampling (argmax over 32k)": (lambda lg: jnp.argmax(lg, -1), (logits,)),
         }
         attn_kv = [tuple(jnp.zeros(shape) for _ in "kv")]

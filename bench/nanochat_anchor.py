@@ -145,15 +145,11 @@ def base_train(root: Path, base_dir: Path, *, depth: int, seq_len: int, rows: in
             "wall_s": wall, "peak_rss_gb": peak_gb}
 
 
-# Run inside nanochat's checkout (cwd DIR, so `nanochat` imports from there): its own GPT at our
-# shape, its own init, its own Engine.generate with num_samples=B, greedy. Only the timing is ours.
-DECODE_DRIVER = """
-import json, statistics, sys, time
+# nanochat's own GPT at our shape (the json spec in argv[1]), its own init, on the CPU.
+BUILD_MODEL = """
+import json, sys
 import torch
-from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.tokenizer import get_tokenizer
-
 a = json.loads(sys.argv[1])
 torch.manual_seed(0)
 config = GPTConfig(sequence_len=a["seq_len"], vocab_size=a["vocab"], n_layer=a["depth"], n_head=a["n_head"],
@@ -162,6 +158,15 @@ with torch.device("meta"):
     model = GPT(config)
 model.to_empty(device="cpu")
 model.init_weights()
+"""
+
+# Run inside nanochat's checkout (cwd DIR, so `nanochat` imports from there): its own GPT at our
+# shape, its own init, its own Engine.generate with num_samples=B, greedy. Only the timing is ours.
+DECODE_DRIVER = BUILD_MODEL + """
+import statistics, time
+from nanochat.engine import Engine
+from nanochat.tokenizer import get_tokenizer
+
 model.eval()
 tok = get_tokenizer()
 engine = Engine(model, tok)
@@ -182,17 +187,106 @@ print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()
 """
 
 
+def _drive(driver: str, root: Path, base_dir: Path, what: str, **spec) -> dict:
+    """Run a driver inside the checkout with the json spec -> the json its last line prints, + peak RSS."""
+    out, peak = _run([sys.executable, "-c", driver, json.dumps(spec)], root,
+                     {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}, what)
+    try:
+        result = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise InputError(f"nanochat's {what} run in {root} printed no result: its API changed?") from None
+    return {**result, "peak_rss_gb": peak}
+
+
 def engine_decode(root: Path, base_dir: Path, *, depth: int, d_model: int, n_head: int, vocab: int, seq_len: int,
                   batches: list[int], prompt_len: int, new_tokens: int) -> dict:
     """nanochat's Engine.generate (one prompt, num_samples=B rows, greedy, randomly initialised
     model of our shape) -> {B: {"ttft_s", "tpot_s" (median per decode step), "steps"}}, torch version."""
-    spec = {"depth": depth, "d_model": d_model, "n_head": n_head, "vocab": vocab, "seq_len": seq_len,
-            "batches": batches, "prompt_len": prompt_len, "new_tokens": new_tokens}
-    out, _ = _run([sys.executable, "-c", DECODE_DRIVER, json.dumps(spec)], root,
-                  {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}, "Engine.generate")
-    try:
-        result = json.loads(out.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise InputError(f"nanochat's Engine.generate run in {root} printed no result: its API changed?") from None
+    result = _drive(DECODE_DRIVER, root, base_dir, "Engine.generate", depth=depth, d_model=d_model, n_head=n_head,
+                    vocab=vocab, seq_len=seq_len, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens)
     result["decode"] = {int(b): r for b, r in result["decode"].items()}
     return result
+
+
+# Run inside nanochat's checkout: its own GPT at our shape, compiled as scripts.base_train compiles
+# it, its own MuonAdamW from setup_optimizer, random tokens; torch.profiler around a few steps. Each
+# profiled event is put in one part: inside optimizer.step, "muon" (its compiled muon_step_fused:
+# Polar Express + update) or "adamw"; in forward/backward, "lm_head + CE" (matmuls with a vocab-sized
+# dimension, and inductor's fused kernels named for the soft-cap/softmax/nll over the logits) or "blocks".
+PROFILE_DRIVER = BUILD_MODEL + """
+import time
+import torch._inductor.config as inductor_config
+inductor_config.cpp.enable_kernel_profile = True  # name each fused C++ kernel in the profile
+from torch.profiler import profile, record_function, ProfilerActivity
+
+optimizer = model.setup_optimizer()
+model = torch.compile(model, dynamic=False)
+x = torch.randint(0, a["vocab"], (a["rows"], a["seq_len"]))
+y = torch.randint(0, a["vocab"], (a["rows"], a["seq_len"]))
+
+def step():
+    with record_function("part:forward"):
+        loss = model(x, y)
+    with record_function("part:backward"):
+        loss.backward()
+    with record_function("part:optimizer"):
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return loss.item()
+
+t0 = time.perf_counter()
+step()
+first = time.perf_counter() - t0
+for _ in range(a["warmup"]):
+    step()
+walls = []
+with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    for _ in range(a["steps"]):
+        t0 = time.perf_counter()
+        step()
+        walls.append(time.perf_counter() - t0)
+V = a["vocab"]
+events = [e for e in prof.events()]
+regions = {n: [(e.time_range.start, e.time_range.end) for e in events if e.name == "part:" + n]
+           for n in ("forward", "backward", "optimizer")}
+def region(e):
+    t = e.time_range.start
+    return next((n for n, spans in regions.items() if any(s <= t < f for s, f in spans)), None)
+parts, kernels = {}, {}
+CE = ("log_softmax", "nll", "tanh", "softmax", "cross_entropy")
+for e in events:
+    if e.name.startswith("part:"):
+        continue
+    r = region(e)
+    if r is None:
+        continue
+    if r == "optimizer":  # its matmuls are Polar Express's; its fused kernels with a norm are Muon's
+        if e.name in ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm"):
+            part = "Muon: Polar Express matmuls"
+        elif "cpp_fused" in e.name:
+            part = "Muon: fused momentum/norm/update" if "linalg_vector_norm" in e.name else "AdamW: fused update"
+        elif e.name in ("aten::cat", "aten::stack", "aten::copy_", "aten::_foreach_copy_"):
+            part = "stacking and copies"
+        else:
+            part = None
+    else:
+        shapes = [s for s in (e.input_shapes or []) if isinstance(s, list)]
+        vocab_mm = e.name in ("aten::mm", "aten::addmm", "aten::bmm") and any(V in s for s in shapes)
+        ce = "cpp_fused" in e.name and any(k in e.name for k in CE)
+        part = "lm_head + CE" if vocab_mm or ce else "blocks + embedding"
+    key = (r, part)
+    parts[key] = parts.get(key, 0.0) + e.self_cpu_time_total
+    kernels[(r, e.name)] = kernels.get((r, e.name), 0.0) + e.self_cpu_time_total
+top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "first_step_s": first,
+                  "step_s": walls, "self_us": [[r, p, t] for (r, p), t in parts.items()],
+                  "top": [[r, n, t] for (r, n), t in top]}))
+"""
+
+
+def train_profile(root: Path, base_dir: Path, *, depth: int, d_model: int, n_head: int, vocab: int, seq_len: int,
+                  rows: int, steps: int = 4, warmup: int = 2) -> dict:
+    """torch.profiler over nanochat's own compiled training step (our shape, random tokens) ->
+    per-step wall seconds and self CPU microseconds per (region, part), summed over `steps` steps."""
+    return _drive(PROFILE_DRIVER, root, base_dir, "training step under torch.profiler", depth=depth,
+                  d_model=d_model, n_head=n_head, vocab=vocab, seq_len=seq_len, rows=rows, steps=steps, warmup=warmup)

@@ -13,7 +13,8 @@ bench/nanochat_anchor.py), runs alternate ours, nanochat's, ours, ... (--repeats
 table ends with the ratio of the medians. nanochat's tok/s is what its log prints (steps 10 on,
 its data loading included); ours is the jitted step alone, steps 3 on, batches already on the device.
 --profile times the step's parts alone (forward, backward, lm_head + cross-entropy, optimizer,
-Polar Express): the breakdown in bench/RESULTS.md.
+Polar Express); with --anchor also nanochat's own compiled step under torch.profiler (--repeats
+steps), its self CPU time by the same parts: the breakdown in bench/RESULTS.md.
 """
 
 import argparse
@@ -78,6 +79,23 @@ class Ours:
         tok_s = [self.cfg.total_batch_tokens / t for t in times[WARMUP:] or times]
         return {"tok_s": float(np.median(tok_s)), "tok_s_range": (min(tok_s), max(tok_s)),
                 "first_step_s": self.compile_s, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def profile_nanochat(args, root) -> None:
+    """torch.profiler over nanochat's own compiled step (bench/nanochat_anchor.py): self CPU time by part."""
+    c = for_depth(args.depth, vocab_size=args.vocab, seq_len=args.seq_len, head_dim=64).model
+    r = nanochat_anchor.train_profile(root, Path(args.anchor_data), depth=c.n_layer, d_model=c.d_model,
+                                      n_head=c.n_head, vocab=args.vocab, seq_len=args.seq_len, rows=args.batch,
+                                      steps=args.repeats)
+    steps = len(r["step_s"])
+    total = sum(t for _, _, t in r["self_us"])
+    print(f"\nnanochat's step under torch.profiler (torch {r['torch']}, {r['threads']} threads, {steps} steps, "
+          f"wall {np.median(r['step_s']) * 1e3:.0f} ms median per step, profiler on; first step "
+          f"{r['first_step_s']:.0f} s)\n\n| region | part | self CPU ms per step | share |\n|---|---|---|---|")
+    for region, part, t in sorted(r["self_us"], key=lambda x: (x[0], -x[2])):
+        print(f"| {region} | {part or 'other'} | {t / 1e3 / steps:.0f} | {t / total:.0%} |")
+    print("\nits biggest ops (self CPU ms per step): " + "; ".join(
+        f"{region} {name[:60]} {t / 1e3 / steps:.0f}" for region, name, t in r["top"][:12]))
 
 
 def profile(args) -> None:
@@ -193,6 +211,11 @@ def main() -> None:
               f"{len(results['nanochat'])} runs); ours / nanochat = {mine / theirs:.2f}x")
     if args.profile:
         profile(args)
+        if root is not None and anchor_error is None:
+            try:
+                profile_nanochat(args, root)
+            except InputError as e:
+                anchor_error = str(e)
     if anchor_error:
         print(f"error: {anchor_error}", file=sys.stderr)
         sys.exit(2)

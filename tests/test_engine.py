@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from trainer import template
-from trainer.engine import Done, Engine, Token
-from trainer.model import GPTConfig, forward, init_params
+from trainer.engine import Done, Engine, Token, decode_logits
+from trainer.model import GPTConfig, forward, init_params, logits_of
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,19 @@ def test_greedy_equals_the_cache_free_forward_for_a_ragged_batch(tiny, tiny_tok)
     out = Engine(params, cfg, tiny_tok).complete(prompts, 12, stop=())
     for prompt, got in zip(prompts, out):
         assert got == reference_greedy(params, cfg, prompt, 12)
+
+
+def test_the_engines_lm_head_layout_gives_the_models_logits(tiny, tiny_tok):
+    params, cfg = tiny
+    engine = Engine(params, cfg, tiny_tok)
+    D, V = params["lm_head"].shape
+    if jax.default_backend() == "cpu":  # the engine's one copy is (V, D); the caller's stays (D, V)
+        assert engine.params["lm_head"].shape == (V, D) and params["lm_head"].shape == (D, V)
+    h = jax.random.normal(jax.random.key(2), (5, D), jnp.float32)
+    want = jax.jit(lambda p, h: logits_of(p, h, cfg))(params, h)
+    got = jax.jit(lambda p, h: decode_logits(p, h, cfg))(engine.params, h)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(want).max()) > 1.0  # logits of some size, not all ~0
 
 
 def test_decoding_never_recompiles_within_a_bucket(tiny, tiny_tok):

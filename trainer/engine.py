@@ -10,6 +10,10 @@ on the device. Shapes come from a few buckets (batch, cache length, chunk length
 token after token never recompiles. Rows advance independently: each has its own position, and
 a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
 
+On CPU the engine holds the lm_head transposed, (V, D) as nanochat/torch store it, in place of the
+(D, V) one (one copy, not two): XLA's CPU dot runs the decode step's (B, D) x (D, V) product faster
+with the weight (V, D) contracted on its last axis (bench/RESULTS.md "Inference engine").
+
 Reasons a row ends: "stop" (a stop token), "length" (max_tokens sampled), "context_full" (the
 next token would not fit the model's context; `message` says so), "cancelled" (the caller asked).
 Nothing raises mid-stream.
@@ -75,6 +79,22 @@ def sample_next(logits, keys, temperature, top_k, top_p, mode: str):
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
+def decode_layout(params):
+    """The engine's copy of the params: on CPU the lm_head (D, V) replaced by its (V, D) transpose
+    (the rest shared, not copied); elsewhere unchanged (GPUs and TPUs take either at full speed)."""
+    if params is None or jax.default_backend() != "cpu":
+        return params
+    return {**params, "lm_head": jnp.asarray(params["lm_head"]).T}  # a new (V, D) buffer
+
+
+def decode_logits(params, h, cfg: GPTConfig):
+    """model.logits_of for the engine's layout: (B, D) hidden states -> (B, V) fp32 soft-capped logits.
+    On CPU `.T` of the (V, D) weight costs nothing: XLA folds it into the dot's contracting axes."""
+    if jax.default_backend() != "cpu":
+        return model.logits_of(params, h, cfg)
+    return model.logits_of({"lm_head": params["lm_head"].T}, h, cfg)
+
+
 def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, cfg: GPTConfig, mode: str,
           fresh: bool):
     """Feed ids (B, C) (the first n[b] real) at positions pos[b]...; sample each row's next id.
@@ -82,18 +102,27 @@ def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, c
     seed alone, not on the batch it shares (the server batches requests that arrive together)."""
     h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n}, fresh=fresh)
     last = h[jnp.arange(ids.shape[0]), jnp.maximum(n - 1, 0)]  # only the last real position's logits
-    logits = model.logits_of(params, last, cfg)
+    logits = decode_logits(params, last, cfg)
     keys = jax.vmap(lambda s, k: jax.random.fold_in(jax.random.key(s), k))(seeds, drawn)
     return sample_next(logits, keys, temperature, top_k, top_p, mode), (k, v)
 
 
 class Engine:
     def __init__(self, params, cfg: GPTConfig, tok):
-        self.params, self.cfg, self.tok = params, cfg, tok
+        self.params, self.cfg, self.tok = params, cfg, tok  # the setter below lays them out
         self.step = jax.jit(partial(_step, cfg=cfg), static_argnames=("mode", "fresh"), donate_argnums=(1,))
         sid = tok.special_id
         self.assistant_start, self.assistant_end = sid(template.ASSISTANT_START), sid(template.ASSISTANT_END)
         self.default_stop = (self.assistant_end, tok.bos_id)
+
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, params):
+        self._params = None  # drop the old copy first: never two engine copies of the lm_head at once
+        self._params = decode_layout(params)
 
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int] = 256, *,
                  temperature: float | list[float] = 0.0, top_k: int | list[int] = 0,
