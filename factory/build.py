@@ -36,8 +36,6 @@ from pathlib import Path
 from rich.console import Console
 
 from factory.backends import BackendConfig, check_endpoint
-
-from factory.requester import Requester, RequestFailed, run_closing
 from factory.config import FACTORY, BuildConfig, construct, load_config, make, stage_entry
 from factory.convert import CONVERTERS
 from factory.critics import CRITICS
@@ -46,6 +44,7 @@ from factory.dedup import screen
 from factory.loop import Context, Stages, entry_key, run_input
 from factory.progress import Counts, Progress, facts_table
 from factory.replay import ToolReplay, replay_figures
+from factory.requester import Requester, RequestFailed, run_closing
 from factory.sources import SOURCES
 from factory.store import Store
 from factory.writers import GENERATORS, REVISERS, Prompts

@@ -33,8 +33,8 @@ import yaml
 
 from agent.tools import Tools
 from factory.backends import check_endpoint
-from factory.requester import Requester, run_closing
 from factory.loop import Skip
+from factory.requester import Requester, run_closing
 from factory.rollout import create_call, lacks, steady_run, system_message, workspace_tools
 from factory.scenario_spec import EVENTS, LANGUAGES, Scenario, load_spec, parse_spec, spec_files
 from factory.store import Store

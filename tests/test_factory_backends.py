@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 
 from factory.backends import BackendConfig, Fatal, LengthStop, Reply, Retryable, VLLMClient, check_endpoint
-
 from factory.requester import AdaptiveLimit, Requester, RequestFailed, run_closing
 from factory.store import Store
 from nanocode.common import InputError

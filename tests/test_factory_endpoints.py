@@ -14,9 +14,8 @@ import time
 import pytest
 
 from factory.backends import BackendConfig, check_endpoint
-
-from factory.requester import Requester, RequestFailed
 from factory.endpoints import FAULTS_TO_OUT
+from factory.requester import Requester, RequestFailed
 from factory.store import Store
 from nanocode.common import InputError
 from tests.conftest import BIN, free_port

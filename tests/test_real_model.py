@@ -13,7 +13,6 @@ import duckdb
 import pytest
 
 from factory.backends import BackendConfig
-
 from factory.requester import Requester
 from factory.store import Store
 from nanocode.common import InputError, nanocode_home

@@ -12,11 +12,10 @@ import pytest
 from rich.console import Console
 
 from factory.backends import BackendConfig
-
-from factory.requester import Requester
 from factory.build import build
 from factory.convert import CodeEdit
 from factory.loop import Context
+from factory.requester import Requester
 from factory.store import Store
 from factory.writers import (LLMReviser, LLMWriter, ParseError, Prompts, first_json, parse_slots, parse_steps,
                              reply_schema, slot_ids, steps_of)
