@@ -48,6 +48,11 @@ def _normalize_url(url: str) -> str:
     return url
 
 
+# the temperature chat, run and the agentic eval sample at unless told otherwise: the demo's model is
+# 100% valid calls at 0.3 and 42-63% at 0.6-1.0 (bench/RESULTS.md "Demo model"); servers default to 1
+TEMPERATURE = 0.3
+
+
 class OpenAIBackend:
     """A model behind an OpenAI-compatible `/v1/chat/completions` (streamed, with tools)."""
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from agent.backend import TEMPERATURE
 from nanocode.common import InputError, cli_app, run_cli
 from nanocode.spec import load_soul, load_tools, render_system_prompt
 
@@ -37,7 +38,7 @@ _JSON_HELP = ("write the session as a conversation record to this file "
               "('-': to stdout, and the transcript goes to stderr) [default: not written]")
 
 
-def _session(base_url, model, api_key, workspace, soul, tools, sandbox, approve, on_event, source):
+def _session(base_url, model, api_key, workspace, soul, tools, sandbox, temperature, approve, on_event, source):
     """Workspace, SOUL, tool spec, sandbox, backend, in that order: each bad input is one InputError line."""
     from agent.backend import OpenAIBackend
     from agent.sandbox import unavailable
@@ -58,7 +59,7 @@ def _session(base_url, model, api_key, workspace, soul, tools, sandbox, approve,
         if sys.stderr.isatty():  # restoring a big checkpoint takes a while; scripts get no noise
             print(f"loading {model} ...", file=sys.stderr, flush=True)
         base_url, model = serve_run(model)
-    backend = OpenAIBackend(base_url, model=model, api_key=api_key)
+    backend = OpenAIBackend(base_url, model=model, api_key=api_key, temperature=temperature)
     backend.check()
     session = Session(backend, runtime, render_system_prompt(soul_, spec), approve, on_event,
                       soul_sha=soul_.sha256, tools_sha=spec.sha256, source=source)
@@ -104,6 +105,8 @@ _opts = dict(
     soul=typer.Option(None, "--soul", help="SOUL file [default: soul/SOUL.md]"),
     tools=typer.Option(None, "--tools", help="tool spec [default: soul/tools.yaml]"),
     sandbox=typer.Option(False, "--sandbox", help=_SANDBOX_HELP),
+    temperature=typer.Option(TEMPERATURE, "--temperature", min=0.0, max=2.0,
+                             help="sampling temperature sent with every request (0: the likeliest token)"),
 )
 
 
@@ -111,7 +114,7 @@ _opts = dict(
 def chat(base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _opts["model"],
          api_key: Optional[str] = _opts["api_key"], workspace: Optional[Path] = _opts["workspace"],
          soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"],
-         sandbox: bool = _opts["sandbox"]) -> None:
+         sandbox: bool = _opts["sandbox"], temperature: float = _opts["temperature"]) -> None:
     """Talk to the agent in your terminal: it reads, searches, edits and runs things in the workspace.
 
     Tools the spec marks needs_approval ask first (edits shown as a diff); with the default spec
@@ -123,7 +126,7 @@ def chat(base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _op
     from agent.chat import chat as chat_loop
 
     ui = ChatUI(Console(highlight=False, soft_wrap=True))
-    session, backend, runtime = _session(base_url, model, api_key, workspace, soul, tools, sandbox,
+    session, backend, runtime = _session(base_url, model, api_key, workspace, soul, tools, sandbox, temperature,
                                          ui.approve, ui.on_event, "nanocode chat")
     chat_loop(session, ui, f"nanocode · {backend.label} · workspace {runtime.root}" + " · sandboxed" * sandbox)
 
@@ -135,7 +138,7 @@ def run(task: str = typer.Argument(..., help="what to do, as you would type it i
         base_url: Optional[str] = _opts["base_url"], model: Optional[str] = _opts["model"],
         api_key: Optional[str] = _opts["api_key"], workspace: Optional[Path] = _opts["workspace"],
         soul: Optional[Path] = _opts["soul"], tools: Optional[Path] = _opts["tools"],
-        sandbox: bool = _opts["sandbox"]) -> None:
+        sandbox: bool = _opts["sandbox"], temperature: float = _opts["temperature"]) -> None:
     """Run one task without asking anything, for scripts and evals; prints the transcript.
 
     Exit status: 0 the model finished, 1 it was stopped (server error, full context, step limit), 2 bad input.
@@ -148,7 +151,7 @@ def run(task: str = typer.Argument(..., help="what to do, as you would type it i
 
     console = Console(highlight=False, soft_wrap=True, stderr=json_path == "-")
     ui = ChatUI(console, preview_lines=20)
-    session, _, _ = _session(base_url, model, api_key, workspace, soul, tools, sandbox,
+    session, _, _ = _session(base_url, model, api_key, workspace, soul, tools, sandbox, temperature,
                              auto_approve(yes), ui.on_event, "nanocode run")
     status = run_once(session, ui, task)
     if json_path == "-":

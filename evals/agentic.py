@@ -38,6 +38,7 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.backend import TEMPERATURE
 from factory.heldout import held_out
 from nanocode.common import InputError
 from nanocode.spec import load_soul, load_tools, render_system_prompt, type_args
@@ -46,8 +47,8 @@ KINDS = ("stub", "bugfix")
 STUB_BODY = '    raise NotImplementedError("implement me")\n'
 TEST_TIMEOUT = 10.0   # seconds for the hidden tests of one task
 # sampling, sent with every request so that an eval repeats: a fixed seed (the server's default is a
-# fresh one a reply) and the defaults measured in bench/RESULTS.md "Demo model"
-TEMPERATURE, TOP_K, SEED = 0.3, 50, 0
+# fresh one a reply), the agent's temperature, and the top-k measured in bench/RESULTS.md "Demo model"
+TOP_K, SEED = 50, 0
 
 # token swaps for the bug injection: each keeps the code valid Python
 SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "+": "-", "-": "+",

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from agent.backend import BackendError, ContextFull, OpenAIBackend, parse_call, to_openai, tools_schema
+from agent.backend import TEMPERATURE, BackendError, ContextFull, OpenAIBackend, parse_call, to_openai, tools_schema
 from agent.sandbox import unavailable
 from agent.session import INTERRUPTED, Decision, Session
 from agent.tools import Preview, Tools
@@ -339,6 +339,8 @@ def test_run_with_yes_edits_prints_the_transcript_and_writes_json(server, ws, tm
     validate(record["messages"])
     assert record["source"] == "nanocode run" and record["workspace"] == {"calc.py": BUGGY}
     assert "exit code: 0" in record["messages"][-2]["content"] and "5" in record["messages"][-2]["content"]
+    # every request samples at the agent's temperature (a server's own default is 1)
+    assert {b.get("temperature") for b in server.requests} == {TEMPERATURE}
 
 
 @pytest.mark.skipif(bool(unavailable()), reason=f"no sandbox here: {unavailable()}")
@@ -356,8 +358,10 @@ def test_run_with_sandbox_gives_bash_no_credentials_and_a_read_only_system(serve
 
 def test_run_without_yes_refuses_what_needs_approval(server, ws):
     server.add({"text": "", "tool_calls": [call("Bash", command="touch x")]}, {"text": "ok"})
-    r = nanocode("run", "make x", "--workspace", ws, "--json", "-", "--base-url", server.base_url)
+    r = nanocode("run", "make x", "--workspace", ws, "--json", "-", "--base-url", server.base_url,
+                 "--temperature", "0")
     assert r.returncode == 0, r.stderr
+    assert {b.get("temperature") for b in server.requests} == {0.0}
     record = json.loads(r.stdout)
     assert "not approved (run without --yes)" in record["messages"][-2]["content"]
     assert not (ws / "x").exists()
