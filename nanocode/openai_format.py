@@ -115,7 +115,8 @@ def parse_call(name, arguments) -> dict:
     try:
         args = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as e:
-        call["error"] = f"{call['name']} arguments are not valid JSON ({e.msg} at char {e.pos})"
+        # what was sent, quoted: a server's own reason (ours sends "error: ...") reaches the model
+        call["error"] = f"{call['name']} arguments are not valid JSON ({e.msg} at char {e.pos}): {text[:80]!r}"
         return call
     if not isinstance(args, dict):
         call["error"] = f"{call['name']} arguments must be a JSON object, got {type(args).__name__}"

@@ -331,6 +331,15 @@ def test_a_call_without_arguments_goes_out_as_an_empty_json_object(local):
     assert call["function"] == {"name": "List", "arguments": "{}"}
 
 
+def test_a_malformed_call_reaches_the_agent_with_the_parsers_reason(local):
+    tok = local.tok
+    ids = [tok.special_id(template.CALL_START)] + tok.encode("List") + [tok.special_id(template.ARG)] + \
+        tok.encode("glob") + [tok.special_id(template.CALL_END)]  # an argument with no value
+    [call] = openai_calls(template.parse_assistant(ids, tok))
+    error = parse_call(call["function"]["name"], call["function"]["arguments"])["error"]
+    assert "not valid JSON" in error and "argument 'glob' has no <|tool_val|>" in error  # what the model is told
+
+
 def test_streamed_tool_calls_go_through_trainer_serve_into_nanocode_run_and_back(caller, tmp_path):
     run_dir, tools, workspace, conv = caller
     with trainer_serve(run_dir) as base:

@@ -289,7 +289,8 @@ def test_tools_schema_follows_the_spec():
 
 def test_parse_call_turns_bad_arguments_into_errors():
     assert parse_call("Read", "")["args"] == {} and "error" not in parse_call("Read", "")
-    assert "not valid JSON" in parse_call("Read", "{oops")["error"]
+    assert parse_call("Read", "{oops")["error"] == \
+        "Read arguments are not valid JSON (Expecting property name enclosed in double quotes at char 1): '{oops'"
     nested = parse_call("Read", '{"file_path": ["a", "b"]}')
     assert nested["args"] == {"file_path": '["a", "b"]'} and "plain values" in nested["error"]
     nameless = parse_call("", "{}")
