@@ -107,7 +107,7 @@ def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many s
                        soul: Optional[Path] = SoulOption, tools: Optional[Path] = ToolsOption,
                        backend: Optional[str] = typer.Option(None, "--backend", help="openai | litellm | vllm [default: openai]"),
                        model: Optional[str] = typer.Option(None, "--model", help="model id for the backend [default: none: required]"),
-                       base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL [default: the backend's own]"),
+                       base_url: Optional[list[str]] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL; repeat it for several endpoints of one model, as in build [default: the backend's own]"),
                        concurrency: int = typer.Option(4, "--concurrency", min=1, help="requests in flight."),
                        unsafe_bash: bool = UnsafeBashOption) -> None:
     """Write N new scenario specs with a model, few-shot from shipped ones; invalid ones are dropped."""
@@ -115,7 +115,8 @@ def scenarios_generate(n: int = typer.Option(..., "--n", min=1, help="how many s
     from factory.config import construct
     from factory.scenarios import GENERATED, generate
 
-    cfg = construct("backend", BackendConfig, {"name": backend or "openai", "model": model, "base_url": base_url,
+    cfg = construct("backend", BackendConfig, {"name": backend or "openai", "model": model,
+                                               "base_url": base_url or None,  # typer: [] when not given
                                                "concurrency": concurrency}, "scenarios generate")
     if cfg.name == "offline":
         raise InputError("scenarios generate needs a model backend (--base-url/--model)")

@@ -273,6 +273,18 @@ def test_generate_keeps_valid_specs_under_the_home_and_the_default_build_runs_th
     assert ScenarioSource(dir=entry["dir"], optional=True).seeds() == []
 
 
+def test_generate_spreads_its_requests_over_every_base_url(tmp_path):
+    names = iter(f"mod{i}" for i in range(99))
+    respond = lambda body: {**_spec_reply(GOOD.replace("calc", next(names))), "latency": 0.5}  # noqa: E731
+    with ScriptedServer(respond=respond) as a, ScriptedServer(respond=respond) as b:
+        run = subprocess.run([str(BIN / "factory"), "scenarios", "generate", "--n", "2", "--concurrency", "2",
+                              "--base-url", a.base_url, "--base-url", b.base_url, "--model", "scripted",
+                              "--out", str(tmp_path / "gen")], capture_output=True, text=True, timeout=60)
+        served = (len(a.requests), len(b.requests))
+    assert run.returncode == 0, run.stderr
+    assert "2 kept, 0 dropped" in run.stdout and served == (1, 1)  # both in flight: one each
+
+
 def test_unsafe_bash_reaches_check_generate_expansion_and_ground(tmp_path, monkeypatch):
     import factory.rollout as rollout
     from factory.backends import BackendConfig
