@@ -55,9 +55,10 @@ $(BIN)/.llama: $(BIN)/.installed
 	  $(BIN)/pip install -q --disable-pip-version-check -e '.[llama]'
 	touch $@
 
+# --durations: every run names its slowest tests, so the suite's time has an owner
 test: $(BIN)/.installed $(BIN)/.llama
 	scripts/system-deps.sh test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/tokenizer.py
