@@ -13,12 +13,13 @@ import pytest
 
 from agent.tools import Tools
 from factory.config import make
-from factory.convert import CodeDiff, CodeEdit, diff_edits
+from factory.convert import MISSED_SEARCH, RECOVER, CodeDiff, CodeEdit, _slip, diff_edits
 from factory.dedup import NEAR, Contamination, screen, signature
 from factory.heldout import held_out, is_held_out, seedable
 from factory.loop import Skip
 from factory.sources import HUMANEVAL_SEEDS, SOURCES, humaneval_rows, seed_row
 from nanocode.common import InputError, nanocode_home
+from nanocode.record import validate
 from nanocode.soul_checks import check_message
 from nanocode.spec import load_soul, load_tools
 from tests.conftest import REPO
@@ -71,11 +72,11 @@ def test_the_shipped_humaneval_seeds_are_the_seedable_problems_only():
     assert not any(is_held_out(f"HumanEval/{n}") for n in numbers) and len(numbers) == 123
     assert "MIT" in (REPO / "factory" / "seeds" / "README.md").read_text()
     # each becomes a line-numbered Read of the file the user named (no search first: its name is
-    # known) and one targeted Edit filling in the stub
+    # known) and one targeted Edit filling in the stub; this one (a recovery row) slips first
     seed = seed_row("humaneval", rows[0]["id"], rows[0]["instruction"], rows[0]["answer"], rows[0]["workspace"])
     draft = CodeEdit(system_prompt=False).convert(seed, SOUL, SPEC)
     calls = [c for m in draft["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
-    assert [c["name"] for c in calls] == ["Read", "Edit"]
+    assert [c["name"] for c in calls] == ["Read", "Edit", "Read", "Edit"]
     assert calls[0]["args"] == {"file_path": "solution.py"} and "def separate_paren_groups" in rows[0]["workspace"]["solution.py"]
     # the file's name varies apart from the function's, as in real repos: no name holds more than
     # a sixth of the rows, and most do not spell the function (a model copies the name it is given)
@@ -85,6 +86,51 @@ def test_the_shipped_humaneval_seeds_are_the_seedable_problems_only():
     assert sum(f in n for n, f in zip(names, fns)) < 123 / 3
     assert all(n in r["workspace"] for n, r in zip(names, rows) if r["workspace"])
     assert calls[1]["args"]["old_string"] != rows[0]["workspace"][calls[1]["args"]["file_path"]]  # targeted
+
+
+def test_some_rows_recover_from_a_missed_edit_or_search_with_the_runtimes_real_results(tmp_path):
+    # the shipped HumanEval seeds, converted: every row is a valid record whose results are what
+    # agent.tools.Tools gives for its calls on its workspace, and the file ends as the answer's code
+    shapes = Counter()
+    for n, row in enumerate(json.loads(line) for line in HUMANEVAL_SEEDS.read_text().splitlines()):
+        seed = seed_row("humaneval", row["id"], row["instruction"], row["answer"], row["workspace"])
+        draft = CodeEdit(system_prompt=False).convert(seed, SOUL, SPEC)
+        msgs = draft["messages"]
+        validate(msgs)
+        calls = [c for m in msgs if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+        results = [m["content"] for m in msgs if m["role"] == "tool"]
+        assert replay(draft, tmp_path / str(n)) == results, row["id"]
+        target = calls[-1]["args"]["file_path"]
+        assert (tmp_path / str(n) / target).read_text() == re.search(r"```python\n(.*?)```", row["answer"], re.S)[1]
+        shape = " ".join(c["name"] + "!" * r.startswith("error") for c, r in zip(calls, results))
+        shapes[shape] += 1
+        if "Edit!" in shape:  # the slip is a stub line the file does not have; the retry copies the file
+            at = [c["name"] for c in calls].index("Edit")
+            assert results[at].startswith("error: old_string not found in") and calls[at + 1:][-1]["args"]["old_string"] in draft["workspace"][target]
+            assert calls[at]["args"]["old_string"] not in draft["workspace"][target]
+            assert all(c.ok for c in check_message(msgs[2 * at + 3], SOUL.rules))  # the remark after it: the SOUL's voice
+        if shape.startswith("Grep"):
+            assert results[0] == "no matches" and calls[1] == {"name": "Read", "args": {"file_path": target}}
+    # the shares the converter promises (by a hash: near, not exact)
+    assert set(shapes) == {"Read Edit", "Read Edit! Read Edit", "Grep Read Edit"}
+    assert abs(shapes["Read Edit! Read Edit"] / 122 - 1 / RECOVER) < 0.08
+    assert 5 <= shapes["Grep Read Edit"] <= 2 * 122 / MISSED_SEARCH and shapes["Read Edit"] >= 0.3 * 122
+
+
+def test_a_slip_is_a_stub_spelled_otherwise_or_another_indentation():
+    assert _slip('    raise NotImplementedError("implement me")\n') == ("stub", "    pass\n")
+    assert _slip('    """\n') == ("stub", '    """\n    pass\n')
+    assert _slip("    x = 1\n\n    return x\n") == ("indent", "        x = 1\n\n        return x\n")
+    assert _slip("x = 1\n") == ("indent", "    x = 1\n") and _slip("\n") is None
+    # code that is not a stub slips on its indentation: the runtime's error says so, the retry applies
+    for k in range(40):  # which rows recover follows a hash of the file: find one
+        seed = {"instruction": "fix `f` in `m.py`", "answer": f"```python\ndef f():\n    return {k + 1}\n```",
+                "workspace": {"m.py": f"def f():\n    return {k}\n"}}
+        msgs = CodeEdit(system_prompt=False).convert(seed, SOUL, SPEC)["messages"]
+        if any(m["role"] == "tool" and m["content"].startswith("error") for m in msgs):
+            break
+    assert msgs[3]["tool_calls"][0]["args"]["old_string"] == f"        return {k}\n" and "check indentation" in msgs[4]["content"]
+    assert "indentation was off" in msgs[5]["content"] and msgs[-2]["content"].startswith("edited m.py")
 
 
 def test_pasted_code_and_a_modified_answer_become_unique_targeted_edits(tmp_path):
