@@ -1,10 +1,12 @@
 """The agentic eval: held-out HumanEval problems as small repos, solved through the agent loop.
 
 Only the 41 held-out problems (factory.heldout.held_out(): the factory never trains on them).
-Each gives two tasks, in a fresh temp workspace:
-    stub    solution.py is the problem's prompt (signature + docstring) with a `raise
+Each gives two tasks, in a fresh temp workspace, in a module the problem's place in that list
+names (`MODULES`: solution.py, main.py, the function's name, ...; the task says which, so a model
+that always opens solution.py is right once in six):
+    stub    the module is the problem's prompt (signature + docstring) with a `raise
             NotImplementedError` body: "implement it"
-    bugfix  solution.py is the canonical solution with one injected bug, and test_solution.py
+    bugfix  the module is the canonical solution with one injected bug, and test_<module>.py
             (the problem's tests) fails: "fix the bug"
 The bug is one token swapped in the solution's body (`<` for `<=`, `+` for `-`, True for False,
 a number off by one, ...): the candidates are taken in source order starting at a place fixed by
@@ -13,8 +15,8 @@ same problem always gets the same bug.
 
 The agent runs auto-approved (agent.session.Session, as `nanocode run --yes`), against any
 OpenAI-compatible endpoint. Success = the hidden tests pass afterwards: the problem's tests run
-in a subprocess with a timeout, in a fresh directory holding only the workspace's solution.py,
-so editing test_solution.py gains nothing. The model's Bash calls and the hidden tests (which run
+in a subprocess with a timeout, in a fresh directory holding only the workspace's module, so
+editing its test file gains nothing. The model's Bash calls and the hidden tests (which run
 the model's code) run in agent/sandbox.py's bubblewrap sandbox, unless `unsafe_bash` says not to. Also counted, over every tool call: syntactically
 valid calls (parsed, a known tool, its required arguments, no unknown ones: nanocode.spec.type_args),
 calls on existing files (of the calls whose canonical `path` argument is given, the share naming a
@@ -44,6 +46,9 @@ from nanocode.common import InputError
 from nanocode.spec import load_soul, load_tools, render_system_prompt, type_args
 
 KINDS = ("stub", "bugfix")
+# the module a task's code lives in, by the problem's index: names the factory's seeds use and two
+# they never do ("impl", "answer"), so the eval measures copying the name the task gives
+MODULES = ("solution", "main", "{fn}", "impl", "utils", "answer")
 STUB_BODY = '    raise NotImplementedError("implement me")\n'
 TEST_TIMEOUT = 10.0   # seconds for the hidden tests of one task
 # sampling, sent with every request so that an eval repeats: a fixed seed (the server's default is a
@@ -65,18 +70,31 @@ class AgentTask:
     instruction: str         # what the user types
     files: dict[str, str]    # the workspace
     test: str                # the problem's test code (defines check)
+    module: str = "solution"  # the code is in <module>.py
+
+    @property
+    def code_file(self) -> str:
+        return f"{self.module}.py"
 
 
-def _test_script(problem: dict) -> str:
-    return f"from solution import *\n\n{problem['test']}\n\ncheck({problem['entry_point']})\nprint('all tests passed')\n"
+def module_for(p: dict, index: int) -> str:
+    """The module of the `index`-th problem: MODULES in turn (the function's own name unless it is a
+    standard library module's, which the hidden tests' imports would then shadow)."""
+    name = MODULES[index % len(MODULES)].format(fn=p["entry_point"])
+    return "solution" if name in sys.stdlib_module_names else name
 
 
-def stub_task(p: dict) -> AgentTask:
+def _test_script(problem: dict, module: str) -> str:
+    return (f"from {module} import *\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+            "print('all tests passed')\n")
+
+
+def stub_task(p: dict, module: str = "solution") -> AgentTask:
     prompt = p["prompt"] if p["prompt"].endswith("\n") else p["prompt"] + "\n"
     return AgentTask(f"{p['task_id']}:stub", "stub", p["task_id"], p["entry_point"],
-                     f"implement `{p['entry_point']}` in solution.py: its docstring says what it must do. "
+                     f"implement `{p['entry_point']}` in {module}.py: its docstring says what it must do. "
                      "replace the `raise NotImplementedError` with a working body.",
-                     {"solution.py": prompt + STUB_BODY}, p["test"])
+                     {f"{module}.py": prompt + STUB_BODY}, p["test"], module)
 
 
 def mutants(p: dict) -> list[str]:
@@ -130,7 +148,7 @@ for i, src in enumerate(job["sources"]):
 """
 
 
-def bugfix_task(p: dict) -> AgentTask | None:
+def bugfix_task(p: dict, module: str = "solution") -> AgentTask | None:
     """None when no swap breaks the tests (then the problem has only its stub task)."""
     sources = mutants(p)
     if not sources:
@@ -146,9 +164,9 @@ def bugfix_task(p: dict) -> AgentTask | None:
         return None
     buggy = sources[int(r.stdout.split()[0])]
     return AgentTask(f"{p['task_id']}:bugfix", "bugfix", p["task_id"], p["entry_point"],
-                     f"`python test_solution.py` fails: there is a bug in `{p['entry_point']}` in solution.py. "
+                     f"`python test_{module}.py` fails: there is a bug in `{p['entry_point']}` in {module}.py. "
                      "find it and fix it.",
-                     {"solution.py": buggy, "test_solution.py": _test_script(p)}, p["test"])
+                     {f"{module}.py": buggy, f"test_{module}.py": _test_script(p, module)}, p["test"], module)
 
 
 def build_tasks(kinds=KINDS, limit: int | None = None, problems: list[dict] | None = None) -> list[AgentTask]:
@@ -156,11 +174,12 @@ def build_tasks(kinds=KINDS, limit: int | None = None, problems: list[dict] | No
     if unknown := [k for k in kinds if k not in KINDS]:
         raise InputError(f"unknown task kind {unknown[0]!r}: choose from {', '.join(KINDS)}")
     tasks = []
-    for p in problems if problems is not None else held_out():
+    for n, p in enumerate(problems if problems is not None else held_out()):
         for kind in KINDS:
             if kind not in kinds or (limit is not None and len(tasks) >= limit):
                 continue
-            task = stub_task(p) if kind == "stub" else bugfix_task(p)
+            module = module_for(p, n)
+            task = stub_task(p, module) if kind == "stub" else bugfix_task(p, module)
             if task is not None:
                 tasks.append(task)
     return tasks
@@ -171,17 +190,17 @@ def build_tasks(kinds=KINDS, limit: int | None = None, problems: list[dict] | No
 
 def hidden_tests(task: AgentTask, workspace: Path, timeout: float = TEST_TIMEOUT,
                  sandbox: bool = True) -> tuple[bool, str]:
-    """(passed, last line of the output) of the problem's tests against the workspace's solution.py:
+    """(passed, last line of the output) of the problem's tests against the workspace's module:
     the model's code, so in the sandbox (`sandbox`) as its Bash calls are."""
     from agent.sandbox import Sandbox
 
-    solution = workspace / "solution.py"
-    if not solution.is_file():
-        return False, "solution.py is gone"
+    code = workspace / task.code_file
+    if not code.is_file():
+        return False, f"{task.code_file} is gone"
     with tempfile.TemporaryDirectory(prefix="nanocode-hidden-") as d:
-        shutil.copy(solution, Path(d) / "solution.py")
+        shutil.copy(code, Path(d) / task.code_file)
         (Path(d) / "hidden_test.py").write_text(
-            _test_script({"test": task.test, "entry_point": task.entry_point}), encoding="utf-8")
+            _test_script({"test": task.test, "entry_point": task.entry_point}, task.module), encoding="utf-8")
         argv, env = [sys.executable, "hidden_test.py"], None
         if sandbox:
             box = Sandbox()

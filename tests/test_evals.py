@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -148,26 +149,33 @@ def test_tasks_are_held_out_problems_with_a_stub_or_one_injected_bug():
     problems = humaneval_problems()
     for t in tasks:
         p = problems[t.problem]
-        canonical = p["prompt"] + p["canonical_solution"]
+        canonical, code = p["prompt"] + p["canonical_solution"], t.files[t.code_file]
+        assert f"in {t.code_file}" in t.instruction  # the task names the module its code is in
         if t.kind == "bugfix":
-            diff = [(a, b) for a, b in zip(canonical.splitlines(), t.files["solution.py"].splitlines()) if a != b]
-            assert len(diff) == 1 and len(canonical.splitlines()) == len(t.files["solution.py"].splitlines())
-            assert "test_solution.py" in t.files
+            diff = [(a, b) for a, b in zip(canonical.splitlines(), code.splitlines()) if a != b]
+            assert len(diff) == 1 and len(canonical.splitlines()) == len(code.splitlines())
+            assert set(t.files) == {t.code_file, f"test_{t.code_file}"}
         else:
-            assert t.files["solution.py"].endswith(agentic.STUB_BODY)
+            assert code.endswith(agentic.STUB_BODY) and set(t.files) == {t.code_file}
+    # the problems' modules go round MODULES: solution.py for one problem in six, never a stdlib name
+    modules = [t.module for t in agentic.build_tasks(kinds=("stub",))]
+    assert modules[:6] == ["solution", "main", problems[tasks[4].problem]["entry_point"], "impl", "utils", "answer"]
+    assert modules.count("solution") <= len(modules) / 5 and not set(modules) & sys.stdlib_module_names
 
 
 def test_hidden_tests_fail_the_given_code_and_pass_the_canonical_solution(tmp_path):
     problems = humaneval_problems()
     for t in agentic.build_tasks(limit=4):
-        (tmp_path / "solution.py").write_text(t.files["solution.py"])
+        (tmp_path / t.code_file).write_text(t.files[t.code_file])
         assert agentic.hidden_tests(t, tmp_path)[0] is False
         p = problems[t.problem]
-        (tmp_path / "solution.py").write_text(p["prompt"] + p["canonical_solution"])
+        (tmp_path / t.code_file).write_text(p["prompt"] + p["canonical_solution"])
         assert agentic.hidden_tests(t, tmp_path) == (True, "all tests passed")
-    (tmp_path / "solution.py").write_text("def f():\n    while True: pass\n" + p["prompt"] + p["canonical_solution"]
-                                          + "\nf()\n")
+    (tmp_path / t.code_file).write_text("def f():\n    while True: pass\n" + p["prompt"] + p["canonical_solution"]
+                                        + "\nf()\n")
     assert agentic.hidden_tests(t, tmp_path, timeout=1) == (False, "timed out after 1s")
+    (tmp_path / t.code_file).unlink()
+    assert agentic.hidden_tests(t, tmp_path) == (False, f"{t.code_file} is gone")
 
 
 def test_hidden_tests_run_the_models_code_in_the_sandbox(tmp_path):
@@ -181,7 +189,7 @@ def test_hidden_tests_run_the_models_code_in_the_sandbox(tmp_path):
     outside.parent.mkdir()
     escape = f"open({str(outside)!r}, 'w').write('out')\n"
     (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "solution.py").write_text(escape + p["prompt"] + p["canonical_solution"])
+    (tmp_path / "work" / t.code_file).write_text(escape + p["prompt"] + p["canonical_solution"])
     passed, said = agentic.hidden_tests(t, tmp_path / "work")
     assert not passed and "No such file or directory" in said and not outside.exists()
     # unsandboxed (--unsafe-bash) the same code does write there: the check above can fail
@@ -193,22 +201,22 @@ def solver(body: dict) -> dict:
     recovery), an Edit to the canonical solution, a Bash run of the tests, then a short reply."""
     messages = body["messages"]
     task = next(m["content"] for m in messages if m["role"] == "user")
-    entry = re.search(r"`(\w+)`(?: in solution.py)", task).group(1)
+    entry, module = re.search(r"`(\w+)` in (\w+)\.py", task).groups()
     p = next(p for p in humaneval_problems().values() if p["entry_point"] == entry and is_held_out(p["task_id"]))
     turn = sum(m["role"] == "assistant" for m in messages)
     if turn == 0:
         return {"text": "looking", "tool_calls": [{"name": "Read", "arguments": {"file_path": "nope.py"}}]}
     if turn == 1:
-        return {"text": "reading it", "tool_calls": [{"name": "Read", "arguments": {"file_path": "solution.py"}}]}
+        return {"text": "reading it", "tool_calls": [{"name": "Read", "arguments": {"file_path": f"{module}.py"}}]}
     if turn == 2:
         current = re.sub(r"^ *\d+→", "", messages[-1]["content"], flags=re.M)
         body_start = len(p["prompt"]) if current.startswith(p["prompt"]) else current.index(p["prompt"].rstrip())
         return {"text": "fixing", "tool_calls": [{"name": "Edit", "arguments": {
-            "file_path": "solution.py", "old_string": current[body_start:].rstrip("\n") or current,
+            "file_path": f"{module}.py", "old_string": current[body_start:].rstrip("\n") or current,
             "new_string": p["canonical_solution"].rstrip("\n")}}]}
     if turn == 3:
         return {"text": "testing", "tool_calls": [{"name": "Bash", "arguments": {
-            "command": f"python -c 'import solution; print(solution.{entry})'"}}]}
+            "command": f"python -c 'import {module}; print({module}.{entry})'"}}]}
     return {"text": "done, it works now."}
 
 
