@@ -127,11 +127,11 @@ def profile_decode(cfg, params, batches, repeats, cached=128):
                                    "wo": 0.02 * jax.random.normal(key[0], params["blocks"]["wo"].shape),
                                    "w_proj": 0.02 * jax.random.normal(key[1], params["blocks"]["w_proj"].shape)}}
     S, L = cfg.seq_len, cfg.n_layer
-    w0 = jax.tree.map(lambda a: a[0], params["blocks"])
     engine = Engine(params, cfg, small_tokenizer())
-    step, held = engine.step, engine.params  # the engine's own jitted step (cache donated), its lm_head layout
-    layers = jax.jit(lambda kv, ids, pos, n: model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos,
-                                                                             "n": n}), donate_argnums=(0,))
+    step, held = engine.step, engine.params  # the engine's own jitted step (cache donated), its weights' layout
+    w0 = held["blocks"][0]
+    layers = jax.jit(lambda kv, ids, pos, n: model.hidden(held, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos,
+                                                                           "n": n}), donate_argnums=(0,))
     print("\n| part of one decode step (jitted alone) | " + " | ".join(f"batch {B} ms" for B in batches) + " |")
     print("|---|" + "---|" * len(batches))
     rows: dict[str, list[str]] = {}
@@ -141,7 +141,7 @@ def profile_decode(cfg, params, batches, repeats, cached=128):
         ids, pos, n = jnp.ones((B, 1), jnp.int32), jnp.full((B,), cached, jnp.int32), jnp.ones((B,), jnp.int32)
         x = jax.random.normal(key[0], (B, 1, cfg.d_model))
         cos, sin = model.rope(pos[:, None], cfg.head_dim, cfg.rope_base)
-        h = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n})[0][:, 0]
+        h = model.hidden(held, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n})[0][:, 0]
         logits = model.logits_of(params, h, cfg)
         zeros, off = jnp.zeros((B,), jnp.uint32), (jnp.zeros((B,)), jnp.zeros((B,), jnp.int32), jnp.ones((B,)))
         # the two that take the whole cache donate it, as the engine does: it comes back as output [1]

@@ -42,9 +42,15 @@ def test_greedy_equals_the_cache_free_forward_for_a_ragged_batch(tiny, tiny_tok)
         assert got == reference_greedy(params, cfg, prompt, 12)
 
 
-def test_the_engines_lm_head_layout_gives_the_models_logits(tiny, tiny_tok):
+def test_the_engines_layout_holds_the_models_weights_and_gives_its_logits(tiny, tiny_tok):
     params, cfg = tiny
     engine = Engine(params, cfg, tiny_tok)
+    blocks = engine.params["blocks"]  # one dict of arrays per layer, not slices of the stacked ones
+    assert isinstance(blocks, tuple) and len(blocks) == cfg.n_layer
+    for i, layer in enumerate(blocks):
+        assert layer.keys() == params["blocks"].keys()
+        for name, w in layer.items():
+            np.testing.assert_array_equal(np.asarray(w), np.asarray(params["blocks"][name][i]))
     D, V = params["lm_head"].shape
     if jax.default_backend() == "cpu":  # the engine's one copy is (V, D); the caller's stays (D, V)
         assert engine.params["lm_head"].shape == (V, D) and params["lm_head"].shape == (D, V)

@@ -10,9 +10,11 @@ on the device. Shapes come from a few buckets (batch, cache length, chunk length
 token after token never recompiles. Rows advance independently: each has its own position, and
 a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
 
-On CPU the engine holds the lm_head transposed, (V, D) as nanochat/torch store it, in place of the
-(D, V) one (one copy, not two): XLA's CPU dot runs the decode step's (B, D) x (D, V) product faster
-with the weight (V, D) contracted on its last axis (bench/RESULTS.md "Inference engine").
+The engine holds its own layout of the weights (`decode_layout`, one copy, made once): each layer's
+block weights as their own arrays, not slices of the stacked (L, ...) ones (a slice is a copy in XLA:
+every layer's weights copied per token), and on CPU the lm_head transposed, (V, D) as nanochat/torch
+store it: XLA's CPU dot runs the decode step's (B, D) x (D, V) product faster with the weight (V, D)
+contracted on its last axis (bench/RESULTS.md "Inference engine").
 
 Reasons a row ends: "stop" (a stop token), "length" (max_tokens sampled), "context_full" (the
 next token would not fit the model's context; `message` says so), "cancelled" (the caller asked).
@@ -80,11 +82,19 @@ def sample_next(logits, keys, temperature, top_k, top_p, mode: str):
 
 
 def decode_layout(params):
-    """The engine's copy of the params: on CPU the lm_head (D, V) replaced by its (V, D) transpose
-    (the rest shared, not copied); elsewhere unchanged (GPUs and TPUs take either at full speed)."""
-    if params is None or jax.default_backend() != "cpu":
-        return params
-    return {**params, "lm_head": jnp.asarray(params["lm_head"]).T}  # a new (V, D) buffer
+    """The engine's copy of the params. The blocks' weights one dict per layer (new buffers, made
+    once) in place of the stacked (L, ...) arrays: XLA copies a slice of a stacked array out before
+    a dot, so slicing layer i inside the step copied every layer's weights on every token. On CPU
+    also the lm_head (D, V) replaced by its (V, D) transpose (GPUs and TPUs take either at full
+    speed). The rest is shared, not copied."""
+    if params is None:
+        return None
+    stacked = params["blocks"]
+    layout = {**params, "blocks": tuple({name: jnp.asarray(a[i]) for name, a in stacked.items()}
+                                        for i in range(len(params["resid_lambdas"])))}
+    if jax.default_backend() == "cpu":
+        layout["lm_head"] = jnp.asarray(params["lm_head"]).T  # a new (V, D) buffer
+    return layout
 
 
 def decode_logits(params, h, cfg: GPTConfig):
@@ -121,7 +131,7 @@ class Engine:
 
     @params.setter
     def params(self, params):
-        self._params = None  # drop the old copy first: never two engine copies of the lm_head at once
+        self._params = None  # drop the old copy first: never two engine copies of the weights at once
         self._params = decode_layout(params)
 
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int] = 256, *,

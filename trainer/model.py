@@ -180,7 +180,8 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
     Without `cache`, ids are whole sequences from position 0. With `cache` = {"k", "v": L-tuples of
     (B, Hkv, S, Dh) per-layer arrays, "pos": (B,) tokens already cached per row, "n": (B,) how many
     of this call's T ids are real per row}, ids continue each row at its own position (prefill,
-    decode, forced tokens); `fresh`: every row starts at 0 (see attention).
+    decode, forced tokens); `fresh`: every row starts at 0 (see attention). The cache path takes
+    params["blocks"] as a tuple of per-layer weight dicts (trainer.engine.decode_layout).
     """
     dtype = jnp.dtype(cfg.compute_dtype)
     if cache is None:
@@ -203,11 +204,11 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
         x, _ = jax.lax.scan(lambda x, xs: layer(x, *xs, None), x0,
                             (params["blocks"], params["resid_lambdas"], x0_lambdas))
         return rms_norm(x), None
-    # decoding: a Python loop over per-layer caches. A scan would slice each layer's cache out of
-    # a stacked one, which XLA copies: a whole cache copy per step, more than the attention reads
+    # decoding: a Python loop over per-layer caches and per-layer weights. A scan (or a[i] of a
+    # stacked array) would slice each layer's cache and weights out, which XLA copies: the whole
+    # cache and every weight copied per step, more bytes than the step reads
     x, ks, vs = x0, [], []
-    for i in range(cfg.n_layer):
-        w = jax.tree.map(lambda a: a[i], params["blocks"])
+    for i, w in enumerate(params["blocks"]):
         x, (k, v) = layer(x, w, params["resid_lambdas"][i], None if x0_lambdas is None else x0_lambdas[i],
                           (cache["k"][i], cache["v"][i]))
         ks.append(k)

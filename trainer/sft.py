@@ -245,8 +245,11 @@ def sft_stage(cfg: TrainConfig, data: dict, tok, batch: int, init_from: str) -> 
     prompts = prompts_of(data["val_convs"], tok, seq)
 
     def sample(params):
-        engine.params = params
-        return [tok.decode(ids) for ids in engine.complete(prompts, 48)] if prompts else []
+        engine.params = params  # the engine's copy of the weights lives only while it samples
+        try:
+            return [tok.decode(ids) for ids in engine.complete(prompts, 48)] if prompts else []
+        finally:
+            engine.params = None
 
     return Stage("sft", loss=lambda p, b, _: (model.loss_fn(p, *b, cfg.model), {}),
                  loader=lambda state: ConversationLoader(train_items, batch, seq, tok.bos_id, cfg.seed, state, fp),

@@ -112,9 +112,12 @@ def pretrain_stage(cfg: TrainConfig, corpus_dir: Path, tok: Tokenizer, batch: in
     engine = Engine(None, cfg.model, tok)  # one engine: its compiled steps serve every sampling
 
     def sample(params):
-        engine.params = params
-        prompts = [[tok.bos_id] + tok.encode(p) for p in SAMPLE_PROMPTS]
-        return [p + tok.decode(ids) for p, ids in zip(SAMPLE_PROMPTS, engine.complete(prompts, 24, stop=()))]
+        engine.params = params  # the engine's copy of the weights lives only while it samples
+        try:
+            prompts = [[tok.bos_id] + tok.encode(p) for p in SAMPLE_PROMPTS]
+            return [p + tok.decode(ids) for p, ids in zip(SAMPLE_PROMPTS, engine.complete(prompts, 24, stop=()))]
+        finally:
+            engine.params = None
 
     return Stage("pretrain", loss=lambda p, b, _: (model.loss_fn(p, *b, cfg.model), {}),
                  loader=lambda state: PackedLoader(corpus_dir, tok, batch, seq, code_ratio=cfg.code_ratio,
