@@ -299,9 +299,16 @@ _CLOSERS = ["It follows the docstring, examples included.", "the docstring's exa
             "Let me know if you want tests for it!", "", "Hope this helps!"]
 
 
-# the file a problem lives in, by row: 7 names (coprime with the other lists' lengths), so each
-# has 1/7 of the rows and none dominates; two of them still carry the function's name
-_FILES = ["solution.py", "main.py", "utils.py", "{fn}.py", "src/{fn}.py", "lib/helpers.py", "core.py"]
+# the file a problem lives in, by row: a stem from a large pool (or, one row in six, the function's
+# own name) in one of a few folders, so no name is in more than a few rows and only copying the name
+# the request gives is right. "impl" and "answer" are never stems: the agentic eval's unseen modules
+_STEMS = ["solution", "main", "utils", "core", "helpers", "tools", "common", "misc", "functions", "lib",
+          "module", "shared", "base", "logic", "compute", "calc", "algorithms", "problem", "exercise",
+          "task", "kata", "puzzle", "challenge", "homework", "practice", "scratch", "snippets", "library",
+          "strings", "text", "numbers", "lists", "sequences", "checks", "validate", "convert", "transform",
+          "filters", "search", "sorting", "counting", "matrix", "digits", "primes", "geometry", "stats",
+          "parsing", "encode", "mathutils", "grid"]
+_FOLDERS = ["", "src/", "", "lib/", "", "app/", "pkg/"]
 _STUB_BODIES = ["", '    raise NotImplementedError("implement me")\n', "    pass\n"]
 _ASKS = ["`{fn}` in `{file}` is only a stub; implement it as its docstring says.",
          "Please write the body of {fn} in {file}.",
@@ -316,14 +323,15 @@ def humaneval_rows() -> list[dict]:
     """Seed rows from the 123 seedable HumanEval problems (never the held-out 41): the stub in
     the workspace (or pasted into the request) and the canonical solution as the answer, so
     the converter makes a targeted edit that fills the stub in. The file's name varies apart
-    from the function's (as in real repos: `_FILES`), so a model learns to copy the name the
-    request gives, not to make one up from the function."""
+    from the function's and is rarely the same twice (`_STEMS` x `_FOLDERS`), so a model learns to
+    copy the name the request gives, not to make one up or to recall a common one."""
     from factory.heldout import seedable
 
     rows = []
     for n, p in enumerate(seedable()):
         k, fn = int(p["task_id"].rsplit("/", 1)[1]), p["entry_point"]
-        file = _FILES[n % len(_FILES)].format(fn=fn)
+        stem = fn if n % 6 == 5 else _STEMS[7 * n % len(_STEMS)]  # 7 is coprime with 50: each stem in turn
+        file = f"{_FOLDERS[n // 2 % len(_FOLDERS)]}{stem}.py"
         prompt = p["prompt"] if p["prompt"].endswith("\n") else p["prompt"] + "\n"
         stub, full = prompt + _STUB_BODIES[n % len(_STUB_BODIES)], p["prompt"] + p["canonical_solution"]
         if k % 4 == 2:  # pasted into the request: the converter puts it into the named file

@@ -78,12 +78,15 @@ def test_the_shipped_humaneval_seeds_are_the_seedable_problems_only():
     calls = [c for m in draft["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", [])]
     assert [c["name"] for c in calls] == ["Read", "Edit", "Read", "Edit"]
     assert calls[0]["args"] == {"file_path": "solution.py"} and "def separate_paren_groups" in rows[0]["workspace"]["solution.py"]
-    # the file's name varies apart from the function's, as in real repos: no name holds more than
-    # a sixth of the rows, and most do not spell the function (a model copies the name it is given)
+    # the file's name varies apart from the function's, as in real repos, and is too varied to recall:
+    # no name in more than 3 rows, no stem in more than 4, most do not spell the function, and never
+    # one of the agentic eval's unseen modules (a model copies the name it is given)
     names = [re.search(r"[\w/]+\.py", r["instruction"])[0] for r in rows]
     fns = [p["entry_point"] for p in seedable()]
-    assert max(Counter(re.sub(r"\w+(?=\.py$)", "F", n) if f in n else n for n, f in zip(names, fns)).values()) <= 123 / 6
-    assert sum(f in n for n, f in zip(names, fns)) < 123 / 3
+    stems = Counter(n.rsplit("/", 1)[-1] for n, f in zip(names, fns) if f not in n)
+    assert max(Counter(names).values()) <= 3 and max(stems.values()) <= 4 and len(stems) >= 40
+    assert 123 / 10 < sum(f in n for n, f in zip(names, fns)) < 123 / 4
+    assert not {"impl.py", "answer.py"} & set(stems)
     assert all(n in r["workspace"] for n, r in zip(names, rows) if r["workspace"])
     assert calls[1]["args"]["old_string"] != rows[0]["workspace"][calls[1]["args"]["file_path"]]  # targeted
 
