@@ -160,9 +160,11 @@ def test_factory_versions_feed_sft_and_dpo(tiny_tok):
     assert convs["sources"][0]["source"] == "factory:1"  # latest resolved: a run records what it read
     assert len(convs["train"]) + len(convs["val"]) == summary["sft rows"]
     assert len(pairs["train"]) + len(pairs["val"]) == summary["pairs"] and not pairs["dropped"]
-    items, cut = sft.render_all(convs["train"], tiny_tok, 4096)
+    # 8192: the test tokenizer's small vocab spells a row in many more tokens than the real one, and the rows
+    # that recover from a failed Edit read their file twice
+    items, cut = sft.render_all(convs["train"], tiny_tok, 8192)
     assert cut == 0 and all(mask.any() for _, mask in items)
-    rendered, too_long = dpo.render_pairs(pairs["train"], tiny_tok, 4096)
+    rendered, too_long = dpo.render_pairs(pairs["train"], tiny_tok, 8192)
     assert too_long == 0 and len(rendered) == len(pairs["train"])
     with pytest.raises(Exception, match="no version 7"):
         conversations.load(["factory:7"], "pairs")
