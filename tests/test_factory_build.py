@@ -1,6 +1,7 @@
 """`factory build` end to end: offline, against a loopback model server, killed with SIGKILL
 and resumed; the store read back with plain duckdb; ls/show/diff/export; bad input."""
 
+import itertools
 import json
 import os
 import re
@@ -189,7 +190,10 @@ def test_a_slow_model_is_visible_and_a_kill_mid_build_then_resume_loses_nothing(
 def test_ctrl_c_keeps_the_inputs_that_finished(tmp_path):
     config = config_file(tmp_path, seed_file(tmp_path, 8), chunk_size=100)  # neither the chunk nor 30 s is reached
     env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "stopped")}
-    with ScriptedServer(respond=lambda body: respond(body, latency=0.5)) as server:
+    served = itertools.count()
+    # the first 6 requests are quick, later ones slow: some inputs finish, and the build cannot end before
+    # the Ctrl-C however late a loaded machine lets the test see the progress line (CI once saw exit 0)
+    with ScriptedServer(respond=lambda body: respond(body, latency=0.3 if next(served) < 6 else 5.0)) as server:
         proc = subprocess.Popen([str(BIN / "factory"), "build", "--config", str(config), "--base-url", server.base_url,
                                  "--model", "scripted", "--concurrency", "2"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
