@@ -187,6 +187,14 @@ def test_a_slow_model_is_visible_and_a_kill_mid_build_then_resume_loses_nothing(
             sorted(r[0] for r in killed.all(f"SELECT {key} FROM {killed.relation(kind, 1)}")), kind
 
 
+def _as_from_a_shell():
+    """The child's SIGINT as a shell leaves it: default and unblocked. An ignored or blocked SIGINT is
+    inherited across exec, and in the whole suite (not alone) CI saw the build never hear the Ctrl-C
+    and finish with exit 0: left by something earlier in the pytest process, not by the build."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_keeps_the_inputs_that_finished(tmp_path):
     config = config_file(tmp_path, seed_file(tmp_path, 8), chunk_size=100)  # neither the chunk nor 30 s is reached
     env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "stopped")}
@@ -196,7 +204,8 @@ def test_ctrl_c_keeps_the_inputs_that_finished(tmp_path):
     with ScriptedServer(respond=lambda body: respond(body, latency=0.3 if next(served) < 6 else 5.0)) as server:
         proc = subprocess.Popen([str(BIN / "factory"), "build", "--config", str(config), "--base-url", server.base_url,
                                  "--model", "scripted", "--concurrency", "2"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=_as_from_a_shell)
         lines = []
         threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
         deadline, shown = time.monotonic() + 60, None
