@@ -190,7 +190,7 @@ def test_a_slow_model_is_visible_and_a_kill_mid_build_then_resume_loses_nothing(
 def _as_from_a_shell():
     """The child's SIGINT as a shell leaves it: default and unblocked. An ignored or blocked SIGINT is
     inherited across exec, and in the whole suite (not alone) CI saw the build never hear the Ctrl-C
-    and finish with exit 0: left by something earlier in the pytest process, not by the build."""
+    and finish with exit 0, most likely left by something earlier in the pytest process (not proven)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
@@ -200,7 +200,7 @@ def test_ctrl_c_keeps_the_inputs_that_finished(tmp_path):
     env = {**os.environ, "NANOCODE_HOME": str(tmp_path / "stopped")}
     served = itertools.count()
     # the first 6 requests are quick, later ones slow: some inputs finish, and the build cannot end before
-    # the Ctrl-C however late a loaded machine lets the test see the progress line (CI once saw exit 0)
+    # the Ctrl-C however late a loaded machine lets the test see the progress line
     with ScriptedServer(respond=lambda body: respond(body, latency=0.3 if next(served) < 6 else 5.0)) as server:
         proc = subprocess.Popen([str(BIN / "factory"), "build", "--config", str(config), "--base-url", server.base_url,
                                  "--model", "scripted", "--concurrency", "2"],
