@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer import template
-from trainer.engine import Done, Engine, Token, decode_logits
+from trainer.engine import MIN_CACHE, Done, Engine, Token, decode_logits
 from trainer.model import GPTConfig, forward, init_params, logits_of
 
 
@@ -36,7 +36,8 @@ def test_greedy_equals_the_cache_free_forward_for_a_ragged_batch(tiny, tiny_tok)
     params, cfg = tiny
     texts = ["def f(x):", "import json\nclass Encoder(object):\n    def __init__(self", "x"]
     prompts = [[tiny_tok.bos_id] + tiny_tok.encode(t) for t in texts]
-    assert len({len(p) for p in prompts}) == 3
+    prompts.append(prompts[1] + prompts[1][1:] + 2 * prompts[0][1:])  # its cache grows mid-reply
+    assert len({len(p) for p in prompts}) == 4 and len(prompts[3]) < MIN_CACHE < len(prompts[3]) + 12
     out = Engine(params, cfg, tiny_tok).complete(prompts, 12, stop=())
     for prompt, got in zip(prompts, out):
         assert got == reference_greedy(params, cfg, prompt, 12)

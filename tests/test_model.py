@@ -199,6 +199,11 @@ def test_ignored_targets():
     np.testing.assert_allclose(losses[y_masked >= 0], np.asarray(losses_of(params, x, y, CFG))[y_masked >= 0])
     expected = losses.sum() / (y_masked >= 0).sum()
     np.testing.assert_allclose(float(loss_and_grads(params, x, y_masked, CFG)[0]), expected, rtol=1e-6)
+    # loss_fn's fused lm_head + loss (model.head_loss) has the gradients of the unfused token_losses
+    plain = jit(jax.grad(lambda p, x, y, c: jnp.sum(token_losses(p, x, y, c)) / jnp.sum(y >= 0)), 3)
+    for a, b in zip(jax.tree.leaves(loss_and_grads(params, x, y_masked, CFG)[1]),
+                    jax.tree.leaves(plain(params, x, y_masked, CFG))):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
     # nothing to predict: loss 0 and zero gradients, not NaN
     loss, grads = loss_and_grads(params, x, np.full_like(y, -1), CFG)
     assert float(loss) == 0.0

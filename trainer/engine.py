@@ -7,7 +7,9 @@
 One jitted step feeds every row its next tokens (a prompt, one sampled token, or tool results the
 engine forces), writes their keys and values into the cache, and samples each row's next token
 on the device. Shapes come from a few buckets (batch, cache length, chunk length), so decoding
-token after token never recompiles. Rows advance independently: each has its own position, and
+token after token never recompiles. The cache grows with the rows, a power of two at a time up to the
+model's context: attention reads every slot of it each step, and at batch 32 reading slots no row has
+reached yet was a fifth of the step (bench/RESULTS.md "Inference engine"). Rows advance independently: each has its own position, and
 a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
 
 The engine holds its own layout of the weights (`decode_layout`, one copy, made once): each layer's
@@ -97,12 +99,24 @@ def decode_layout(params):
     return layout
 
 
-def decode_logits(params, h, cfg: GPTConfig):
-    """model.logits_of for the engine's layout: (B, D) hidden states -> (B, V) fp32 soft-capped logits.
-    On CPU `.T` of the (V, D) weight costs nothing: XLA folds it into the dot's contracting axes."""
-    if jax.default_backend() != "cpu":
-        return model.logits_of(params, h, cfg)
-    return model.logits_of({"lm_head": params["lm_head"].T}, h, cfg)
+def decode_logits(params, h, cfg: GPTConfig, softcap: bool = True):
+    """model.logits_of for the engine's layout: (B, D) hidden states -> (B, V) fp32 soft-capped logits
+    (not capped with `softcap=False`). On CPU `.T` of the (V, D) weight costs nothing: XLA folds it
+    into the dot's contracting axes."""
+    w = params["lm_head"].T if jax.default_backend() == "cpu" else params["lm_head"]
+    if softcap:
+        return model.logits_of({"lm_head": w}, h, cfg)
+    return model.linear(h, w.astype(h.dtype), jnp.float32)
+
+
+def _cache_len(tokens: int, seq_len: int) -> int:
+    """The cache length that holds `tokens`: a power of two from MIN_CACHE, at most seq_len."""
+    return min(max(MIN_CACHE, 1 << (tokens - 1).bit_length()), seq_len)
+
+
+def _grow(kv, length: int):
+    """The cache with room for `length` positions per row (the new slots empty)."""
+    return jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, length - a.shape[2]), (0, 0))), kv)
 
 
 def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, cfg: GPTConfig, mode: str,
@@ -112,6 +126,8 @@ def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, c
     seed alone, not on the batch it shares (the server batches requests that arrive together)."""
     h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n}, fresh=fresh)
     last = h[jnp.arange(ids.shape[0]), jnp.maximum(n - 1, 0)]  # only the last real position's logits
+    if mode == "greedy":  # tanh is monotonic: the soft-cap never moves the argmax, and costs a tenth of the step
+        return jnp.argmax(decode_logits(params, last, cfg, softcap=False), axis=-1), (k, v)
     logits = decode_logits(params, last, cfg)
     keys = jax.vmap(lambda s, k: jax.random.fold_in(jax.random.key(s), k))(seeds, drawn)
     return sample_next(logits, keys, temperature, top_k, top_p, mode), (k, v)
@@ -151,9 +167,7 @@ class Engine:
         B, seq_len = len(prompts), self.cfg.seq_len
         max_tokens, temperature, top_k, top_p, seed = (
             list(v) if isinstance(v, (list, tuple)) else [v] * B for v in (max_tokens, temperature, top_k, top_p, seed))
-        longest = max(len(p) + m for p, m in zip(prompts, max_tokens))
-        # a power of two (few compiles); tool results arrive unannounced: tool-using rows get the whole context
-        S = seq_len if on_tool_calls else min(max(MIN_CACHE, 1 << (longest - 1).bit_length()), seq_len)
+        S = seq_len  # every row's bound; the cache itself grows to what the rows need (`_grow`)
         rows = [_Row(feed=list(p)) for p in prompts]
         for i, r in enumerate(rows):
             if not r.feed:
@@ -161,7 +175,8 @@ class Engine:
             if len(r.feed) > S:
                 r.done = True
                 yield Done(i, "context_full", f"the prompt has {len(r.feed)} tokens; the context holds {S}")
-        shape, dtype = (B, self.cfg.n_kv_head, S, self.cfg.head_dim), self.cfg.compute_dtype
+        shape = (B, self.cfg.n_kv_head, _cache_len(max(len(r.feed) for r in rows), S), self.cfg.head_dim)
+        dtype = self.cfg.compute_dtype
         # the cache: each layer's keys and values, one array each (see model.hidden)
         kv = tuple(tuple(jnp.zeros(shape, dtype) for _ in range(self.cfg.n_layer)) for _ in "kv")
         seeds = jnp.asarray(np.asarray(seed, np.int64) % (1 << 32), jnp.uint32)
@@ -188,6 +203,8 @@ class Engine:
             pos = np.array([r.pos for r in rows], np.int32)
             drawn = np.array([r.sampled for r in rows], np.int32)
             fresh = not pos.any()  # the prompts' prefill: nothing cached yet
+            if (need := int((pos + n).max())) > kv[0][0].shape[2]:
+                kv = _grow(kv, _cache_len(need, S))
             next_ids, kv = self.step(self.params, kv, ids, pos, n, seeds, drawn, *settings, mode=mode, fresh=fresh)
             for i, t in enumerate(np.asarray(next_ids).tolist()):
                 r = rows[i]

@@ -23,6 +23,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -236,9 +237,69 @@ def token_losses(params, inputs, targets, cfg: GPTConfig):
 
 
 def loss_fn(params, inputs, targets, cfg: GPTConfig):
-    """Mean cross-entropy over the positions with a target (targets != -1)."""
-    n = jnp.sum(targets >= 0)
-    return jnp.sum(token_losses(params, inputs, targets, cfg)) / jnp.maximum(n, 1)
+    """Mean cross-entropy over the positions with a target (targets != -1), the value token_losses
+    gives. The lm_head and the loss are one op (`head_loss`): training never holds the (B, T, V) logits."""
+    h = hidden(params, inputs, cfg)[0]
+    return head_loss(h.reshape(-1, h.shape[-1]), params["lm_head"].astype(h.dtype), targets.reshape(-1),
+                     cfg.softcap)
+
+
+CE_ROWS = 256  # rows of logits head_loss holds at a time: 256 x 32k fp32 is 32 MB
+
+
+def _head_loss(h, w, targets, softcap: float, grads: bool):
+    """Mean soft-capped cross-entropy of h (N, D) @ w (D, V) against targets (N,), CE_ROWS rows at a
+    time; with `grads` also its gradients (dh, dw), made in the same pass: the gradient of the
+    loss with respect to the logits is softmax - onehot, known as soon as the row's logits are."""
+    N, D = h.shape
+    pad = -N % CE_ROWS
+    h, targets = jnp.pad(h, ((0, pad), (0, 0))), jnp.pad(targets, (0, pad), constant_values=-1)
+    n = jnp.maximum(jnp.sum(targets >= 0), 1)
+
+    def rows(dw, chunk):
+        hc, tc = chunk
+        capped = jnp.tanh(jnp.dot(hc, w, preferred_element_type=jnp.float32) / softcap)
+        logits = softcap * capped
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        e = jnp.exp(logits - top)
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        valid, picked = tc >= 0, jnp.where(tc >= 0, tc, 0)
+        loss = jnp.sum(jnp.where(valid, top[:, 0] + jnp.log(total[:, 0])
+                                 - jnp.take_along_axis(logits, picked[:, None], axis=-1)[:, 0], 0.0))
+        if not grads:
+            return dw, (loss, None)
+        dlogits = (e / total).at[jnp.arange(CE_ROWS), picked].add(-1.0)
+        dz = (dlogits * (valid[:, None] * (1.0 - capped * capped))).astype(hc.dtype)  # through the soft-cap
+        hc_t = hc.T
+        if jax.default_backend() == "cpu":  # x^T in memory first, as `linear`'s backward
+            hc_t = jax.lax.optimization_barrier(hc_t)
+        return dw + jnp.dot(hc_t, dz, preferred_element_type=jnp.float32), (loss, jnp.dot(dz, w.T))
+
+    chunks = (h.reshape(-1, CE_ROWS, D), targets.reshape(-1, CE_ROWS))
+    dw, (losses, dh) = jax.lax.scan(rows, jnp.zeros(w.shape, jnp.float32), chunks)
+    if not grads:
+        return jnp.sum(losses) / n
+    return jnp.sum(losses) / n, ((dh.reshape(-1, D)[:N] / n).astype(h.dtype), (dw / n).astype(w.dtype))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def head_loss(h, w, targets, softcap: float):
+    """The training loss of loss_fn from the final hidden states: _head_loss without its gradients, and
+    under jax.grad their pass computes them all at once."""
+    return _head_loss(h, w, targets, softcap, grads=False)
+
+
+def _head_loss_fwd(h, w, targets, softcap):
+    loss, saved = _head_loss(h, w, targets, softcap, grads=True)
+    return loss, (saved, targets)
+
+
+def _head_loss_bwd(softcap, res, g):
+    (dh, dw), targets = res
+    return (g * dh).astype(dh.dtype), (g * dw).astype(dw.dtype), np.zeros(targets.shape, jax.dtypes.float0)
+
+
+head_loss.defvjp(_head_loss_fwd, _head_loss_bwd)
 
 
 def _block_params(cfg: GPTConfig) -> int:
