@@ -113,9 +113,8 @@ def profile(args) -> None:
     h = model.hidden(params, x, c)[0]
     one, momentum = jnp.float32(1.0), jnp.float32(0.95)
 
-    def head_loss(lm_head, h):  # lm_head + soft-cap + cross-entropy over the vocab, nothing else
-        logits = model.logits_of({"lm_head": lm_head}, h, c)
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[..., None], -1)[..., 0])
+    def head_loss(lm_head, h):  # lm_head + soft-cap + cross-entropy over the vocab, as loss_fn runs them
+        return model.head_loss(h.reshape(-1, c.d_model), lm_head, y.reshape(-1), c.softcap)
 
     step = make_train_step(lambda p, b, _: (model.loss_fn(p, *b, c), {}), tx)
     parts = {
