@@ -24,11 +24,14 @@ def tiny(tiny_tok):
 
 
 def reference_greedy(params, cfg, prompt, n):
-    """Greedy decoding the slow way: a full forward over the whole sequence for every token."""
+    """Greedy decoding the slow way: a full forward over the whole context for every token (padded to
+    the context, one compile: the model is causal, so the padding after the last token changes nothing)."""
     fwd = jax.jit(lambda p, x: forward(p, x, cfg))
     ids = list(prompt)
     for _ in range(n):
-        ids.append(int(jnp.argmax(fwd(params, jnp.array([ids]))[0, -1])))
+        padded = np.zeros((1, cfg.seq_len), np.int32)
+        padded[0, :len(ids)] = ids
+        ids.append(int(jnp.argmax(fwd(params, jnp.asarray(padded))[0, len(ids) - 1])))
     return ids[len(prompt):]
 
 
