@@ -114,7 +114,7 @@ def profile(args) -> None:
     one, momentum = jnp.float32(1.0), jnp.float32(0.95)
 
     def head_loss(lm_head, h):  # lm_head + soft-cap + cross-entropy over the vocab, as loss_fn runs them
-        return model.head_loss(h.reshape(-1, c.d_model), lm_head, y.reshape(-1), c.softcap)
+        return model.head_loss(h, lm_head, y, c.softcap)
 
     step = make_train_step(lambda p, b, _: (model.loss_fn(p, *b, c), {}), tx)
     parts = {

@@ -7,10 +7,10 @@
 One jitted step feeds every row its next tokens (a prompt, one sampled token, or tool results the
 engine forces), writes their keys and values into the cache, and samples each row's next token
 on the device. Shapes come from a few buckets (batch, cache length, chunk length), so decoding
-token after token never recompiles. The cache grows with the rows, a power of two at a time up to the
-model's context: attention reads every slot of it each step, and at batch 32 reading slots no row has
-reached yet was a fifth of the step (bench/RESULTS.md "Inference engine"). Rows advance independently: each has its own position, and
-a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
+token after token never recompiles. The cache grows with the rows, a power of two at a time up to
+the model's context: attention reads every slot of it each step, and at batch 32 reading slots no
+row had reached yet was a fifth of the step (bench/RESULTS.md "Inference engine"). Rows advance
+independently: each has its own position, and a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
 
 The engine holds its own layout of the weights (`decode_layout`, one copy, made once): each layer's
 block weights as their own arrays, not slices of the stacked (L, ...) ones (a slice is a copy in XLA:
@@ -126,7 +126,7 @@ def _step(params, kv, ids, pos, n, seeds, drawn, temperature, top_k, top_p, *, c
     seed alone, not on the batch it shares (the server batches requests that arrive together)."""
     h, (k, v) = model.hidden(params, ids, cfg, {"k": kv[0], "v": kv[1], "pos": pos, "n": n}, fresh=fresh)
     last = h[jnp.arange(ids.shape[0]), jnp.maximum(n - 1, 0)]  # only the last real position's logits
-    if mode == "greedy":  # tanh is monotonic: the soft-cap never moves the argmax, and costs a tenth of the step
+    if mode == "greedy":  # tanh is monotonic: the soft-cap cannot move the argmax (~8% of a batch-32 step)
         return jnp.argmax(decode_logits(params, last, cfg, softcap=False), axis=-1), (k, v)
     logits = decode_logits(params, last, cfg)
     keys = jax.vmap(lambda s, k: jax.random.fold_in(jax.random.key(s), k))(seeds, drawn)

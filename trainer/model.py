@@ -239,26 +239,28 @@ def token_losses(params, inputs, targets, cfg: GPTConfig):
 def loss_fn(params, inputs, targets, cfg: GPTConfig):
     """Mean cross-entropy over the positions with a target (targets != -1), the value token_losses
     gives. The lm_head and the loss are one op (`head_loss`): training never holds the (B, T, V) logits."""
-    h = hidden(params, inputs, cfg)[0]
-    return head_loss(h.reshape(-1, h.shape[-1]), params["lm_head"].astype(h.dtype), targets.reshape(-1),
-                     cfg.softcap)
+    return head_loss(hidden(params, inputs, cfg)[0], params["lm_head"], targets, cfg.softcap)
 
 
 CE_ROWS = 256  # rows of logits head_loss holds at a time: 256 x 32k fp32 is 32 MB
 
 
 def _head_loss(h, w, targets, softcap: float, grads: bool):
-    """Mean soft-capped cross-entropy of h (N, D) @ w (D, V) against targets (N,), CE_ROWS rows at a
-    time; with `grads` also its gradients (dh, dw), made in the same pass: the gradient of the
-    loss with respect to the logits is softmax - onehot, known as soon as the row's logits are."""
-    N, D = h.shape
-    pad = -N % CE_ROWS
-    h, targets = jnp.pad(h, ((0, pad), (0, 0))), jnp.pad(targets, (0, pad), constant_values=-1)
+    """Mean soft-capped cross-entropy of h (B, T, D) @ w (D, V) against targets (B, T), a few positions
+    of every row at a time (about CE_ROWS rows of logits); with `grads` also its gradients (dh, dw),
+    made in the same pass: the gradient of the loss with respect to the logits is softmax - onehot,
+    known as soon as the chunk's logits are. The chunks split the positions, never the batch axis,
+    which data parallelism shards: a scan over a sharded axis would have every device run every chunk."""
+    B, T, D = h.shape
+    c = max(1, CE_ROWS // B)
+    pad = -T % c
+    h, targets = jnp.pad(h, ((0, 0), (0, pad), (0, 0))), jnp.pad(targets, ((0, 0), (0, pad)), constant_values=-1)
     n = jnp.maximum(jnp.sum(targets >= 0), 1)
+    wc = w.astype(h.dtype)
 
     def rows(dw, chunk):
-        hc, tc = chunk
-        capped = jnp.tanh(jnp.dot(hc, w, preferred_element_type=jnp.float32) / softcap)
+        hc, tc = chunk[0].reshape(B * c, D), chunk[1].reshape(B * c)
+        capped = jnp.tanh(jnp.dot(hc, wc, preferred_element_type=jnp.float32) / softcap)
         logits = softcap * capped
         top = jnp.max(logits, axis=-1, keepdims=True)
         e = jnp.exp(logits - top)
@@ -268,18 +270,20 @@ def _head_loss(h, w, targets, softcap: float, grads: bool):
                                  - jnp.take_along_axis(logits, picked[:, None], axis=-1)[:, 0], 0.0))
         if not grads:
             return dw, (loss, None)
-        dlogits = (e / total).at[jnp.arange(CE_ROWS), picked].add(-1.0)
+        dlogits = (e / total).at[jnp.arange(B * c), picked].add(-1.0)
         dz = (dlogits * (valid[:, None] * (1.0 - capped * capped))).astype(hc.dtype)  # through the soft-cap
         hc_t = hc.T
         if jax.default_backend() == "cpu":  # x^T in memory first, as `linear`'s backward
             hc_t = jax.lax.optimization_barrier(hc_t)
-        return dw + jnp.dot(hc_t, dz, preferred_element_type=jnp.float32), (loss, jnp.dot(dz, w.T))
+        dw = dw + jnp.dot(hc_t, dz, preferred_element_type=jnp.float32)
+        return dw, (loss, jnp.dot(dz, wc.T).reshape(B, c, D))
 
-    chunks = (h.reshape(-1, CE_ROWS, D), targets.reshape(-1, CE_ROWS))
-    dw, (losses, dh) = jax.lax.scan(rows, jnp.zeros(w.shape, jnp.float32), chunks)
+    by_position = lambda a: a.reshape(B, -1, c, *a.shape[2:]).swapaxes(0, 1)  # (T / c, B, c, ...)
+    dw, (losses, dh) = jax.lax.scan(rows, jnp.zeros(w.shape, jnp.float32), (by_position(h), by_position(targets)))
     if not grads:
         return jnp.sum(losses) / n
-    return jnp.sum(losses) / n, ((dh.reshape(-1, D)[:N] / n).astype(h.dtype), (dw / n).astype(w.dtype))
+    dh = dh.swapaxes(0, 1).reshape(B, T + pad, D)[:, :T]
+    return jnp.sum(losses) / n, ((dh / n).astype(h.dtype), (dw / n).astype(w.dtype))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
