@@ -10,7 +10,8 @@ on the device. Shapes come from a few buckets (batch, cache length, chunk length
 token after token never recompiles. The cache grows with the rows, a power of two at a time up to
 the model's context: attention reads every slot of it each step, and at batch 32 reading slots no
 row had reached yet was a fifth of the step (bench/RESULTS.md "Inference engine"). Rows advance
-independently: each has its own position, and a row whose turn ends with tool calls gets the results as forced (untrained) tokens and goes on.
+independently: each has its own position, and a row whose turn ends with tool calls gets the
+results as forced (untrained) tokens and goes on.
 
 The engine holds its own layout of the weights (`decode_layout`, one copy, made once): each layer's
 block weights as their own arrays, not slices of the stacked (L, ...) ones (a slice is a copy in XLA:
