@@ -105,9 +105,7 @@ def decode_logits(params, h, cfg: GPTConfig, softcap: bool = True):
     (not capped with `softcap=False`). On CPU `.T` of the (V, D) weight costs nothing: XLA folds it
     into the dot's contracting axes."""
     w = params["lm_head"].T if jax.default_backend() == "cpu" else params["lm_head"]
-    if softcap:
-        return model.logits_of({"lm_head": w}, h, cfg)
-    return model.linear(h, w.astype(h.dtype), jnp.float32)
+    return model.logits_of({"lm_head": w}, h, cfg, softcap)
 
 
 def _cache_len(tokens: int, seq_len: int) -> int:
@@ -165,10 +163,9 @@ class Engine:
         `cancelled` (by another thread, say) ends at the next step with Done(row, "cancelled").
         """
         stop = self.default_stop if stop is None else tuple(stop)
-        B, seq_len = len(prompts), self.cfg.seq_len
+        B, S = len(prompts), self.cfg.seq_len  # S: every row's bound; the cache grows to what rows need (`_grow`)
         max_tokens, temperature, top_k, top_p, seed = (
             list(v) if isinstance(v, (list, tuple)) else [v] * B for v in (max_tokens, temperature, top_k, top_p, seed))
-        S = seq_len  # every row's bound; the cache itself grows to what the rows need (`_grow`)
         rows = [_Row(feed=list(p)) for p in prompts]
         for i, r in enumerate(rows):
             if not r.feed:

@@ -217,10 +217,10 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
     return rms_norm(x), (tuple(ks), tuple(vs))
 
 
-def logits_of(params, h, cfg: GPTConfig):
-    """Hidden states (..., D) -> float32 soft-capped logits (..., V)."""
+def logits_of(params, h, cfg: GPTConfig, softcap: bool = True):
+    """Hidden states (..., D) -> float32 soft-capped logits (..., V); `softcap=False`: before the cap."""
     logits = linear(h, params["lm_head"].astype(h.dtype), jnp.float32)
-    return cfg.softcap * jnp.tanh(logits / cfg.softcap)
+    return cfg.softcap * jnp.tanh(logits / cfg.softcap) if softcap else logits
 
 
 def forward(params, ids, cfg: GPTConfig):
