@@ -36,6 +36,7 @@ demo: $(BIN)/.installed
 	-$(BIN)/trainer run dpo --from $(DEMO)/sft --data factory:latest --out $(DEMO)/dpo \
 	  --seq-len 2048 --device-batch-size 2 --steps 8
 	$(BIN)/evals bpb $(DEMO)
+	$(BIN)/evals copy $(DEMO)  # can it copy from its context (a file name it was given)?
 	$(BIN)/evals preference $(DEMO) --data factory:latest
 	$(BIN)/evals soul $(DEMO) --limit 8
 # sampled at the eval's default (temperature 0.3, top-k 50, seed 0): repeatable, and the setting

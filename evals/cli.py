@@ -80,6 +80,21 @@ def bpb(run: Path = typer.Argument(..., help="run directory"),
     _saved(run, "bpb", r)
 
 
+@app.command("copy")
+def copy_probe(run: Path = typer.Argument(..., help="run directory"),
+               runs_: Optional[int] = typer.Option(None, "--runs", help="random runs of tokens, each shown "
+                                                   "twice [default: 16]"),
+               length: Optional[int] = typer.Option(None, help="tokens a run [default: 40]"),
+               seed: int = typer.Option(0)) -> None:
+    """Can the model copy from its context (the induction probe): loss on a random run shown twice."""
+    from evals import copying
+
+    d, loaded = _load(run)
+    r = copying.evaluate(d, runs_ or copying.RUNS, length or copying.LENGTH, seed, loaded=loaded)
+    _table(f"copying: {d} step {r['step']}", r)
+    _saved(run, "copy", r)
+
+
 @app.command()
 def core(run: str = typer.Argument(..., metavar="RUN|download",
                                    help="run directory, or `download` to fetch nanochat's eval bundle"),

@@ -225,7 +225,7 @@ def _dataset(page: Page, metas: dict) -> None:
 def _eval_tables(page: Page, results: dict) -> None:
     page.h2("evals")
     if not results:
-        page.p("no eval results yet (RUN/evals/*.json): run `evals bpb|core|agentic|soul|preference RUN`.")
+        page.p("no eval results yet (RUN/evals/*.json): run `evals bpb|copy|core|agentic|soul|preference RUN`.")
         page.missing.append("evals: no results in evals/")
         return
     try:
@@ -246,6 +246,10 @@ def result_table(kind: str, r: dict) -> tuple[list[str], list[tuple]] | None:
     a kind this code does not know."""
     if kind == "bpb":
         return ["text", "bits per byte", "tokens"], [(k, v, r["tokens"].get(k)) for k, v in r["bpb"].items()]
+    if kind == "copy":
+        return (["showing", "loss (nats a token)", "argmax right"],
+                [("first (unguessable)", r["first_loss"], pct(r["first_accuracy"])),
+                 ("second (a copy)", r["second_loss"], pct(r["second_accuracy"]))])
     if kind == "core":
         return (["task", "type", "shots", "examples", "accuracy", "baseline", "centered"],
                 [(t["task"], t["type"], t["shots"], t["examples"], t["accuracy"], t["baseline"], t["centered"])
@@ -295,6 +299,9 @@ def abilities(results: dict) -> list[str]:
                          "so its calls are cut")
         elif s.get("replies_cut"):
             lines.append(f"{s['replies_cut']} of {s['replies']} replies hit --max-tokens ({a.get('max_tokens')})")
+    if (c := results.get("copy")) and "second_accuracy" in c:
+        lines.append(f"copies from its context: {pct(c['second_accuracy'])} of a repeated run's tokens "
+                     f"({c['first_loss']:.2f} -> {c['second_loss']:.2f} nats a token the second time)")
     if (v := results.get("soul")) and "rules" in v:
         lines.append(f"SOUL: {pct(v['degenerate_rate'])} degenerate replies; all checks pass on "
                      f"{pct(v['all_pass_rate'])} of {v['replies']}")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from evals import agentic, bpb, core, preference, report, runs, soul
+from evals import agentic, bpb, copying, core, preference, report, runs, soul
 from factory.heldout import humaneval_problems, is_held_out
 from nanocode.common import InputError
 from nanocode.spec import load_soul, load_tools
@@ -73,6 +73,19 @@ def test_bpb_is_trainings_own_validation_number(root):
 
 
 # ----------------------------------------------------------------------------- CORE
+
+
+def test_the_copy_probe_shows_each_run_twice_and_an_untrained_model_cannot_copy(root, loaded):
+    params, cfg, tok, meta = loaded
+    rows = copying.copy_rows(tok, 4, 10, seed=1)
+    assert rows.shape == (4, 21) and (rows[:, 0] == tok.bos_id).all()
+    assert (rows[:, 1:11] == rows[:, 11:]).all() and len(set(rows[:, 1:].ravel())) > 20  # runs differ
+    assert rows[:, 1:].min() >= 256 and rows[:, 1:].max() < min(256 + copying.COMMON, len(tok.ranks))
+    r = copying.evaluate(root / "run" / "dpo", loaded=loaded)
+    # 3 pretraining steps: no copying, both showings scored like any random token (ln 512 = 6.24)
+    assert r["second_accuracy"] < 0.05 and abs(r["copy_gain"]) < 0.2 and r["first_loss"] > 5
+    assert r["runs"] * (r["length"] - 1) == copying.RUNS * (copying.LENGTH - 1)
+    assert copying.evaluate(None, runs=2, length=1000, loaded=loaded)["length"] == (cfg.seq_len - 1) // 2
 
 
 def test_the_fixture_bundle_loads_and_prompts_render_like_nanochat(tiny_tok):
@@ -393,6 +406,7 @@ def test_preference_accuracy_is_dpos_own_validation_number(root, loaded):
 def test_the_report_renders_a_whole_run_and_names_what_is_missing(root, loaded, core_result):
     run = root / "run"
     runs.write_result(run, "core", core_result)
+    runs.write_result(run, "copy", copying.evaluate(run / "dpo", loaded=loaded))
     runs.write_result(run, "preference", preference.evaluate(run / "dpo", [str(root / "pairs.jsonl")],
                                                              val_fraction=0.25, loaded=loaded))
     with ScriptedServer(respond=solver) as server:
@@ -410,6 +424,7 @@ def test_the_report_renders_a_whole_run_and_names_what_is_missing(root, loaded, 
     assert "what this model can do" in page and "makes tool calls: 1 of 1 tasks (4 calls, 4.0 a task)" in page
     assert "valid calls: 100.0%; first call valid: 100.0% of tasks" in page
     assert "calls on existing files: 66.7%; first call on one: 0.0% of tasks" in page
+    assert "copies from its context: " in page and "second (a copy)" in page  # chance: 1 in ~256
     assert "stage sft: no" in page and "evals/broken.json: unreadable" in page
 
 
