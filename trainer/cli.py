@@ -165,6 +165,8 @@ def run_pretrain(
     sample_every: int = typer.Option(None, help="steps between samples, 0: none [default: the preset's]"),
     save_every: int = typer.Option(None, help="steps between checkpoints [default: the preset's]"),
     seed: int = typer.Option(None, help="init and data order [default: the preset's]"),
+    lr_scale: float = typer.Option(None, help="every learning rate times this, on top of the batch and width "
+                                   "scaling [default: 1]"),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
     dry_run: bool = typer.Option(False, help="print the plan (params, FLOPs, tokens, memory, time) and exit"),
     multihost: bool = typer.Option(False, help=MULTIHOST_HELP),
@@ -181,7 +183,8 @@ def run_pretrain(
         overrides = {k: v for k, v in dict(
             num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size,
             total_batch_tokens=total_batch_tokens, eval_every=eval_every, eval_tokens=eval_tokens,
-            sample_every=sample_every, save_every=save_every, seed=seed).items() if v is not None}
+            sample_every=sample_every, save_every=save_every, seed=seed, lr_scale=lr_scale).items()
+            if v is not None}
         if hf_compatible:
             overrides.update(x0_mix=False, qk_gain=1.0)
         tokenizer = tokenizer or default_tokenizer()
