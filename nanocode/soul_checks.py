@@ -381,6 +381,8 @@ def degenerate(text: str) -> str | None:
     written for sentences and noise passes them (no capitals, no banned phrase, few words), so
     this comes first. On the prose (code and pasted output removed; code-only text is fine):
       - no words: no letters in the whole text,
+      - broken text: a byte sequence that is not UTF-8 (U+FFFD, what decoding a token run cut
+        mid-character gives) or a control character other than tab and newline,
       - mostly symbols: under half of the prose's non-space characters are letters (`, 0, 0, 0`),
       - a repeated token: 4+ tokens and one of them is half of them, or 12+ tokens with under a
         quarter distinct (`the the the`, `a b a b a b`),
@@ -389,6 +391,8 @@ def degenerate(text: str) -> str | None:
     """
     if not re.search(r"[^\W\d_]", text):
         return "no words"
+    if re.search("[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+        return "broken text (undecodable bytes or control characters)"
     prose = strip_code(text)
     chars = [c for c in prose if not c.isspace()]
     if not chars:

@@ -333,11 +333,13 @@ def test_soul_rates_count_each_rule_over_the_replies():
 
 NOISE = ["", ", 0, 0, 0, 0, 0, 0", "the the the the the the", "... !!! ??? ---", "1 2 3 4 5 6 7 8",
          "return return x return return", "это исправлено, тесты проходят", "ing urn elf ptr cx ion str ox",
-         "ils ont corrigé la fonction dans le fichier principal"]
+         "ils ont corrigé la fonction dans le fichier principal",
+         "\ufffdqu Fixv of;org\ufffdedFew\x04\ufffd\x16ttps p"]  # a 5-step model's reply, bytes cut mid-character
 
 
 def noise_model(prompt: str, i: int) -> dict:
-    """What an untrained model says: nothing, repeats, symbols, numbers, another language, subwords."""
+    """What an untrained model says: nothing, repeats, symbols, numbers, another language, subwords,
+    broken bytes."""
     return {"role": "assistant", "content": NOISE[i % len(NOISE)]}
 
 
