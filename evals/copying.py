@@ -3,10 +3,10 @@
 Every agentic task asks the model to repeat something it was just shown (a file name, a line it
 must replace): without a circuit that looks back for the earlier copy of the current token and
 predicts what followed it (an induction head), no amount of tool-format training gets the name
-right. The probe: random runs of ordinary tokens, each shown twice after BOS. A model that copies
-predicts the second showing almost perfectly; one that cannot scores it like the first (about
-ln V nats a token). Reported: the loss on each showing, its drop, and the share of second-showing
-tokens the model's argmax gets right.
+right. The probe: random runs of common tokens, each shown twice after BOS. A model that copies
+predicts the second showing almost perfectly; one that cannot scores it like the first (a random
+token's loss, ln V or worse). `make demo`'s model: 11.68 and 11.50 nats, 0.2% right. Reported:
+the loss on each showing, its drop, and the share of second-showing tokens its argmax gets right.
 """
 
 import time
@@ -20,7 +20,7 @@ from trainer import model
 from trainer.checkpoint import load_model
 
 RUNS, LENGTH = 16, 40  # 16 runs of 40 tokens: 624 scored tokens a showing, one small batch
-COMMON = 2048
+COMMON = 2048  # the runs' tokens: ids 256 .. 256 + COMMON (see copy_rows)
 
 
 def copy_rows(tok, runs: int, length: int, seed: int = 0) -> np.ndarray:

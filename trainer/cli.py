@@ -165,8 +165,8 @@ def run_pretrain(
     sample_every: int = typer.Option(None, help="steps between samples, 0: none [default: the preset's]"),
     save_every: int = typer.Option(None, help="steps between checkpoints [default: the preset's]"),
     seed: int = typer.Option(None, help="init and data order [default: the preset's]"),
-    lr_scale: float = typer.Option(None, help="every learning rate times this, on top of the batch and width "
-                                   "scaling [default: 1]"),
+    lr_scale: float = typer.Option(None, help="every learning rate times this (the mixing scalars' too), on top "
+                                   "of the batch and width scaling [default: 1]"),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
     dry_run: bool = typer.Option(False, help="print the plan (params, FLOPs, tokens, memory, time) and exit"),
     multihost: bool = typer.Option(False, help=MULTIHOST_HELP),
