@@ -5,8 +5,9 @@ must replace): without a circuit that looks back for the earlier copy of the cur
 predicts what followed it (an induction head), no amount of tool-format training gets the name
 right. The probe: random runs of common tokens, each shown twice after BOS. A model that copies
 predicts the second showing almost perfectly; one that cannot scores it like the first (a random
-token's loss, ln V or worse). `make demo`'s model: 11.68 and 11.50 nats, 0.2% right. Reported:
-the loss on each showing, its drop, and the share of second-showing tokens its argmax gets right.
+token's loss, ln V or worse; `make demo`'s model: bench/RESULTS.md, "Can the demo model copy at
+all?"). Reported: the loss on each showing, its drop, and the share of second-showing tokens its
+argmax gets right.
 """
 
 import time
