@@ -42,6 +42,8 @@ class GPTConfig:
     qk_gain: float = 1.2            # q and k times this after QK-norm (nanochat's "sharper attention"); 1: none
 
     def __post_init__(self):
+        if not 0 < self.softcap <= 80:  # the training loss exps capped logits unshifted (model._head_loss)
+            raise ValueError(f"softcap must be in (0, 80] (exp of 80 is finite in fp32), got {self.softcap}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}")
         if self.attention not in ("xla", "cudnn"):
@@ -79,13 +81,24 @@ def init_params(cfg: GPTConfig, key) -> dict:
     return params
 
 
+def weight_grad(x, dy):
+    """x^T dy for x (N, in), dy (N, out): the weight gradient of x @ w, as XLA's CPU backend runs it fast.
+
+    Its dot is slow at contracting both operands over their token axis, and fast once one operand's
+    transpose sits in memory: the barrier keeps XLA from folding the transpose back into the dot. The
+    narrower operand is the one transposed (dy^T x, then the small (out, in) result transposed): for
+    the MLP's w_proj that moves a quarter of the bytes (measured in bench/RESULTS.md)."""
+    if jax.default_backend() != "cpu":  # GPUs and TPUs take transposed operands for free
+        return jnp.dot(x.T, dy, preferred_element_type=jnp.float32)
+    bar = jax.lax.optimization_barrier
+    if x.shape[1] <= dy.shape[1]:
+        return jnp.dot(bar(x.T), dy, preferred_element_type=jnp.float32)
+    return bar(jnp.dot(bar(dy.T), x, preferred_element_type=jnp.float32)).T
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def linear(x, w, out_dtype=None):
-    """x (..., in) @ w (in, out), with a weight gradient XLA's CPU backend runs 2-2.5x faster.
-
-    The weight gradient x^T dy contracts both operands over their token axis; XLA's CPU dot is
-    slow at that, and fast once x^T sits in memory: the barrier keeps XLA from folding the
-    transpose back into the dot (measured in bench/RESULTS.md). Same products, same numerics."""
+    """x (..., in) @ w (in, out), whose weight gradient is `weight_grad`'s. Same products, same numerics."""
     return jnp.dot(x, w, preferred_element_type=out_dtype)
 
 
@@ -96,10 +109,7 @@ def _linear_fwd(x, w, out_dtype):
 def _linear_bwd(out_dtype, saved, dy):
     x, w = saved
     dy = dy.astype(x.dtype)
-    x_t = x.reshape(-1, x.shape[-1]).T
-    if jax.default_backend() == "cpu":  # GPUs and TPUs take transposed operands for free
-        x_t = jax.lax.optimization_barrier(x_t)
-    dw = jnp.dot(x_t, dy.reshape(-1, dy.shape[-1]), preferred_element_type=jnp.float32)
+    dw = weight_grad(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
     return jnp.dot(dy, w.T).astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -127,6 +137,35 @@ def apply_rope(x, cos, sin):
     return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
 
 
+CAUSAL_BLOCKS = 4  # query blocks of causal attention: block i never scores the keys after its last query
+NEVER = float(jnp.finfo(jnp.float32).min)  # a masked score; not -inf: a padding row that sees nothing stays finite
+
+
+def attend(qg, k, v, mask, scale: float):
+    """qg (B, Hkv, G, T, H) queries attend to k, v (B, Hkv, S, H) where mask (broadcasts to (B, 1, 1, T, S))
+    -> (B, Hkv, G, T, H). The G query heads of a kv head fold into the position axis, so both products are
+    plain batched matmuls over (B, Hkv): on CPU 1.4x faster fwd + bwd than dot_product_attention's (B, T, N, H)
+    einsums and 1.5x faster than (B, Hkv, G, ...) ones (bench/RESULTS.md, "Training step")."""
+    B, Hkv, G, T, H = qg.shape
+    S = k.shape[2]
+    scores = jnp.einsum("bkth,bksh->bkts", qg.reshape(B, Hkv, G * T, H), k.astype(qg.dtype),
+                        preferred_element_type=jnp.float32).reshape(B, Hkv, G, T, S)
+    probs = jax.nn.softmax(jnp.where(mask, scores * scale, NEVER), axis=-1).astype(qg.dtype)
+    y = jnp.einsum("bkts,bksh->bkth", probs.reshape(B, Hkv, G * T, S), v.astype(qg.dtype))
+    return y.reshape(B, Hkv, G, T, H)
+
+
+def causal_attention(qg, k, v, scale: float):
+    """Causal self-attention of a chunk whose rows all start at position 0: qg (B, Hkv, G, T, H), k, v
+    (B, Hkv, T, H). In CAUSAL_BLOCKS query blocks, each over the keys up to its end: 37% fewer scores than
+    the full T x T square, whose upper triangle the mask throws away."""
+    T = qg.shape[3]
+    c = -(-T // CAUSAL_BLOCKS)
+    causal = jnp.tril(jnp.ones((T, T), bool))
+    return jnp.concatenate([attend(qg[:, :, :, i:i + c], k[:, :, :i + c], v[:, :, :i + c], causal[i:i + c, :i + c],
+                                   scale) for i in range(0, T, c)], axis=3)
+
+
 def attention(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
     """Causal self-attention over x -> (y, None); with `cache` = (this layer's k, v (B, Hkv, S, Dh),
     positions (B, T), valid (B, T)) the new keys and values are written into the cache first and the
@@ -137,7 +176,7 @@ def attention(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
     q = linear(x, w["wq"]).reshape(B, T, cfg.n_head, cfg.head_dim)
     k = linear(x, w["wk"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
     v = linear(x, w["wv"]).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
-    # RoPE before QK-norm, as nanochat; fewer kv heads than q heads is GQA, handled natively
+    # RoPE before QK-norm, as nanochat; fewer kv heads than q heads is GQA
     q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
     scale = cfg.qk_gain**2 / math.sqrt(cfg.head_dim)  # the gain on q and k folded into the scale
     if cache is not None:  # the new keys and values into their slots (in place: the cache is donated)
@@ -147,21 +186,18 @@ def attention(x, w, cos, sin, cfg: GPTConfig, cache=None, fresh: bool = False):
         b, h = jnp.arange(B)[:, None, None], jnp.arange(cfg.n_kv_head)[None, :, None]
         cache_k, cache_v = (c.at[b, h, slot].set(n.swapaxes(1, 2).astype(c.dtype), mode="drop")
                             for c, n in ((cache_k, k), (cache_v, v)))
+        new_cache = (cache_k, cache_v)
+    if cfg.attention == "cudnn" and (cache is None or fresh):  # flash attention; never picked automatically
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, implementation="cudnn")
+        return linear(y.reshape(B, T, -1), w["wo"]), None if cache is None else new_cache
+    qg = q.reshape(B, T, cfg.n_kv_head, cfg.n_head // cfg.n_kv_head, cfg.head_dim).transpose(0, 2, 3, 1, 4)
     if cache is None or fresh:
-        # "cudnn" is never picked automatically: ask for it
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, implementation=cfg.attention)
-        return linear(y.reshape(B, T, -1), w["wo"]), None if cache is None else (cache_k, cache_v)
-    # decoding: attend to this layer's cache, which now holds every row's tokens up to each query's
-    # position. Plain einsums over heads-before-positions: on CPU ~10x faster than
-    # dot_product_attention, which transposes the whole cache on every call
-    G = cfg.n_head // cfg.n_kv_head
-    qg = q.reshape(B, T, cfg.n_kv_head, G, cfg.head_dim).transpose(0, 2, 3, 1, 4)  # (B, Hkv, G, T, Dh)
-    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, cache_k.astype(q.dtype), preferred_element_type=jnp.float32)
-    seen = jnp.arange(S)[None, None, :] <= positions[:, :, None]  # (B, T, S): causal, by absolute position
-    never = jnp.finfo(jnp.float32).min  # not -inf: a padding row that sees nothing stays finite
-    probs = jax.nn.softmax(jnp.where(seen[:, None, None], scores * scale, never), axis=-1).astype(q.dtype)
-    y = jnp.einsum("bkgts,bksd->btkgd", probs, cache_v.astype(q.dtype))
-    return linear(y.reshape(B, T, -1), w["wo"]), (cache_k, cache_v)
+        y = causal_attention(qg, k.swapaxes(1, 2), v.swapaxes(1, 2), scale)
+    else:  # decoding: the queries attend to this layer's cache, which now holds every row's tokens so far
+        seen = jnp.arange(S)[None, None, :] <= positions[:, :, None]  # (B, T, S): causal, by absolute position
+        y = attend(qg, cache_k, cache_v, seen[:, None, None], scale)
+    y = linear(y.transpose(0, 3, 1, 2, 4).reshape(B, T, -1), w["wo"])
+    return y, None if cache is None else new_cache
 
 
 def mlp(x, w):
@@ -201,9 +237,11 @@ def hidden(params, ids, cfg: GPTConfig, cache=None, fresh: bool = False):
         return block(x, w, cos, sin, cfg, None if kv is None else (*kv, positions, valid), fresh)
 
     x0_lambdas = params.get("x0_lambdas")
-    if cache is None:  # scan, not a Python loop: compile time stays flat in depth
+    if cache is None:  # a scan: on accelerators compile time stays flat in depth. On CPU unrolled: the
+        # rolled loop's stacked residuals cost zero-fills and copies, 1.1x the blocks' fwd + bwd (RESULTS)
         x, _ = jax.lax.scan(lambda x, xs: layer(x, *xs, None), x0,
-                            (params["blocks"], params["resid_lambdas"], x0_lambdas))
+                            (params["blocks"], params["resid_lambdas"], x0_lambdas),
+                            unroll=jax.default_backend() == "cpu")
         return rms_norm(x), None
     # decoding: a Python loop over per-layer caches and per-layer weights. A scan (or a[i] of a
     # stacked array) would slice each layer's cache and weights out, which XLA copies: the whole
@@ -262,20 +300,16 @@ def _head_loss(h, w, targets, softcap: float, grads: bool):
         hc, tc = chunk[0].reshape(B * c, D), chunk[1].reshape(B * c)
         capped = jnp.tanh(jnp.dot(hc, wc, preferred_element_type=jnp.float32) / softcap)
         logits = softcap * capped
-        top = jnp.max(logits, axis=-1, keepdims=True)
-        e = jnp.exp(logits - top)
+        e = jnp.exp(logits)  # |logits| <= softcap <= 80: no overflow in fp32, so no max to subtract first
         total = jnp.sum(e, axis=-1, keepdims=True)
         valid, picked = tc >= 0, jnp.where(tc >= 0, tc, 0)
-        loss = jnp.sum(jnp.where(valid, top[:, 0] + jnp.log(total[:, 0])
+        loss = jnp.sum(jnp.where(valid, jnp.log(total[:, 0])
                                  - jnp.take_along_axis(logits, picked[:, None], axis=-1)[:, 0], 0.0))
         if not grads:
             return dw, (loss, None)
         dlogits = (e / total).at[jnp.arange(B * c), picked].add(-1.0)
         dz = (dlogits * (valid[:, None] * (1.0 - capped * capped))).astype(hc.dtype)  # through the soft-cap
-        hc_t = hc.T
-        if jax.default_backend() == "cpu":  # x^T in memory first, as `linear`'s backward
-            hc_t = jax.lax.optimization_barrier(hc_t)
-        dw = dw + jnp.dot(hc_t, dz, preferred_element_type=jnp.float32)
+        dw = dw + weight_grad(hc, dz)
         return dw, (loss, jnp.dot(dz, wc.T).reshape(B, c, D))
 
     by_position = lambda a: a.reshape(B, -1, c, *a.shape[2:]).swapaxes(0, 1)  # (T / c, B, c, ...)
