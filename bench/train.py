@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from bench import nanochat_anchor  # noqa: E402
 from nanocode.common import InputError  # noqa: E402
-from trainer import model, optim  # noqa: E402
+from trainer import malloc, model, optim  # noqa: E402
 from trainer.configs import effective_hparams, for_depth  # noqa: E402
 from trainer.train import make_train_step, measured_matmul_peak  # noqa: E402
 
@@ -165,11 +165,13 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also time the step's parts alone")
     args = ap.parse_args()
 
+    kept = malloc.keep_freed_memory()  # as `trainer run` does; before the first jax call
     dev = jax.devices()[0]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"machine: {dev.device_kind} ({cpu}), {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} at start, jax {jax.__version__}")
+          f"{os.getloadavg()[0]:.1f} at start, jax {jax.__version__}; ours with glibc keeping freed memory "
+          f"(trainer/malloc.py): {'yes' if kept else 'no'}")
     anchor_error, root, enc = None, None, None
     if args.anchor:
         try:

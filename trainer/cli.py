@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nanocode.common import InputError, cli_app, nanocode_home, run_cli
-from trainer import corpus, hosts, local_corpus, tokenizer_eval
+from trainer import corpus, hosts, local_corpus, malloc, tokenizer_eval
 from trainer.corpus import default_corpus
 from trainer.tokenizer import Tokenizer
 
@@ -175,7 +175,8 @@ def run_pretrain(
                                        "mixing, q/k gain), so `trainer export` can write the run"),
 ):
     """Pretrain the GPT on the corpus; every N steps a checkpoint, val bits-per-byte and samples."""
-    with hosts.joined(multihost, join_timeout):  # before any other jax call
+    malloc.keep_freed_memory()  # before any jax call, as joining the hosts is
+    with hosts.joined(multihost, join_timeout):
         import jax
 
         from trainer import configs, train
@@ -236,6 +237,7 @@ def run_sft(
     **common,
 ):
     """Supervised fine-tuning on conversations: loss on the assistant's tokens only."""
+    malloc.keep_freed_memory()  # before any jax call, as joining the hosts is
     with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import sft
 
@@ -255,6 +257,7 @@ def run_dpo(
     **common,
 ):
     """Direct preference optimization on chosen/rejected pairs against the frozen --from model."""
+    malloc.keep_freed_memory()  # before any jax call, as joining the hosts is
     with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import dpo
 

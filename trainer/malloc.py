@@ -1,0 +1,25 @@
+"""glibc's malloc set for a training process on a CPU: memory a step frees stays for the next step.
+
+XLA's CPU runtime takes each run of a compiled step's temporaries (411 MB a step for bench/train.py's
+d4) from its worker threads. glibc gives each thread its own arena, which cannot grow to hold an
+allocation that large, so every step mmaps it anew, page-faults all of it (105k faults, ~0.17 CPU-s
+a step) and unmaps it. One arena (the main one, which grows in place), no mmap and no trimming keep
+those pages: the next step finds them. Measured in bench/RESULTS.md ("Training step"): 1.1x the step.
+The price: the process holds its peak memory until it exits, as a training run does anyway.
+"""
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's <malloc.h>
+
+
+def keep_freed_memory() -> bool:
+    """Call before the process's first JAX computation (its threads pick their arena then). False where
+    the C library is not glibc (musl, macOS): nothing changed."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(option, value) == 1
+               for option, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
