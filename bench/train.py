@@ -12,6 +12,9 @@ Without --anchor: random tokens, our rows only (no other project's figure is pri
 bench/nanochat_anchor.py), runs alternate ours, nanochat's, ours, ... (--repeats each), and the
 table ends with the ratio of the medians. nanochat's tok/s is what its log prints (steps 10 on,
 its data loading included); ours is the jitted step alone, steps 3 on, batches already on the device.
+Ours runs with glibc set to keep freed memory, as `trainer run` does (trainer/malloc.py), and by
+default nanochat's scripts get the same settings through their environment (torch gains from them
+too: bench/RESULTS.md); --nanochat-malloc default runs nanochat under glibc's defaults.
 --profile times the step's parts alone (forward, backward, lm_head + cross-entropy, optimizer,
 Polar Express); with --anchor also nanochat's own compiled step under torch.profiler (--repeats
 steps), its self CPU time by the same parts: the breakdown in bench/RESULTS.md.
@@ -160,18 +163,24 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--attention", default="xla")
     ap.add_argument("--anchor", help="a checkout of karpathy/nanochat: run its scripts.base_train beside ours")
+    ap.add_argument("--nanochat-malloc", choices=("same", "default"), default="same",
+                    help="nanochat under glibc set as ours (trainer/malloc.py, by environment: torch gains from it "
+                         "too) or glibc's defaults")
     ap.add_argument("--anchor-data", default=str(Path(tempfile.gettempdir()) / "nanocode-bench-nanochat"),
                     help="NANOCHAT_BASE_DIR for the shared corpus, tokenizer and its checkpoint (reused)")
     ap.add_argument("--profile", action="store_true", help="also time the step's parts alone")
     args = ap.parse_args()
 
     kept = malloc.keep_freed_memory()  # as `trainer run` does; before the first jax call
+    if kept and args.nanochat_malloc == "same":  # its scripts inherit our environment
+        os.environ.update(malloc.ENV)
     dev = jax.devices()[0]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"machine: {dev.device_kind} ({cpu}), {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} at start, jax {jax.__version__}; ours with glibc keeping freed memory "
-          f"(trainer/malloc.py): {'yes' if kept else 'no'}")
+          f"{os.getloadavg()[0]:.1f} at start, jax {jax.__version__}; glibc keeping freed memory "
+          f"(trainer/malloc.py): ours {'yes' if kept else 'no'}"
+          + (f", nanochat {'yes' if kept and args.nanochat_malloc == 'same' else 'no'}" if args.anchor else ""))
     anchor_error, root, enc = None, None, None
     if args.anchor:
         try:

@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's <malloc.h>
+# the same settings for another program, which glibc reads from its environment when it starts
+ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
 def keep_freed_memory() -> bool:
