@@ -7,7 +7,7 @@
 One jitted step feeds every row its next tokens (a prompt, one sampled token, or tool results the
 engine forces), writes their keys and values into the cache, and samples each row's next token
 on the device. Shapes come from a few buckets (batch, cache length, chunk length), so decoding
-token after token never recompiles. The cache grows with the rows, a power of two at a time up to
+token after token never recompiles. The cache grows with the rows, a half power of two at a time up to
 the model's context: attention reads every slot of it each step, and at batch 32 reading slots no
 row had reached yet was a fifth of the step (bench/RESULTS.md "Inference engine"). Rows advance
 independently: each has its own position, and a row whose turn ends with tool calls gets the
@@ -35,7 +35,7 @@ import numpy as np
 from trainer import model, template
 from trainer.model import GPTConfig
 
-MIN_CACHE = 64      # cache lengths are powers of two from here up to the model's seq_len
+MIN_CACHE = 64      # cache lengths: powers of two and 1.5 of them from here up to the model's seq_len
 CHUNK_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384)
 
 
@@ -109,8 +109,14 @@ def decode_logits(params, h, cfg: GPTConfig, softcap: bool = True):
 
 
 def _cache_len(tokens: int, seq_len: int) -> int:
-    """The cache length that holds `tokens`: a power of two from MIN_CACHE, at most seq_len."""
-    return min(max(MIN_CACHE, 1 << (tokens - 1).bit_length()), seq_len)
+    """The cache length that holds `tokens`, at most seq_len: from MIN_CACHE a power of two or 1.5 of one
+    (64, 96, 128, 192, ...). Every decode step reads the whole cache, so the half steps cut the slots
+    read past the rows' tokens from up to half the cache to up to a third, for one more compile of the
+    step per doubling."""
+    length = max(MIN_CACHE, 1 << (tokens - 1).bit_length())
+    if length * 3 // 4 >= max(tokens, MIN_CACHE):
+        length = length * 3 // 4
+    return min(length, seq_len)
 
 
 def _grow(kv, length: int):
