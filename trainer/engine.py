@@ -7,7 +7,7 @@
 One jitted step feeds every row its next tokens (a prompt, one sampled token, or tool results the
 engine forces), writes their keys and values into the cache, and samples each row's next token
 on the device. Shapes come from a few buckets (batch, cache length, chunk length), so decoding
-token after token never recompiles. The cache grows with the rows, a half power of two at a time up to
+token after token never recompiles. The cache grows with the rows (64, 96, 128, 192, ... slots) up to
 the model's context: attention reads every slot of it each step, and at batch 32 reading slots no
 row had reached yet was a fifth of the step (bench/RESULTS.md "Inference engine"). Rows advance
 independently: each has its own position, and a row whose turn ends with tool calls gets the

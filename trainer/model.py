@@ -1,7 +1,7 @@
 """A nanochat-style GPT as pure functions of a pytree of fp32 arrays.
 
     ids -> wte -> RMSNorm = x0
-    for each layer (one lax.scan over stacked weights):
+    for each layer (one lax.scan over stacked weights, unrolled on CPU):
         x = resid_lambdas[i] * x + x0_lambdas[i] * x0    # x0 term only with x0_mix
         x = x + attn(norm(x))      # RoPE (base 100k), QK-norm, q.k gain qk_gain^2, causal, GQA-capable
         x = x + mlp(norm(x))       # ReLU^2, 4x wide
