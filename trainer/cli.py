@@ -175,7 +175,7 @@ def run_pretrain(
                                        "mixing, q/k gain), so `trainer export` can write the run"),
 ):
     """Pretrain the GPT on the corpus; every N steps a checkpoint, val bits-per-byte and samples."""
-    malloc.keep_freed_memory()  # before any jax call, as joining the hosts is
+    malloc.keep_freed_memory()  # before the first jax call, like joining the hosts
     with hosts.joined(multihost, join_timeout):
         import jax
 
@@ -237,7 +237,7 @@ def run_sft(
     **common,
 ):
     """Supervised fine-tuning on conversations: loss on the assistant's tokens only."""
-    malloc.keep_freed_memory()  # before any jax call, as joining the hosts is
+    malloc.keep_freed_memory()  # before the first jax call, like joining the hosts
     with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import sft
 
@@ -257,7 +257,7 @@ def run_dpo(
     **common,
 ):
     """Direct preference optimization on chosen/rejected pairs against the frozen --from model."""
-    malloc.keep_freed_memory()  # before any jax call, as joining the hosts is
+    malloc.keep_freed_memory()  # before the first jax call, like joining the hosts
     with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import dpo
 

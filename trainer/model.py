@@ -144,7 +144,7 @@ NEVER = float(jnp.finfo(jnp.float32).min)  # a masked score; not -inf: a padding
 def attend(qg, k, v, mask, scale: float):
     """qg (B, Hkv, G, T, H) queries attend to k, v (B, Hkv, S, H) where mask (broadcasts to (B, 1, 1, T, S))
     -> (B, Hkv, G, T, H). The G query heads of a kv head fold into the position axis, so both products are
-    plain batched matmuls over (B, Hkv): on CPU 1.4x faster fwd + bwd than dot_product_attention's (B, T, N, H)
+    plain batched matmuls over (B, Hkv): on CPU 1.3x faster fwd + bwd than dot_product_attention's (B, T, N, H)
     einsums and 1.5x faster than (B, Hkv, G, ...) ones (bench/RESULTS.md, "Training step")."""
     B, Hkv, G, T, H = qg.shape
     S = k.shape[2]
