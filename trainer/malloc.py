@@ -5,7 +5,8 @@ d4) from its worker threads. glibc gives each thread its own arena, which cannot
 allocation that large, so every step mmaps it anew, page-faults all of it (105k faults, ~0.17 CPU-s
 a step) and unmaps it. One arena (the main one, which grows in place), no mmap and no trimming keep
 those pages: the next step finds them. Measured in bench/RESULTS.md ("Training step"): 1.1x the step.
-The price: the process holds its peak memory until it exits, as a training run does anyway.
+The price is memory: the one heap fragments while it settles (the d4 bench's peak RSS 1.2 -> 1.5-1.9 GB)
+and the process keeps what it took until it exits.
 """
 
 import ctypes
