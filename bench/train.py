@@ -172,7 +172,8 @@ def main() -> None:
     args = ap.parse_args()
 
     kept = malloc.keep_freed_memory()  # as `trainer run` does; before the first jax call
-    if kept and args.nanochat_malloc == "same":  # its scripts inherit our environment
+    nanochat_kept = kept and args.nanochat_malloc == "same"
+    if nanochat_kept:  # its scripts inherit our environment
         os.environ.update(malloc.ENV)
     dev = jax.devices()[0]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -180,7 +181,7 @@ def main() -> None:
     print(f"machine: {dev.device_kind} ({cpu}), {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start, jax {jax.__version__}; glibc keeping freed memory "
           f"(trainer/malloc.py): ours {'yes' if kept else 'no'}"
-          + (f", nanochat {'yes' if kept and args.nanochat_malloc == 'same' else 'no'}" if args.anchor else ""))
+          + (f", nanochat {'yes' if nanochat_kept else 'no'}" if args.anchor else ""))
     anchor_error, root, enc = None, None, None
     if args.anchor:
         try:

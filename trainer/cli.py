@@ -38,6 +38,13 @@ def default_tokenizer() -> Path:
 # ---------------------------------------------------------------------------- data
 
 
+def training(multihost: bool, join_timeout: float):
+    """Around a training command, before its first jax call: glibc set to keep freed memory
+    (trainer/malloc.py), then the hosts joined (with --multihost)."""
+    malloc.keep_freed_memory()
+    return hosts.joined(multihost, join_timeout)
+
+
 def print_corpus(corpus_dir: Path) -> None:
     table = Table(title=str(corpus_dir))
     for c in ["kind", "split", "shards", "docs", "chars", "MB on disk"]:
@@ -175,8 +182,7 @@ def run_pretrain(
                                        "mixing, q/k gain), so `trainer export` can write the run"),
 ):
     """Pretrain the GPT on the corpus; every N steps a checkpoint, val bits-per-byte and samples."""
-    malloc.keep_freed_memory()  # before the first jax call, like joining the hosts
-    with hosts.joined(multihost, join_timeout):
+    with training(multihost, join_timeout):
         import jax
 
         from trainer import configs, train
@@ -237,8 +243,7 @@ def run_sft(
     **common,
 ):
     """Supervised fine-tuning on conversations: loss on the assistant's tokens only."""
-    malloc.keep_freed_memory()  # before the first jax call, like joining the hosts
-    with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
+    with training(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import sft
 
         sft.run(data=data, overflow=overflow, log=console.print, **common)
@@ -257,8 +262,7 @@ def run_dpo(
     **common,
 ):
     """Direct preference optimization on chosen/rejected pairs against the frozen --from model."""
-    malloc.keep_freed_memory()  # before the first jax call, like joining the hosts
-    with hosts.joined(common.pop("multihost"), common.pop("join_timeout")):
+    with training(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import dpo
 
         dpo.run(data=data, val_data=val_data, beta=beta, loss=loss, reference=reference, log=console.print,

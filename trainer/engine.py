@@ -113,8 +113,9 @@ def _cache_len(tokens: int, seq_len: int) -> int:
     (64, 96, 128, 192, ...). Every decode step reads the whole cache, so the half steps cut the slots
     read past the rows' tokens from up to half the cache to up to a third, for one more compile of the
     step per doubling."""
-    length = max(MIN_CACHE, 1 << (tokens - 1).bit_length())
-    if length * 3 // 4 >= max(tokens, MIN_CACHE):
+    need = max(MIN_CACHE, tokens)
+    length = 1 << (need - 1).bit_length()
+    if length * 3 // 4 >= need:
         length = length * 3 // 4
     return min(length, seq_len)
 

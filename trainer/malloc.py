@@ -12,9 +12,11 @@ and the process keeps what it took until it exits.
 import ctypes
 import ctypes.util
 
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's <malloc.h>
-# the same settings for another program, which glibc reads from its environment when it starts
-ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+# (mallopt option from glibc's <malloc.h>, the environment variable glibc reads for it at start, value)
+SETTINGS = ((-8, "MALLOC_ARENA_MAX", 1),             # M_ARENA_MAX: one arena
+            (-4, "MALLOC_MMAP_MAX_", 0),             # M_MMAP_MAX: no mmap
+            (-1, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1))  # M_TRIM_THRESHOLD: never trim
+ENV = {name: str(value) for _, name, value in SETTINGS}  # the same for another program, set at its start
 
 
 def keep_freed_memory() -> bool:
@@ -24,5 +26,4 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError):
         return False
-    return all(mallopt(option, value) == 1
-               for option, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
+    return all(mallopt(option, value) == 1 for option, _, value in SETTINGS)
