@@ -6,6 +6,8 @@
 #
 #   runs/cpu.sh            this run is $NANOCODE_HOME/runs/cpu; each stage prints its wall time
 #   runs/cpu.sh --smoke    the same script end to end at toy scale (or SMOKE=1; CI runs it)
+#   runs/cpu.sh --resume   go on with a run that stopped: finished stages are skipped, a training
+#                          stage continues from its last checkpoint
 #
 # A d3 speaks noise at the end of it too, only less of it than the demo's: the point is every stage at
 # a size where its curves, evals and report mean something. Past this, runs/speedrun.sh on a GPU.
@@ -14,13 +16,15 @@ cd "$(dirname "$0")/.."
 source runs/lib.sh
 [ -x .venv/bin/trainer ] && export PATH=$PWD/.venv/bin:$PATH  # make's venv, when there is one
 
-SMOKE=${SMOKE:-0}
+SMOKE=${SMOKE:-0} RESUME=0
 for arg in "$@"; do
   case $arg in
     --smoke) SMOKE=1 ;;
-    *) echo "error: unknown argument $arg (use --smoke)"; exit 2 ;;
+    --resume) RESUME=1 ;;
+    *) echo "error: unknown argument $arg (use --smoke or --resume)"; exit 2 ;;
   esac
 done
+scripts/system-deps.sh demo  # bubblewrap: the factory's rollouts and the agentic eval run model-written commands in it
 export NANOCODE_HOME=${NANOCODE_HOME:-$HOME/.cache/nanocode}
 GPUS=0 GPU_HOUR_USD=0
 RUN=$NANOCODE_HOME/runs/cpu
@@ -29,16 +33,22 @@ CORPUS_CHARS=
 VOCAB=8192
 PRETRAIN=(--config d3)
 FACTORY=()
-FINETUNE=(--seq-len 2048 --device-batch-size 2)
+# SFT: the demo's recipe (compact system prompt, rows cut to 1024, 200 steps at 4x: bench/RESULTS.md,
+# "Demo model"), so this run and the demo differ in pretraining only; DPO one epoch. FINETUNE comes
+# last on both lines: --smoke's toy sizes win
+SFT=(--seq-len 1024 --overflow truncate --steps 200 --lr-scale 4 --prompt compact)
+DPO=(--seq-len 2048)
+FINETUNE=(--device-batch-size 2)
 EVALS_BPB=() EVALS_SOUL=()
 EVALS_AGENTIC=(--max-steps 6 --max-tokens 256)
 if [ "$SMOKE" = 1 ]; then
   toy_scale
   RUN=$NANOCODE_HOME/runs/cpu-smoke
   FACTORY=(--limit 12)
-  rm -rf "$RUN"
+  [ "$RESUME" = 1 ] || rm -rf "$RUN"
 fi
-[ ! -e "$RUN" ] || { echo "error: $RUN exists (hours of training, perhaps): move it away first"; exit 2; }
+[ ! -e "$RUN" ] || [ "$RESUME" = 1 ] || {
+  echo "error: $RUN exists (hours of training, perhaps): move it away first, or go on with it: --resume"; exit 2; }
 mkdir -p "$RUN"
 
 stage corpus trainer data local ${CORPUS_CHARS:+--max-chars "$CORPUS_CHARS"} --out "$CORPUS"
@@ -50,12 +60,15 @@ tokenizers() {  # ours, and a prose-only one of the same vocab to compare it wit
 }
 stage tokenizer tokenizers
 
-stage pretrain trainer run pretrain "${PRETRAIN[@]}" --corpus "$CORPUS" --tokenizer "$RUN/tokenizer" --out "$RUN/pretrain"
+stage pretrain trainer run pretrain "${PRETRAIN[@]}" --corpus "$CORPUS" --tokenizer "$RUN/tokenizer" --out "$RUN/pretrain" \
+  $(resume_flag "$RUN/pretrain")
 
 stage factory factory build "${FACTORY[@]}"
 
-stage sft trainer run sft --from "$RUN/pretrain" --data factory:latest "${FINETUNE[@]}" --out "$RUN/sft"
-stage dpo trainer run dpo --from "$RUN/sft" --data factory:latest "${FINETUNE[@]}" --out "$RUN/dpo"
+stage sft trainer run sft --from "$RUN/pretrain" --data factory:latest "${SFT[@]}" "${FINETUNE[@]}" --out "$RUN/sft" \
+  $(resume_flag "$RUN/sft")
+stage dpo trainer run dpo --from "$RUN/sft" --data factory:latest "${DPO[@]}" "${FINETUNE[@]}" --out "$RUN/dpo" \
+  $(resume_flag "$RUN/dpo")
 
-stage evals evals_all  # runs/lib.sh: bpb, preference, SOUL, agentic
+stage evals evals_all  # runs/lib.sh: bpb, copy, preference, SOUL, agentic
 finish

@@ -1,6 +1,9 @@
 # Sourced by runs/*.sh: what both recipes share.
-#   stage NAME COMMAND...   run it, then print its wall time and cost and add it to RUN/stages.tsv
-#   evals_all               the evals on RUN's last stage (CORE is the speedrun's own: it needs a download)
+#   stage NAME COMMAND...   run it, then print its wall time and cost and add it to RUN/stages.tsv;
+#                           with RESUME=1 a stage stages.tsv lists as finished is skipped
+#   resume_flag DIR         --resume when RESUME=1 and the training stage DIR holds a checkpoint
+#   evals_all               the evals on RUN's last stage: bpb, copy, preference, SOUL, agentic
+#                           (CORE is the speedrun's own: it needs a download)
 #   finish                  the report, then every stage and the total, printed and saved as RUN/stages.md
 # Cost = seconds x GPUS / 3600 x GPU_HOUR_USD (a rented host's GPUs are paid for, busy or idle).
 # Needs RUN, GPUS, GPU_HOUR_USD set (evals_all: CORPUS and the EVALS_* arrays too).
@@ -13,14 +16,24 @@ stage() {
   local name=$1 t0=$SECONDS
   shift
   echo
+  if [ "${RESUME:-0}" = 1 ] && cut -f1 "$RUN/stages.tsv" 2>/dev/null | grep -qx "$name"; then
+    echo "== $name: finished earlier ($RUN/stages.tsv), skipped"
+    return
+  fi
   echo "== $name"
   "$@"
   printf '%s\t%d\n' "$name" $((SECONDS - t0)) >>"$RUN/stages.tsv"
   echo "== $name: $(_cost $((SECONDS - t0)) '%dm %02ds, %.2f GPU-hours, $%.2f')"
 }
 
+resume_flag() {  # a training stage cut off mid-way goes on from its latest checkpoint
+  [ "${RESUME:-0}" = 1 ] && compgen -G "$1/checkpoints/[0-9]*" >/dev/null && echo --resume
+  return 0
+}
+
 evals_all() {
   evals bpb "$RUN" --corpus "$CORPUS" "${EVALS_BPB[@]}"
+  evals copy "$RUN"  # the induction probe: can it copy a name from its context?
   evals preference "$RUN" --data factory:latest
   evals soul "$RUN" "${EVALS_SOUL[@]}"
   evals agentic "$RUN" "${EVALS_AGENTIC[@]}"

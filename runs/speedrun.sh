@@ -6,6 +6,8 @@
 #   runs/speedrun.sh [d12|d20|d24]   the preset (default d20); all local GPUs train it (a data mesh)
 #   runs/speedrun.sh --smoke         the same script end to end at toy scale on CPU (or SMOKE=1): the
 #                                    offline corpus, a d1 model, the factory against a scripted server
+#   runs/speedrun.sh --resume        go on with a run that stopped: finished stages are skipped, a
+#                                    training stage continues from its last checkpoint
 #
 # Settings, from the environment:
 #   NANOCODE_HOME   where everything goes [~/.cache/nanocode]; this run is $NANOCODE_HOME/runs/speedrun-PRESET
@@ -20,23 +22,26 @@ cd "$(dirname "$0")/.."
 source runs/lib.sh
 [ -x .venv/bin/trainer ] && export PATH=$PWD/.venv/bin:$PATH  # make's venv, when there is one
 
-SMOKE=${SMOKE:-0}
+SMOKE=${SMOKE:-0} RESUME=0
 PRESET=d20
 for arg in "$@"; do
   case $arg in
     --smoke) SMOKE=1 ;;
+    --resume) RESUME=1 ;;
     d12 | d20 | d24) PRESET=$arg ;;
-    *) echo "error: unknown argument $arg (use d12, d20, d24 or --smoke)"; exit 2 ;;
+    *) echo "error: unknown argument $arg (use d12, d20, d24, --smoke or --resume)"; exit 2 ;;
   esac
 done
+scripts/system-deps.sh demo  # bubblewrap: the factory's rollouts and the agentic eval run model-written commands in it
 export NANOCODE_HOME=${NANOCODE_HOME:-$HOME/.cache/nanocode}
 GPU_HOUR_USD=${GPU_HOUR_USD:-2.50}
 TEACHER=${TEACHER:-Qwen/Qwen3-Coder-30B-A3B-Instruct}
 if [ "$SMOKE" = 1 ]; then PRESET=smoke; fi
 RUN=$NANOCODE_HOME/runs/speedrun-$PRESET
 CORPUS=$NANOCODE_HOME/corpus/hf
-if [ "$SMOKE" = 1 ]; then rm -rf "$RUN"; fi
-[ ! -e "$RUN" ] || { echo "error: $RUN exists (hours of training, perhaps): move it away first"; exit 2; }
+if [ "$SMOKE" = 1 ] && [ "$RESUME" = 0 ]; then rm -rf "$RUN"; fi
+[ ! -e "$RUN" ] || [ "$RESUME" = 1 ] || {
+  echo "error: $RUN exists (hours of training, perhaps): move it away first, or go on with it: --resume"; exit 2; }
 mkdir -p "$RUN"
 
 # Per preset: the prose to fetch, enough for its horizon (8 tokens per parameter, 1:5 code:prose)
@@ -72,7 +77,8 @@ stage corpus corpus
 
 stage tokenizer trainer tokenizer train --corpus "$CORPUS" --vocab-size "$VOCAB" --out "$RUN/tokenizer"
 
-stage pretrain trainer run pretrain "${PRETRAIN[@]}" --corpus "$CORPUS" --tokenizer "$RUN/tokenizer" --out "$RUN/pretrain"
+stage pretrain trainer run pretrain "${PRETRAIN[@]}" --corpus "$CORPUS" --tokenizer "$RUN/tokenizer" --out "$RUN/pretrain" \
+  $(resume_flag "$RUN/pretrain")
 
 # The factory's model: the given server, or vLLM on this host for the length of the build.
 # Smoke: tests/scripted_server.py answering as tests/fake_model.py does (a draft it cannot parse
@@ -123,13 +129,15 @@ factory_build() {
 }
 stage factory factory_build
 
-stage sft trainer run sft --from "$RUN/pretrain" --data factory:latest --data "$CHAT_DATA" "${FINETUNE[@]}" --out "$RUN/sft"
-stage dpo trainer run dpo --from "$RUN/sft" --data factory:latest "${FINETUNE[@]}" --out "$RUN/dpo"
+stage sft trainer run sft --from "$RUN/pretrain" --data factory:latest --data "$CHAT_DATA" "${FINETUNE[@]}" --out "$RUN/sft" \
+  $(resume_flag "$RUN/sft")
+stage dpo trainer run dpo --from "$RUN/sft" --data factory:latest "${FINETUNE[@]}" --out "$RUN/dpo" \
+  $(resume_flag "$RUN/dpo")
 
 core() {
   [ "$SMOKE" = 1 ] || evals core download
   evals core "$RUN" "${EVALS_CORE[@]}"
 }
-stage evals evals_all  # runs/lib.sh: bpb, preference, SOUL, agentic
+stage evals evals_all  # runs/lib.sh: bpb, copy, preference, SOUL, agentic
 stage core core
 finish

@@ -36,7 +36,7 @@ def test_speedrun_smoke_runs_every_stage_end_to_end(tmp_path):
     home = tmp_path / "home"
     proc = run("runs/speedrun.sh", "--smoke", NANOCODE_HOME=str(home))
     run_dir = home / "runs" / "speedrun-smoke"
-    check_smoke_run(proc, run_dir, ["bpb", "core", "preference", "soul", "agentic"], STAGES + ["core", "report"])
+    check_smoke_run(proc, run_dir, ["bpb", "copy", "core", "preference", "soul", "agentic"], STAGES + ["core", "report"])
     # the factory ran against a model server (the scripted one) on the Hub seed sources
     assert "openai:scripted" in proc.stdout
     assert all(name in proc.stdout for name in ("evol-codealpaca", "self-oss-instruct", "smoltalk"))
@@ -45,8 +45,21 @@ def test_speedrun_smoke_runs_every_stage_end_to_end(tmp_path):
 def test_cpu_smoke_runs_every_stage_end_to_end(tmp_path):
     home = tmp_path / "home"
     proc = run("runs/cpu.sh", NANOCODE_HOME=str(home), SMOKE="1")
-    check_smoke_run(proc, home / "runs" / "cpu-smoke", ["bpb", "preference", "soul", "agentic"], STAGES + ["report"])
-    assert (home / "runs" / "cpu-smoke" / "tokenizer-prose" / "tokenizer.json").exists()
+    run_dir = home / "runs" / "cpu-smoke"
+    check_smoke_run(proc, run_dir, ["bpb", "copy", "preference", "soul", "agentic"], STAGES + ["report"])
+    assert (run_dir / "tokenizer-prose" / "tokenizer.json").exists()
+    # stopped after pretraining, before the SFT stage was written down as finished: --resume skips what
+    # stages.tsv lists and continues the training stages from their checkpoints (here their last step)
+    tsv = run_dir / "stages.tsv"
+    finished = tsv.read_text().splitlines()
+    tsv.write_text("".join(line + "\n" for line in finished[:4]))  # corpus, tokenizer, pretrain, factory
+    sft_steps = sorted(p.name for p in (run_dir / "sft" / "checkpoints").iterdir())
+    proc = run("runs/cpu.sh", "--resume", NANOCODE_HOME=str(home), SMOKE="1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    skipped = [line.split(":")[0][3:] for line in proc.stdout.splitlines() if line.endswith("skipped")]
+    assert skipped == STAGES[:4]
+    assert "resuming at step" in proc.stdout and sorted(p.name for p in (run_dir / "sft" / "checkpoints").iterdir()) == sft_steps
+    assert [line.split("\t")[0] for line in tsv.read_text().splitlines()] == STAGES + ["report"]
 
 
 def test_a_run_never_overwrites_an_earlier_one_and_bad_arguments_say_so(tmp_path):
@@ -56,7 +69,7 @@ def test_a_run_never_overwrites_an_earlier_one_and_bad_arguments_say_so(tmp_path
     assert proc.returncode == 2 and proc.stdout.strip().startswith(f"error: {home}/runs/cpu exists")
     assert [p.name for p in (home / "runs" / "cpu").iterdir()] == ["pretrain"]
     proc = run("runs/speedrun.sh", "d99", NANOCODE_HOME=str(home))
-    assert (proc.returncode, proc.stdout.strip()) == (2, "error: unknown argument d99 (use d12, d20, d24 or --smoke)")
+    assert (proc.returncode, proc.stdout.strip()) == (2, "error: unknown argument d99 (use d12, d20, d24, --smoke or --resume)")
 
 
 def test_the_smoke_factory_config_is_the_hub_config_with_fixture_datasets():

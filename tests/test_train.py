@@ -100,3 +100,12 @@ def test_resume_refuses_a_checkpoint_of_another_model(data, tmp_path):
     assert pretrain(data, tmp_path / "run", "--steps", 2).returncode == 0
     other = pretrain(data, tmp_path / "run", "--steps", 4, "--config", "d2", "--resume")
     assert other.returncode == 2 and "another model" in other.stderr, other.stderr
+
+
+def test_a_checkpoint_config_field_this_code_does_not_know_is_refused_by_name():
+    from nanocode.common import InputError
+    from trainer.checkpoint import saved_model
+    model = dict(vocab_size=512, seq_len=64, n_layer=1, d_model=64, n_head=1, n_kv_head=1, head_dim=64)
+    assert saved_model({"fingerprint": {"model": {**model, "remat": True}}}).n_layer == 1  # removed since: dropped
+    with pytest.raises(InputError, match="model has smear, which this nanocode does not know"):
+        saved_model({"fingerprint": {"model": {**model, "smear": True}}})

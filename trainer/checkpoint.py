@@ -26,6 +26,7 @@ Its model shape is its checkpoint's fingerprint.
 """
 
 import atexit
+import dataclasses
 import os
 import re
 import shutil
@@ -226,8 +227,13 @@ def read_run(run, step: int | None = None, platform: str | None = None) -> tuple
 
 def saved_model(meta: dict) -> GPTConfig:
     """The GPTConfig a checkpoint was trained with: fields added since take their defaults (the
-    model it was), a field since removed (`remat`) is dropped."""
-    return GPTConfig(**{k: v for k, v in meta["fingerprint"]["model"].items() if k != "remat"})
+    model it was), a field since removed (`remat`) is dropped; one this code does not know (a newer
+    nanocode's, or another branch's) is refused by name."""
+    fields = {k: v for k, v in meta["fingerprint"]["model"].items() if k != "remat"}
+    if unknown := sorted(set(fields) - {f.name for f in dataclasses.fields(GPTConfig)}):
+        raise InputError(f"this checkpoint's model has {', '.join(unknown)}, which this nanocode does not "
+                         "know: load it with the version that wrote it")
+    return GPTConfig(**fields)
 
 
 def load_params(run, like_params, tok: Tokenizer, step: int | None = None):
