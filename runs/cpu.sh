@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The longest useful run on a CPU, offline: `make demo`'s pipeline at its full size, a few hours on
-# two cores (the d3 preset's whole horizon, ~5,700 steps of 4,096 tokens at ~1.5 s a step, is most of it):
+# The longest useful run on a CPU, offline: `make demo`'s pipeline at its full size, about an hour on
+# two cores (the d3 preset's whole horizon, 5,664 steps of 4,096 tokens at ~0.5 s a step on the 2-core
+# VM of bench/RESULTS.md, is most of it):
 #   the whole local corpus -> tokenizer (8192) -> pretrain d3 -> factory (offline, every seed and
-#   scenario) -> SFT and DPO, one epoch each -> evals on every held-out task -> report
+#   scenario) -> SFT (the demo's) and DPO (one epoch) -> evals on every held-out task -> report
 #
 #   runs/cpu.sh            this run is $NANOCODE_HOME/runs/cpu; each stage prints its wall time
 #   runs/cpu.sh --smoke    the same script end to end at toy scale (or SMOKE=1; CI runs it)
 #   runs/cpu.sh --resume   go on with a run that stopped: finished stages are skipped, a training
 #                          stage continues from its last checkpoint
 #
-# A d3 speaks noise at the end of it too, only less of it than the demo's: the point is every stage at
-# a size where its curves, evals and report mean something. Past this, runs/speedrun.sh on a GPU.
+# What it buys over the demo (bench/RESULTS.md, "runs/cpu.sh"): copying from the context forms
+# (steps 1,500-3,000), and first calls name the task's file on 13-15% of the tasks, where the demo's
+# never do; no task passes. Past this, runs/speedrun.sh on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source runs/lib.sh
