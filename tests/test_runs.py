@@ -48,8 +48,8 @@ def test_cpu_smoke_runs_every_stage_end_to_end(tmp_path):
     run_dir = home / "runs" / "cpu-smoke"
     check_smoke_run(proc, run_dir, ["bpb", "copy", "preference", "soul", "agentic"], STAGES + ["report"])
     assert (run_dir / "tokenizer-prose" / "tokenizer.json").exists()
-    # stopped after pretraining, before the SFT stage was written down as finished: --resume skips what
-    # stages.tsv lists and continues the training stages from their checkpoints (here their last step)
+    # as if stopped after the factory (SFT's and DPO's checkpoints on disk, not written down as finished):
+    # --resume skips what stages.tsv lists and continues the training stages from their checkpoints
     tsv = run_dir / "stages.tsv"
     finished = tsv.read_text().splitlines()
     tsv.write_text("".join(line + "\n" for line in finished[:4]))  # corpus, tokenizer, pretrain, factory
