@@ -26,7 +26,6 @@ for arg in "$@"; do
     *) echo "error: unknown argument $arg (use --smoke or --resume)"; exit 2 ;;
   esac
 done
-scripts/system-deps.sh demo  # bubblewrap: the factory's rollouts and the agentic eval run model-written commands in it
 export NANOCODE_HOME=${NANOCODE_HOME:-$HOME/.cache/nanocode}
 GPUS=0 GPU_HOUR_USD=0
 RUN=$NANOCODE_HOME/runs/cpu
@@ -49,9 +48,7 @@ if [ "$SMOKE" = 1 ]; then
   FACTORY=(--limit 12)
   [ "$RESUME" = 1 ] || rm -rf "$RUN"
 fi
-[ ! -e "$RUN" ] || [ "$RESUME" = 1 ] || {
-  echo "error: $RUN exists (hours of training, perhaps): move it away first, or go on with it: --resume"; exit 2; }
-mkdir -p "$RUN"
+start_run
 
 stage corpus trainer data local ${CORPUS_CHARS:+--max-chars "$CORPUS_CHARS"} --out "$CORPUS"
 

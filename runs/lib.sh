@@ -1,4 +1,5 @@
 # Sourced by runs/*.sh: what both recipes share.
+#   start_run               the system tools, then RUN made; one that exists is refused unless RESUME=1
 #   stage NAME COMMAND...   run it, then print its wall time and cost and add it to RUN/stages.tsv;
 #                           with RESUME=1 a stage stages.tsv lists as finished is skipped
 #   resume_flag DIR         --resume when RESUME=1 and the training stage DIR holds a checkpoint
@@ -10,6 +11,13 @@
 
 _cost() {  # SECONDS FORMAT: FORMAT gets minutes, seconds, GPU-hours, dollars
   awk -v s="$1" -v g="$GPUS" -v p="$GPU_HOUR_USD" -v f="$2" 'BEGIN { printf f, s / 60, s % 60, s * g / 3600, s * g / 3600 * p }'
+}
+
+start_run() {
+  scripts/system-deps.sh demo  # bubblewrap: the factory's rollouts and the agentic eval run model-written commands in it
+  [ ! -e "$RUN" ] || [ "${RESUME:-0}" = 1 ] || {
+    echo "error: $RUN exists (hours of training, perhaps): move it away first, or go on with it: --resume"; exit 2; }
+  mkdir -p "$RUN"
 }
 
 stage() {

@@ -32,7 +32,6 @@ for arg in "$@"; do
     *) echo "error: unknown argument $arg (use d12, d20, d24, --smoke or --resume)"; exit 2 ;;
   esac
 done
-scripts/system-deps.sh demo  # bubblewrap: the factory's rollouts and the agentic eval run model-written commands in it
 export NANOCODE_HOME=${NANOCODE_HOME:-$HOME/.cache/nanocode}
 GPU_HOUR_USD=${GPU_HOUR_USD:-2.50}
 TEACHER=${TEACHER:-Qwen/Qwen3-Coder-30B-A3B-Instruct}
@@ -40,9 +39,7 @@ if [ "$SMOKE" = 1 ]; then PRESET=smoke; fi
 RUN=$NANOCODE_HOME/runs/speedrun-$PRESET
 CORPUS=$NANOCODE_HOME/corpus/hf
 if [ "$SMOKE" = 1 ] && [ "$RESUME" = 0 ]; then rm -rf "$RUN"; fi
-[ ! -e "$RUN" ] || [ "$RESUME" = 1 ] || {
-  echo "error: $RUN exists (hours of training, perhaps): move it away first, or go on with it: --resume"; exit 2; }
-mkdir -p "$RUN"
+start_run
 
 # Per preset: the prose to fetch, enough for its horizon (8 tokens per parameter, 1:5 code:prose)
 # without repeating a document; The Stack's small sample is all fetched and repeats.
