@@ -38,7 +38,7 @@ from bench import nanochat_anchor  # noqa: E402
 from nanocode.common import InputError  # noqa: E402
 from trainer import dpo, model, optim  # noqa: E402
 from trainer.configs import effective_hparams, for_depth, for_platform  # noqa: E402
-from trainer.engine import Engine, Token, decode_logits  # noqa: E402
+from trainer.engine import Engine, Token, decode_logits, greedy_ids  # noqa: E402
 from trainer.tokenizer import Tokenizer  # noqa: E402
 from trainer.train import make_train_step  # noqa: E402
 
@@ -155,8 +155,9 @@ def profile_decode(cfg, params, batches, repeats, cached=128):
                 lambda x, k, v: model.attention(x, w0, cos, sin, cfg, (k, v, pos[:, None], n[:, None] > 0)),
                 donate_argnums=(1, 2)), None),
             "  MLP, one layer": (lambda x: model.mlp(x, w0), (x,)),
-            "lm_head + soft-cap over 32k (the engine's layout)": (lambda h: decode_logits(held, h, cfg), (h,)),
-            "greedy sampling (argmax over 32k)": (lambda lg: jnp.argmax(lg, -1), (logits,)),
+            "lm_head + soft-cap over 32k (what sampling takes)": (lambda h: decode_logits(held, h, cfg), (h,)),
+            "  argmax over those logits": (lambda lg: jnp.argmax(lg, -1), (logits,)),
+            "lm_head + greedy pick (what the greedy step runs)": (lambda h: greedy_ids(held, h, cfg), (h,)),
         }
         attn_kv = [tuple(jnp.zeros(shape) for _ in "kv")]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer import template
-from trainer.engine import MIN_CACHE, Done, Engine, Token, decode_logits
+from trainer.engine import MIN_CACHE, PICK_BLOCK, Done, Engine, Token, decode_layout, decode_logits, greedy_ids
 from trainer.model import GPTConfig, forward, init_params, logits_of
 
 
@@ -63,6 +63,22 @@ def test_the_engines_layout_holds_the_models_weights_and_gives_its_logits(tiny, 
     got = jax.jit(lambda p, h: decode_logits(p, h, cfg))(engine.params, h)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     assert float(jnp.abs(want).max()) > 1.0  # logits of some size, not all ~0
+
+
+def test_the_greedy_pick_is_argmax_with_its_first_index_on_ties():
+    """greedy_ids picks in blocks of the vocab: a tie across blocks, the winner in the padded last block
+    (a vocab that is no multiple of PICK_BLOCK) and one in the first row all come out as jnp.argmax's."""
+    D, V, B = 16, 2 * PICK_BLOCK + 100, 4
+    cfg = GPTConfig(vocab_size=V, seq_len=16, n_layer=1, d_model=D, n_head=1, n_kv_head=1, head_dim=16)
+    h = jax.random.normal(jax.random.key(0), (B, D))
+    w = 0.1 * jax.random.normal(jax.random.key(1), (D, V))  # the model's (D, V) lm_head
+    w = w.at[:, 10].set(3 * h[0]).at[:, PICK_BLOCK + 7].set(3 * h[0])  # row 0: a tie, two blocks apart
+    w = w.at[:, V - 3].set(3 * h[1]).at[:, 0].set(3 * h[2])  # row 1: the padded block; row 2: the first id
+    want = np.asarray(jnp.argmax(h @ w, axis=-1))
+    assert want[:3].tolist() == [10, V - 3, 0]
+    params = decode_layout({"lm_head": w, "blocks": {}, "resid_lambdas": jnp.zeros(0)})
+    got = jax.jit(lambda p, h: greedy_ids(p, h, cfg))(params, h)
+    assert got.dtype == jnp.int32 and np.asarray(got).tolist() == want.tolist()
 
 
 def test_decoding_never_recompiles_within_a_bucket(tiny, tiny_tok):
