@@ -81,16 +81,43 @@ def init_params(cfg: GPTConfig, key) -> dict:
     return params
 
 
+def _cpu_bf16(a) -> bool:
+    """bf16 (or fp16) operands on XLA's CPU backend. There its AMX/AVX512-BF16 kernels take a dot only
+    with an fp32 result, and with a transposed operand only as a batch-of-one dot_general: those forms
+    run 3-6x the others (1,200-1,400 against 130-250 GFLOP/s at the step's shapes, bench/RESULTS.md
+    "Training step", 2026-12-03). Same products, fp32 accumulation either way."""
+    return jax.default_backend() == "cpu" and a.dtype != jnp.float32
+
+
+def dot(a, b, out_dtype=None):
+    """a (..., k) @ b (k, n) in out_dtype (default: the operands')."""
+    if _cpu_bf16(a):
+        return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(out_dtype or a.dtype)
+    return jnp.dot(a, b, preferred_element_type=out_dtype)
+
+
+def dot_t(a, b):
+    """a (..., k) @ b (n, k).T in the operands' dtype."""
+    if _cpu_bf16(a):
+        y = jnp.einsum("xnk,xok->xno", a.reshape(1, -1, a.shape[-1]), b[None], preferred_element_type=jnp.float32)
+        return y.reshape(*a.shape[:-1], b.shape[0]).astype(a.dtype)
+    return jnp.dot(a, b.T)
+
+
 def weight_grad(x, dy):
-    """x^T dy for x (N, in), dy (N, out): the weight gradient of x @ w, as XLA's CPU backend runs it fast.
+    """x^T dy for x (N, in), dy (N, out) -> fp32 (in, out): the weight gradient of x @ w, as XLA's CPU
+    backend runs it fast.
 
     Its dot is slow at contracting both operands over their token axis, and fast once one operand's
     transpose sits in memory: the barrier keeps XLA from folding the transpose back into the dot. The
     narrower operand is the one transposed (dy^T x, then the small (out, in) result transposed): for
-    the MLP's w_proj that moves a quarter of the bytes (measured in bench/RESULTS.md)."""
+    the MLP's w_proj that moves a quarter of the bytes (measured in bench/RESULTS.md). bf16 on CPU: x^T
+    as a batch of one (`_cpu_bf16`)."""
     if jax.default_backend() != "cpu":  # GPUs and TPUs take transposed operands for free
         return jnp.dot(x.T, dy, preferred_element_type=jnp.float32)
     bar = jax.lax.optimization_barrier
+    if _cpu_bf16(x):
+        return jnp.einsum("xkn,xno->xko", bar(x.T[None]), dy[None], preferred_element_type=jnp.float32)[0]
     if x.shape[1] <= dy.shape[1]:
         return jnp.dot(bar(x.T), dy, preferred_element_type=jnp.float32)
     return bar(jnp.dot(bar(dy.T), x, preferred_element_type=jnp.float32)).T
@@ -99,7 +126,7 @@ def weight_grad(x, dy):
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def linear(x, w, out_dtype=None):
     """x (..., in) @ w (in, out), whose weight gradient is `weight_grad`'s. Same products, same numerics."""
-    return jnp.dot(x, w, preferred_element_type=out_dtype)
+    return dot(x, w, out_dtype)
 
 
 def _linear_fwd(x, w, out_dtype):
@@ -110,7 +137,7 @@ def _linear_bwd(out_dtype, saved, dy):
     x, w = saved
     dy = dy.astype(x.dtype)
     dw = weight_grad(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
-    return jnp.dot(dy, w.T).astype(x.dtype), dw.astype(w.dtype)
+    return dot_t(dy, w).astype(x.dtype), dw.astype(w.dtype)
 
 
 linear.defvjp(_linear_fwd, _linear_bwd)
@@ -151,7 +178,8 @@ def attend(qg, k, v, mask, scale: float):
     scores = jnp.einsum("bkth,bksh->bkts", qg.reshape(B, Hkv, G * T, H), k.astype(qg.dtype),
                         preferred_element_type=jnp.float32).reshape(B, Hkv, G, T, S)
     probs = jax.nn.softmax(jnp.where(mask, scores * scale, NEVER), axis=-1).astype(qg.dtype)
-    y = jnp.einsum("bkts,bksh->bkth", probs.reshape(B, Hkv, G * T, S), v.astype(qg.dtype))
+    y = jnp.einsum("bkts,bksh->bkth", probs.reshape(B, Hkv, G * T, S), v.astype(qg.dtype),
+                   preferred_element_type=jnp.float32).astype(qg.dtype)  # fp32 out: see _cpu_bf16
     return y.reshape(B, Hkv, G, T, H)
 
 
@@ -310,7 +338,7 @@ def _head_loss(h, w, targets, softcap: float, grads: bool):
         dlogits = (e / total).at[jnp.arange(B * c), picked].add(-1.0)
         dz = (dlogits * (valid[:, None] * (1.0 - capped * capped))).astype(hc.dtype)  # through the soft-cap
         dw = dw + weight_grad(hc, dz)
-        return dw, (loss, jnp.dot(dz, wc.T).reshape(B, c, D))
+        return dw, (loss, dot_t(dz, wc).reshape(B, c, D))
 
     by_position = lambda a: a.reshape(B, -1, c, *a.shape[2:]).swapaxes(0, 1)  # (T / c, B, c, ...)
     dw, (losses, dh) = jax.lax.scan(rows, jnp.zeros(w.shape, jnp.float32), (by_position(h), by_position(targets)))

@@ -33,7 +33,8 @@ ADAM_BETAS, ADAM_EPS = (0.8, 0.95), 1e-10  # nanochat's AdamW groups (which take
 
 def orthogonalize(g):
     """Approximate polar factor U V^T of every matrix in the last two axes of g (SVD g = U S V^T),
-    in fp32 (bf16 would do on a GPU, not on a CPU)."""
+    in fp32 (nanochat runs it in bf16 on GPUs; on a CPU with AMX bf16 took 64 against 84 ms for a d4's
+    matrices, 3.8% off the fp32 result: not worth it, bench/RESULTS.md "Training step", 2026-12-03)."""
     x = g.astype(jnp.float32)
     # spectral norm <= Frobenius norm, so this puts every singular value in (0, 1) as PE expects
     x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)) * 1.01 + 1e-6)
