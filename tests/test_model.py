@@ -11,8 +11,8 @@ import pytest
 
 from nanocode.common import InputError
 from trainer import configs
-from trainer.model import (GPTConfig, apply_rope, flops_per_token, forward, init_params, linear, loss_fn,
-                           matmul_params, param_count, rope, token_losses)
+from trainer.model import (NEVER, GPTConfig, apply_rope, attend, flops_per_token, forward, init_params, linear,
+                           loss_fn, matmul_params, param_count, rope, token_losses)
 
 # These shapes run in microseconds; XLA's optimizing passes are most of every compile here.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -124,6 +124,28 @@ def test_gradients_equal_autodiff_of_the_reference():
     for path, a in jax.tree_util.tree_leaves_with_path(got):
         b = functools.reduce(lambda t, k: t[k.key], path, expected)
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_attention_backward_equals_autodiff_of_plain_softmax_attention():
+    """attend's own backward (flash attention's) against autodiff of the textbook formula, for GQA
+    groups and a random mask with a row that sees nothing (a padding row: its gradient is zero)."""
+    ks = jax.random.split(jax.random.key(4), 5)
+    B_, Hkv, G, T_, S, H = 2, 2, 3, 5, 7, 8
+    qg, k, v = (jax.random.normal(key, shape) for key, shape in
+                zip(ks, ((B_, Hkv, G, T_, H), (B_, Hkv, S, H), (B_, Hkv, S, H))))
+    mask = jax.random.bernoulli(ks[3], 0.6, (B_, 1, 1, T_, S)).at[0, 0, 0, 0].set(False)
+    cot = jax.random.normal(ks[4], qg.shape)
+
+    def plain(q, k, v):
+        scores = jnp.einsum("bkgth,bksh->bkgts", q, k) * 0.3
+        return jnp.einsum("bkgts,bksh->bkgth", jax.nn.softmax(jnp.where(mask, scores, NEVER), -1), v)
+
+    y, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, mask, 0.3), qg, k, v)
+    want_y, want_vjp = jax.vjp(plain, qg, k, v)
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
+    for got, want in zip(vjp(cot), want_vjp(cot)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert float(jnp.abs(vjp(cot)[0][0, 0, 0, 0]).max()) == 0.0  # the row that sees nothing
 
 
 @pytest.mark.parametrize("dtype, out_dtype", [(jnp.float32, None), (jnp.bfloat16, None), (jnp.bfloat16, jnp.float32)])

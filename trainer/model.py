@@ -168,19 +168,63 @@ CAUSAL_BLOCKS = 4  # query blocks of causal attention: block i never scores the 
 NEVER = float(jnp.finfo(jnp.float32).min)  # a masked score; not -inf: a padding row that sees nothing stays finite
 
 
+def _batched_tn(a, b):
+    """a^T b over the last two axes of a (..., t, s), b (..., t, h) -> fp32 (..., s, h). XLA's CPU dots
+    are slow at contracting the first of the two axes, so a^T is laid out first (see weight_grad)."""
+    lead, (t, s), h = a.shape[:-2], a.shape[-2:], b.shape[-1]
+    at = jax.lax.optimization_barrier(a.reshape(-1, t, s).swapaxes(1, 2))
+    return jnp.einsum("nst,nth->nsh", at, b.reshape(-1, t, h), preferred_element_type=jnp.float32).reshape(*lead, s, h)
+
+
+def _positions_mask(mask, qg, k):
+    """mask (broadcasting to (B, 1, 1, T, S)) as (B, Hkv, G * T, S), the layout the products take."""
+    B, Hkv, G, T, _ = qg.shape
+    return jnp.broadcast_to(mask, (B, Hkv, G, T, k.shape[2])).reshape(B, Hkv, G * T, k.shape[2])
+
+
+def _attend(qg, k, v, mask, scale):
+    """-> y (B, Hkv, G * T, H) and the probabilities."""
+    B, Hkv, G, T, H = qg.shape
+    scores = jnp.einsum("bkth,bksh->bkts", qg.reshape(B, Hkv, G * T, H), k.astype(qg.dtype),
+                        preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(jnp.where(_positions_mask(mask, qg, k), scores * scale, NEVER), axis=-1).astype(qg.dtype)
+    y = jnp.einsum("bkts,bksh->bkth", probs, v.astype(qg.dtype),
+                   preferred_element_type=jnp.float32).astype(qg.dtype)  # fp32 out: see _cpu_bf16
+    return y, probs
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
 def attend(qg, k, v, mask, scale: float):
     """qg (B, Hkv, G, T, H) queries attend to k, v (B, Hkv, S, H) where mask (broadcasts to (B, 1, 1, T, S))
     -> (B, Hkv, G, T, H). The G query heads of a kv head fold into the position axis, so both products are
     plain batched matmuls over (B, Hkv): on CPU 1.3x faster fwd + bwd than dot_product_attention's (B, T, N, H)
-    einsums and 1.5x faster than (B, Hkv, G, ...) ones (bench/RESULTS.md, "Training step")."""
-    B, Hkv, G, T, H = qg.shape
-    S = k.shape[2]
-    scores = jnp.einsum("bkth,bksh->bkts", qg.reshape(B, Hkv, G * T, H), k.astype(qg.dtype),
-                        preferred_element_type=jnp.float32).reshape(B, Hkv, G, T, S)
-    probs = jax.nn.softmax(jnp.where(mask, scores * scale, NEVER), axis=-1).astype(qg.dtype)
-    y = jnp.einsum("bkts,bksh->bkth", probs.reshape(B, Hkv, G * T, S), v.astype(qg.dtype),
-                   preferred_element_type=jnp.float32).astype(qg.dtype)  # fp32 out: see _cpu_bf16
-    return y.reshape(B, Hkv, G, T, H)
+    einsums and 1.5x faster than (B, Hkv, G, ...) ones (bench/RESULTS.md, "Training step"). Its gradient is
+    flash attention's (`_attend_bwd`)."""
+    return _attend(qg, k, v, mask, scale)[0].reshape(qg.shape)
+
+
+def _attend_fwd(qg, k, v, mask, scale):
+    y, probs = _attend(qg, k, v, mask, scale)
+    return y.reshape(qg.shape), (qg, k, v, mask, probs, y)
+
+
+def _attend_bwd(scale, saved, dy):
+    """Flash attention's backward, on the saved probabilities P: dV = P^T dY, dP = dY V^T, and the
+    softmax's dS = P (dP - rowsum(dY * Y)), the row sums over the head axis where autodiff's sum(dP * P)
+    runs over the keys; the products in the compute dtype with fp32 accumulation, as the forward's."""
+    qg, k, v, mask, probs, y = saved
+    dy = dy.reshape(y.shape).astype(qg.dtype)
+    dv = _batched_tn(probs, dy)
+    dp = jnp.einsum("bkth,bksh->bkts", dy, v.astype(qg.dtype), preferred_element_type=jnp.float32)
+    rows = jnp.sum(dy.astype(jnp.float32) * y.astype(jnp.float32), axis=-1, keepdims=True)
+    ds = jnp.where(_positions_mask(mask, qg, k), probs.astype(jnp.float32) * (dp - rows) * scale, 0.0).astype(qg.dtype)
+    dq = jnp.einsum("bkts,bksh->bkth", ds, k.astype(qg.dtype), preferred_element_type=jnp.float32)
+    dk = _batched_tn(ds, qg.reshape(y.shape))
+    return (dq.reshape(qg.shape).astype(qg.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+            np.zeros(mask.shape, jax.dtypes.float0))
+
+
+attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def causal_attention(qg, k, v, scale: float):
