@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import BIN
 from trainer import corpus, local_corpus
+from trainer.checkpoint import find_checkpoints
 from trainer.tokenizer import Tokenizer
 
 TINY = ["--config", "d1", "--seq-len", "64", "--device-batch-size", "8", "--total-batch-tokens", "1024",
@@ -88,12 +89,29 @@ def test_dry_run_prints_the_plan_and_trains_nothing(data, tmp_path):
     (["--config", "d999x"], "unknown config"),
     (["--resume"], "no checkpoint"),
     (["--corpus", "/nonexistent/corpus"], "/nonexistent/corpus"),
+    (["--dtype", "float64"], "--dtype must be float32 or bfloat16"),
 ])
 def test_bad_input_is_one_line(data, tmp_path, args, message):
     result = pretrain(data, tmp_path / "bad", "--steps", 2, *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error:") and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bf16_on_cpu_follows_the_fp32_curve_and_is_recorded(data, tmp_path):
+    """`--dtype bfloat16` on a CPU (the AMX path: model._cpu_bf16) trains the same model to within
+    bf16's rounding, and the checkpoint says which dtype made it."""
+    fp32 = pretrain(data, tmp_path / "fp32", "--steps", 6)
+    bf16 = pretrain(data, tmp_path / "bf16", "--steps", 6, "--dtype", "bfloat16")
+    assert fp32.returncode == 0 and bf16.returncode == 0, fp32.stderr + bf16.stderr
+    a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert b[6] < b[1]
+    for step in range(1, 7):
+        assert b[step] == pytest.approx(a[step], rel=0.02), step
+    assert b != a  # it did run in another dtype
+    ckpt = find_checkpoints(tmp_path / "bf16")
+    assert ckpt.read_meta()[1]["fingerprint"]["model"]["compute_dtype"] == "bfloat16"
+    ckpt.close()
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(data, tmp_path):

@@ -211,8 +211,8 @@ def run_name(run: str | os.PathLike) -> str:
 
 def read_run(run, step: int | None = None, platform: str | None = None) -> tuple[GPTConfig, Tokenizer, dict]:
     """(GPTConfig, Tokenizer, meta) of a run's latest (or given) checkpoint, without reading its arrays.
-    A model trained in bf16 on an accelerator runs in fp32 with XLA attention on a CPU (`platform`,
-    default this one's): bf16 matmuls there are unusably slow."""
+    A model trained in bf16 runs in fp32 with XLA attention on a CPU (`platform`, default this one's):
+    decoding's matrix-vector products run slower in bf16 there, even with AMX (bench/RESULTS.md)."""
     ckpt = find_checkpoints(run)
     _, meta = ckpt.read_meta(step)
     ckpt.close()

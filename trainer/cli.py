@@ -155,6 +155,15 @@ def tokenizer_eval_cmd(
 
 # ---------------------------------------------------------------------------- run
 
+DTYPE_HELP = ("compute dtype on CPU: float32, or bfloat16 (1.7-1.8x the training tokens/s on CPUs with AMX, "
+              "bench/RESULTS.md; slower on CPUs without) [default: float32; GPUs and TPUs train in bfloat16]")
+
+
+def compute_dtype(dtype: str | None) -> str | None:
+    if dtype not in (None, "float32", "bfloat16"):
+        raise InputError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    return dtype
+
 
 @run_app.command("pretrain")
 def run_pretrain(
@@ -174,6 +183,7 @@ def run_pretrain(
     seed: int = typer.Option(None, help="init and data order [default: the preset's]"),
     lr_scale: float = typer.Option(None, help="every learning rate times this (the mixing scalars' too), on top "
                                    "of the batch and width scaling [default: 1]"),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
     dry_run: bool = typer.Option(False, help="print the plan (params, FLOPs, tokens, memory, time) and exit"),
     multihost: bool = typer.Option(False, help=MULTIHOST_HELP),
@@ -190,8 +200,8 @@ def run_pretrain(
         overrides = {k: v for k, v in dict(
             num_steps=steps, seq_len=seq_len, device_batch_size=device_batch_size,
             total_batch_tokens=total_batch_tokens, eval_every=eval_every, eval_tokens=eval_tokens,
-            sample_every=sample_every, save_every=save_every, seed=seed, lr_scale=lr_scale).items()
-            if v is not None}
+            sample_every=sample_every, save_every=save_every, seed=seed, lr_scale=lr_scale,
+            compute_dtype=compute_dtype(dtype)).items() if v is not None}
         if hf_compatible:
             overrides.update(x0_mix=False, qk_gain=1.0)
         tokenizer = tokenizer or default_tokenizer()
@@ -221,6 +231,7 @@ def finetune_options(
     eval_every: int = typer.Option(None, help="steps between val evals [default: a quarter of the run]"),
     save_every: int = typer.Option(None, help="steps between checkpoints [default: half the run]"),
     seed: int = typer.Option(0),
+    compute_dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint in --out"),
     multihost: bool = typer.Option(False, help=MULTIHOST_HELP),
     join_timeout: float = typer.Option(300, help="--multihost: seconds to wait for the coordinator and the other hosts"),
@@ -246,6 +257,7 @@ def run_sft(
     with training(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import sft
 
+        compute_dtype(common["compute_dtype"])
         sft.run(data=data, overflow=overflow, log=console.print, **common)
 
 
@@ -265,6 +277,7 @@ def run_dpo(
     with training(common.pop("multihost"), common.pop("join_timeout")):
         from trainer import dpo
 
+        compute_dtype(common["compute_dtype"])
         dpo.run(data=data, val_data=val_data, beta=beta, loss=loss, reference=reference, log=console.print,
                 **common)
 

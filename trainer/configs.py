@@ -134,8 +134,9 @@ def get_config(name: str, **overrides) -> TrainConfig:
 
 
 def for_platform(cfg: TrainConfig, platform: str) -> TrainConfig:
-    """Compute dtype and attention kernel for a backend ("cpu", "gpu", "tpu"): bf16 on accelerators
-    (bf16 matmuls on CPU are unusably slow), cuDNN flash attention on NVIDIA GPUs."""
+    """Compute dtype and attention kernel for a backend ("cpu", "gpu", "tpu"): bf16 on accelerators, cuDNN
+    flash attention on NVIDIA GPUs. A CPU keeps the config's (fp32 unless `--dtype bfloat16`: fast on CPUs
+    with AMX only)."""
     if platform == "cpu":
         return cfg
     attention = "cudnn" if platform == "gpu" and cfg.model.head_dim <= 128 else "xla"

@@ -183,10 +183,11 @@ def finetune_config(base: model.GPTConfig, name: str, *, n_devices: int, train_r
     (TrainConfig.scalar_lr, whatever the base run's preset used):
     a fresh AdamW moves each by its full lr every step, and at the full rate four steps carried the
     demo's x0_lambdas over a cliff (SFT step 5: loss 7.27 -> 11.01 -> 7.37; bench/RESULTS.md).
-    num_steps defaults to one pass over train_rows rows. None overrides nothing."""
+    num_steps defaults to one pass over train_rows rows. None overrides nothing; `compute_dtype` is the
+    model's (on CPU the base's is float32: checkpoint.read_run)."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     seq_len = overrides.pop("seq_len", None) or base.seq_len
-    m = dataclasses.replace(base, seq_len=seq_len)
+    m = dataclasses.replace(base, seq_len=seq_len, compute_dtype=overrides.pop("compute_dtype", base.compute_dtype))
     rows = overrides.pop("device_batch_size", None) or max(1, min(8, train_rows // max(1, n_devices)))
     total = overrides.pop("total_batch_tokens", None) or rows * seq_len * n_devices
     steps = overrides.pop("num_steps", None) or max(1, math.ceil(train_rows * seq_len / total))
