@@ -2,7 +2,8 @@
 step, and with --anchor the same for nanochat's own scripts.base_train, in the same run.
 
 Default shape: depth 4, d_model 256 (4 heads of 64), seq 256, vocab 32768, 2048 tokens per step,
-fp32 (nanochat's CPU dtype). FLOPs/token is the formula both projects use (6N + attention).
+fp32 (nanochat's CPU dtype; --dtype bfloat16 runs both sides in bf16, nanochat through its
+NANOCHAT_DTYPE). FLOPs/token is the formula both projects use (6N + attention).
 
     .venv/bin/python bench/train.py [--depth 4] [--steps 30] [--repeats 3] [--profile]
     .venv/bin/python bench/train.py --anchor /path/to/nanochat     # a clone of karpathy/nanochat
@@ -175,13 +176,15 @@ def main() -> None:
     nanochat_kept = kept and args.nanochat_malloc == "same"
     if nanochat_kept:  # its scripts inherit our environment
         os.environ.update(malloc.ENV)
+    os.environ.setdefault("NANOCHAT_DTYPE", args.dtype)  # nanochat's own dtype switch: both sides in one dtype
     dev = jax.devices()[0]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"machine: {dev.device_kind} ({cpu}), {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start, jax {jax.__version__}; glibc keeping freed memory "
           f"(trainer/malloc.py): ours {'yes' if kept else 'no'}"
-          + (f", nanochat {'yes' if nanochat_kept else 'no'}" if args.anchor else ""))
+          + (f", nanochat {'yes' if nanochat_kept else 'no'}; nanochat in {os.environ['NANOCHAT_DTYPE']}"
+             if args.anchor else ""))
     anchor_error, root, enc = None, None, None
     if args.anchor:
         try:
