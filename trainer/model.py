@@ -170,7 +170,9 @@ NEVER = float(jnp.finfo(jnp.float32).min)  # a masked score; not -inf: a padding
 
 def _batched_tn(a, b):
     """a^T b over the last two axes of a (..., t, s), b (..., t, h) -> fp32 (..., s, h). XLA's CPU dots
-    are slow at contracting the first of the two axes, so a^T is laid out first (see weight_grad)."""
+    are slow at contracting the first of the two axes, so there a^T is laid out first (see weight_grad)."""
+    if jax.default_backend() != "cpu":
+        return jnp.einsum("...ts,...th->...sh", a, b, preferred_element_type=jnp.float32)
     lead, (t, s), h = a.shape[:-2], a.shape[-2:], b.shape[-1]
     at = jax.lax.optimization_barrier(a.reshape(-1, t, s).swapaxes(1, 2))
     return jnp.einsum("nst,nth->nsh", at, b.reshape(-1, t, h), preferred_element_type=jnp.float32).reshape(*lead, s, h)
