@@ -156,8 +156,8 @@ def tokenizer_eval_cmd(
 # ---------------------------------------------------------------------------- run
 
 DTYPE_HELP = ("compute dtype on CPU: float32, or bfloat16 (1.7-1.8x the training tokens/s on CPUs with AMX, "
-              "bench/RESULTS.md; expect it slower on CPUs without) [default: float32; GPUs and TPUs train in "
-              "bfloat16]")
+              "expect it slower on CPUs without; a d3 learned worse in it: bench/RESULTS.md) [default: float32; "
+              "GPUs and TPUs train in bfloat16]")
 
 
 def compute_dtype(dtype: str | None) -> str | None:
